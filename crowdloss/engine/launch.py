@@ -1,0 +1,300 @@
+"""Start one process per device, or join a group started by torchrun / SLURM.
+
+``launch(main_func, num_gpus_per_machine, ...)`` is what ``pods_train`` / ``pods_test`` call.
+Rank vocabulary: ``rank = machine_rank * num_gpus_per_machine + local_rank``, world size
+``num_machines * num_gpus_per_machine``. Four ways in:
+
+1. World size 1: ``main_func(*args)`` runs in this process, no process group at all
+   (every helper in ``crowdloss.utils.comm`` is a no-op then).
+2. torchrun (``env://``: RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set) or SLURM
+   (``srun`` with SLURM_NTASKS > 1): this process already IS one rank; the group is joined
+   here and ``main_func`` is called directly. No flags needed.
+3. Otherwise ``num_gpus_per_machine`` workers are spawned (start method "spawn"): one per GPU
+   with NCCL when CUDA has enough devices, else CPU workers with gloo.
+
+Failure handling (cvpods hung forever on these): every rank first checks in at a TCPStore
+rendezvous bounded by ``timeout``, so a peer that never starts ends the run with "rank k did
+not join within T s at tcp://...". A local worker that raises or dies makes the parent
+terminate the other local workers and raise :class:`LaunchError` naming the rank and the
+cause; remote peers see their gloo connections close (or the collective timeout, which is the
+same ``timeout``). Workers die with their parent (PR_SET_PDEATHSIG), so nothing is orphaned.
+The timeout comes from ``--dist-timeout`` or ``$CROWDLOSS_DIST_TIMEOUT`` (seconds).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import time
+from datetime import timedelta
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+from urllib.parse import urlparse
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+__all__ = [
+    "launch",
+    "LaunchError",
+    "default_timeout",
+    "find_free_port",
+    "expand_nodelist",
+    "raise_open_files_limit",
+    "DEFAULT_TIMEOUT",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+# torch's own default rendezvous port; used for SLURM when MASTER_PORT is not exported.
+DEFAULT_SLURM_PORT = 29500
+_JOIN_KEY = "crowdloss/joined/{}"
+
+
+class LaunchError(RuntimeError):
+    """A rank failed to start, failed to join, raised, or died."""
+
+
+def default_timeout() -> timedelta:
+    """``$CROWDLOSS_DIST_TIMEOUT`` seconds if set, else 30 minutes."""
+    value = os.environ.get("CROWDLOSS_DIST_TIMEOUT", "").strip()
+    if not value:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"CROWDLOSS_DIST_TIMEOUT={value!r}: expected a number of seconds") from None
+    if seconds <= 0:
+        raise ValueError(f"CROWDLOSS_DIST_TIMEOUT={value!r}: expected a positive number of seconds")
+    return timedelta(seconds=seconds)
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it; a race is possible but rare)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def expand_nodelist(nodelist: str) -> List[str]:
+    """Expand a SLURM host list: ``"node[01-03,07],gpu5"`` -> node01 node02 node03 node07 gpu5.
+
+    Handles one bracket group per host (what SLURM prints for plain clusters), keeping the
+    zero padding of each range.
+    """
+    hosts: List[str] = []
+    # Split on commas that are outside brackets.
+    for item in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,]*", nodelist):
+        item = item.strip()
+        if not item:
+            continue
+        match = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", item)
+        if match is None:
+            hosts.append(item)
+            continue
+        prefix, ranges, suffix = match.groups()
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            if not lo.isdigit() or (hi and not hi.isdigit()):
+                raise ValueError(f"SLURM node list {nodelist!r}: cannot parse range {part!r}")
+            for num in range(int(lo), int(hi or lo) + 1):
+                hosts.append(f"{prefix}{str(num).zfill(len(lo))}{suffix}")
+    if not hosts:
+        raise ValueError(f"SLURM node list {nodelist!r} names no host")
+    return hosts
+
+
+def raise_open_files_limit(target: int = 1 << 20) -> None:
+    """Raise RLIMIT_NOFILE's soft limit towards the hard limit; never raises.
+
+    Many data-loader workers sharing tensors need many descriptors; cvpods forced this with a
+    bare ``setrlimit`` that crashed on machines with a low hard limit.
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        goal = target if hard == resource.RLIM_INFINITY else min(hard, target)
+        if soft != resource.RLIM_INFINITY and soft < goal:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (goal, hard))
+            logger.debug("Raised the open-files limit from %d to %d", soft, goal)
+    except (ValueError, OSError) as exc:
+        logger.warning("Could not raise the open-files limit (%s); keeping the current one", exc)
+
+
+def _parse_tcp_url(dist_url: str) -> Tuple[str, int]:
+    parsed = urlparse(dist_url)
+    if parsed.scheme != "tcp" or not parsed.hostname or parsed.port is None:
+        raise ValueError(f"--dist-url {dist_url!r}: expected tcp://HOST:PORT or 'auto'")
+    return parsed.hostname, parsed.port
+
+
+def _use_cuda(num_local: int) -> bool:
+    return torch.cuda.is_available() and torch.cuda.device_count() >= num_local
+
+
+def _rendezvous(host: str, port: int, rank: int, world_size: int, timeout: timedelta):
+    """TCPStore check-in that names the ranks missing after ``timeout``."""
+    url = f"tcp://{host}:{port}"
+    seconds = timeout.total_seconds()
+    try:
+        store = dist.TCPStore(host, port, world_size, rank == 0, timeout=timeout,
+                              wait_for_workers=False)
+    except Exception as exc:  # noqa: BLE001 - the store raises RuntimeError/DistNetworkError
+        who = "could not listen" if rank == 0 else "could not reach rank 0"
+        raise LaunchError(f"rank {rank} {who} at {url} within {seconds:g} s: {exc}") from exc
+    store.set(_JOIN_KEY.format(rank), "1")
+    deadline = time.monotonic() + seconds
+    keys = [_JOIN_KEY.format(r) for r in range(world_size)]
+    while True:
+        missing = [r for r, key in enumerate(keys) if not store.check([key])]
+        if not missing:
+            return store
+        if time.monotonic() > deadline:
+            names = ", ".join(str(r) for r in missing)
+            raise LaunchError(f"rank {names} did not join within {seconds:g} s at {url} "
+                              f"(world size {world_size}; start every machine with the same "
+                              f"--dist-url and --num-machines, or raise --dist-timeout)")
+        time.sleep(0.1)
+
+
+def _init_group(*, rank: int, local_rank: int, world_size: int, local_world_size: int,
+                host: str, port: int, timeout: timedelta) -> None:
+    """Set the env vars, pick backend/device, check in, init the default process group."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
+                      LOCAL_WORLD_SIZE=str(local_world_size), MASTER_ADDR=host,
+                      MASTER_PORT=str(port))
+    backend = "gloo"
+    if _use_cuda(local_world_size):
+        torch.cuda.set_device(local_rank)
+        backend = "nccl"
+    store = _rendezvous(host, port, rank, world_size, timeout)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                            timeout=timeout)
+    logger.debug("rank %d/%d joined (%s) at tcp://%s:%d", rank, world_size, backend, host, port)
+
+
+def _run_as_rank(main_func: Callable, args: Sequence[Any], **group_kw: Any) -> Any:
+    """Join the group, run ``main_func``, always leave the group."""
+    rank = group_kw["rank"]
+    _init_group(**group_kw)
+    try:
+        result = main_func(*args)
+        # Keep rank 0 (the store host) alive until every rank is done with the group.
+        dist.barrier()
+        return result
+    except BaseException as exc:
+        logger.error("rank %d failed: %s: %s", rank, type(exc).__name__, exc)
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _spawned_worker(local_rank: int, main_func: Callable, args: Sequence[Any],
+                    group_kw: dict) -> None:
+    group_kw = dict(group_kw, local_rank=local_rank,
+                    rank=group_kw["machine_rank"] * group_kw["local_world_size"] + local_rank)
+    group_kw.pop("machine_rank")
+    _run_as_rank(main_func, args, **group_kw)
+
+
+def _external_launcher() -> Optional[dict]:
+    """Rank info when torchrun or srun started this process, else None."""
+    env = os.environ
+    if all(k in env for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
+        world = int(env["WORLD_SIZE"])
+        return dict(source="torchrun (env://)", rank=int(env["RANK"]),
+                    local_rank=int(env.get("LOCAL_RANK", 0)), world_size=world,
+                    local_world_size=int(env.get("LOCAL_WORLD_SIZE", world)),
+                    host=env["MASTER_ADDR"], port=int(env["MASTER_PORT"]))
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        world = int(env["SLURM_NTASKS"])
+        nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+        if not nodes:
+            raise LaunchError("SLURM job without SLURM_JOB_NODELIST / SLURM_NODELIST")
+        per_node = env.get("SLURM_NTASKS_PER_NODE", "")
+        num_nodes = int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1")))
+        local_world = int(per_node) if per_node.isdigit() else max(1, world // num_nodes)
+        return dict(source="SLURM", rank=int(env["SLURM_PROCID"]),
+                    local_rank=int(env.get("SLURM_LOCALID", 0)), world_size=world,
+                    local_world_size=local_world, host=expand_nodelist(nodes)[0],
+                    port=int(env.get("MASTER_PORT", DEFAULT_SLURM_PORT)))
+    return None
+
+
+def launch(main_func: Callable, num_gpus_per_machine: int, *, num_machines: int = 1,
+           machine_rank: int = 0, dist_url: Optional[str] = None, args: Sequence[Any] = (),
+           timeout: timedelta = DEFAULT_TIMEOUT) -> Any:
+    """Run ``main_func(*args)`` on every rank; returns its result on this process's rank.
+
+    Args:
+        main_func: a picklable (module-level) function.
+        num_gpus_per_machine: processes per machine (one per GPU, or CPU workers).
+        num_machines, machine_rank: multi-machine layout; every machine calls ``launch``.
+        dist_url: ``tcp://HOST:PORT`` of rank 0, or ``auto`` / None for a free local port
+            (one machine only).
+        args: positional arguments of ``main_func`` (picklable).
+        timeout: bound on joining and on every collective.
+
+    Raises:
+        LaunchError: a rank did not join in time, raised, or died (all local workers are
+            terminated first).
+    """
+    raise_open_files_limit()
+    external = _external_launcher()
+    if external is not None:
+        source = external.pop("source")
+        logger.info("Started by %s as rank %d of %d", source, external["rank"],
+                    external["world_size"])
+        return _run_as_rank(main_func, args, timeout=timeout, **external)
+
+    if num_gpus_per_machine < 1 or num_machines < 1:
+        raise ValueError(f"need at least one process: --num-gpus {num_gpus_per_machine}, "
+                         f"--num-machines {num_machines}")
+    if not 0 <= machine_rank < num_machines:
+        raise ValueError(f"--machine-rank {machine_rank} must be in [0, {num_machines})")
+    world_size = num_machines * num_gpus_per_machine
+    if world_size == 1:
+        return main_func(*args)
+
+    if dist_url in (None, "auto"):
+        if num_machines != 1:
+            raise ValueError("--dist-url auto only works on one machine; pass "
+                             "--dist-url tcp://<rank-0 host>:<port> on every machine")
+        host, port = "127.0.0.1", find_free_port()
+    else:
+        host, port = _parse_tcp_url(dist_url)
+    if torch.cuda.is_available() and not _use_cuda(num_gpus_per_machine):
+        logger.warning("--num-gpus %d > %d visible GPUs: using CPU workers (gloo)",
+                       num_gpus_per_machine, torch.cuda.device_count())
+
+    group_kw = dict(machine_rank=machine_rank, world_size=world_size,
+                    local_world_size=num_gpus_per_machine, host=host, port=port,
+                    timeout=timeout)
+    context = mp.start_processes(_spawned_worker, args=(main_func, tuple(args), group_kw),
+                                 nprocs=num_gpus_per_machine, join=False, start_method="spawn")
+    try:
+        while not context.join(timeout=1.0, grace_period=3.0):
+            pass
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+        rank = machine_rank * num_gpus_per_machine + exc.error_index
+        where = f"rank {rank} (local rank {exc.error_index}, pid {exc.error_pid})"
+        if isinstance(exc, mp.ProcessExitedException):
+            how = str(exc).split(" terminated with ", 1)[-1]
+            message = f"{where} died with {how}"
+        else:
+            trace = str(exc).split("following error:\n", 1)[-1].rstrip()
+            last = trace.splitlines()[-1] if trace else "an unknown error"
+            message = f"{where} raised {last}\n{trace}"
+        raise LaunchError(f"{message}\nThe other local workers were terminated.") from None
+    finally:
+        for proc in context.processes:
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    return None
