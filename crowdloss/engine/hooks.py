@@ -1,0 +1,177 @@
+"""Hooks that run around each training iteration, in the order the runner registers them:
+LR scheduler, iteration timer, periodic checkpointer, eval hook, periodic writer.
+
+A hook sees the runner as ``self.trainer`` (``iter``, ``max_iter``, ``storage``, ``model``,
+``optimizer``, ``scheduler``, ``cfg``). ``iter`` is the 0-based iteration just run in
+``after_step``, so "every P iterations" means ``(iter + 1) % P == 0``.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from crowdloss.utils import comm
+
+from .events import EventWriter
+
+__all__ = [
+    "HookBase",
+    "LRScheduler",
+    "IterationTimer",
+    "PeriodicCheckpointer",
+    "EvalHook",
+    "PeriodicWriter",
+]
+
+logger = logging.getLogger("crowdloss.engine")
+
+
+class HookBase:
+    """Base class: override any of the four callbacks."""
+
+    trainer: Any = None
+
+    def before_train(self) -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+    def before_step(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
+
+
+class LRScheduler(HookBase):
+    """Records the learning rate of this iteration as ``lr``, then steps the scheduler."""
+
+    def __init__(self, optimizer=None, scheduler=None) -> None:
+        self._optimizer = optimizer
+        self._scheduler = scheduler
+        self._group = 0
+
+    def before_train(self) -> None:
+        self._optimizer = self._optimizer or self.trainer.optimizer
+        self._scheduler = self._scheduler or self.trainer.scheduler
+        # Report the base lr, not a bias group's lr x BIAS_LR_FACTOR: prefer a weight group.
+        groups = self._optimizer.param_groups
+        names = [str(g.get("name", "")) for g in groups]
+        self._group = next((i for i, n in enumerate(names) if not n.endswith("bias")), 0)
+
+    def after_step(self) -> None:
+        lr = self._optimizer.param_groups[self._group]["lr"]
+        self.trainer.storage.put_scalar("lr", lr, smoothing_hint=False)
+        self._scheduler.step()
+
+
+class IterationTimer(HookBase):
+    """Puts ``time`` (seconds per iteration, hooks included) and logs the total at the end."""
+
+    def __init__(self) -> None:
+        self._step_start = 0.0
+        self._train_start = 0.0
+        self._steps = 0
+
+    def before_train(self) -> None:
+        self._train_start = time.perf_counter()
+        self._steps = 0
+
+    def before_step(self) -> None:
+        self._step_start = time.perf_counter()
+
+    def after_step(self) -> None:
+        self.trainer.storage.put_scalar("time", time.perf_counter() - self._step_start)
+        self._steps += 1
+
+    def after_train(self) -> None:
+        total = time.perf_counter() - self._train_start
+        if self._steps:
+            logger.info(
+                "Total training time: %s (%.4f s / it over %d iterations)",
+                datetime.timedelta(seconds=int(total)), total / self._steps, self._steps,
+            )
+
+
+class PeriodicCheckpointer(HookBase):
+    """Saves ``model_iter_XXXXXXX.pth`` every ``period`` iterations and ``model_final.pth``.
+
+    Args:
+        checkpointer: a :class:`~crowdloss.engine.checkpoint.Checkpointer` (writes on rank 0 only).
+        period: iterations between saves; 0 disables the periodic ones (the final save remains).
+        max_iter: the run's length; the last iteration saves ``model_final``.
+    """
+
+    def __init__(self, checkpointer, period: int, max_iter: int) -> None:
+        self.checkpointer = checkpointer
+        self.period = int(period)
+        self.max_iter = int(max_iter)
+
+    def after_step(self) -> None:
+        it = self.trainer.iter
+        if it + 1 >= self.max_iter:
+            self.checkpointer.save("model_final", iteration=it)
+        elif self.period > 0 and (it + 1) % self.period == 0:
+            self.checkpointer.save(f"model_iter_{it:07d}", iteration=it)
+
+
+class EvalHook(HookBase):
+    """Runs ``eval_function`` every ``eval_period`` iterations (if > 0) and after the last one.
+
+    It runs on every rank, since inference is sharded; results come back on rank 0 only (other
+    ranks get ``{}``). Numeric results are put into the storage as ``<dataset>/<task>/<metric>``.
+    """
+
+    def __init__(self, eval_period: int, eval_function: Callable[[], Dict[str, Any]]) -> None:
+        self.period = int(eval_period)
+        self.eval_function = eval_function
+        self.last_results: Dict[str, Any] = {}
+
+    def _do_eval(self) -> None:
+        results = self.eval_function() or {}
+        self.last_results = results
+        flat = {k: v for k, v in _flatten(results).items() if _is_number(v)}
+        if flat:
+            self.trainer.storage.put_scalars(smoothing_hint=False, **flat)
+        comm.synchronize()  # keep ranks together: rank 0 evaluates longer than the others
+
+    def after_step(self) -> None:
+        next_iter = self.trainer.iter + 1
+        if next_iter == self.trainer.max_iter or (self.period > 0 and next_iter % self.period == 0):
+            self._do_eval()
+
+
+class PeriodicWriter(HookBase):
+    """Flushes ``writers`` every ``period`` iterations and after the last; closes them at the end."""
+
+    def __init__(self, writers: List[EventWriter], period: int = 20) -> None:
+        self.writers = writers
+        self.period = int(period)
+
+    def after_step(self) -> None:
+        it = self.trainer.iter
+        if (it + 1) % self.period == 0 or it + 1 == self.trainer.max_iter:
+            for writer in self.writers:
+                writer.write()
+
+    def after_train(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+
+def _flatten(results: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in results.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(_flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def _is_number(value: Optional[Any]) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

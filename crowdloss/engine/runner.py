@@ -1,0 +1,315 @@
+"""DefaultRunner: builds everything from a config and runs the training loop with hooks.
+
+One iteration (``run_step``): zero_grad; for each of ``SOLVER.BATCH_SUBDIVISIONS`` sub-batches
+draw this rank's batch, forward (under autocast when AMP is on), check the loss is finite, and
+backward ``loss / subdivisions`` (DDP ``no_sync`` on all but the last, so gradients are reduced
+once); optional gradient clipping; one optimizer step. The hooks then step the LR schedule,
+time, checkpoint, evaluate and write metrics, in that order.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import math
+import os
+import time
+import warnings
+from collections import OrderedDict, defaultdict
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from crowdloss.utils import comm
+from crowdloss.utils.env import set_rng_state
+
+from . import hooks
+from .checkpoint import DetectionCheckpointer, unwrap_model
+from .events import CommonMetricPrinter, EventStorage, JSONWriter, TensorboardWriter
+from .solver import build_lr_scheduler, build_optimizer
+
+__all__ = ["DefaultRunner"]
+
+logger = logging.getLogger("crowdloss.engine")
+
+
+def _cfg_builder(cfg, name: str) -> Optional[Callable]:
+    """A builder that net.py attached to cfg (cvpods style), or None."""
+    try:
+        fn = getattr(cfg, name)
+    except (AttributeError, KeyError):
+        return None
+    return fn if callable(fn) else None
+
+
+class DefaultRunner:
+    """Trains ``build_model(cfg)`` as configured by ``cfg`` (cvpods' DefaultRunner semantics).
+
+    Args:
+        cfg: a crowdloss config (SOLVER, MODEL, DATASETS, TEST, OUTPUT_DIR keys).
+        build_model: ``net.py``'s ``build_model(cfg) -> nn.Module``.
+    """
+
+    def __init__(self, cfg, build_model: Callable[[Any], nn.Module]) -> None:
+        self.cfg = cfg
+        device = torch.device(cfg.MODEL.DEVICE)
+        model = build_model(cfg).to(device)
+        logger.info("Model:\n%s", model)
+        self.optimizer = self.build_optimizer(cfg, model)
+        self.scheduler = self.build_lr_scheduler(cfg, self.optimizer)
+        if comm.get_world_size() > 1:
+            # Gradients are all-reduced; BN statistics stay per rank (as cvpods), hence no
+            # buffer broadcast. device_ids only for CUDA (CPU DDP takes none).
+            ids = [device.index if device.index is not None else comm.get_local_rank()]
+            model = nn.parallel.DistributedDataParallel(
+                model,
+                device_ids=ids if device.type == "cuda" else None,
+                broadcast_buffers=False,
+                find_unused_parameters=False,
+            )
+        self.model = model
+        self.device = device
+
+        amp = cfg.SOLVER.AMP
+        self.amp_enabled = bool(amp.ENABLED)
+        if self.amp_enabled and device.type != "cuda":
+            warnings.warn(f"SOLVER.AMP.ENABLED is ignored on {device}: AMP runs on CUDA only")
+            logger.warning("SOLVER.AMP.ENABLED ignored on %s (CUDA only)", device)
+            self.amp_enabled = False
+        dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+        if amp.DTYPE not in dtypes:
+            raise ValueError(f"SOLVER.AMP.DTYPE = {amp.DTYPE!r}; expected 'float16' or 'bfloat16'")
+        self.amp_dtype = dtypes[amp.DTYPE]
+        # bfloat16 has float32's exponent range: no loss scaling needed.
+        use_scaler = self.amp_enabled and self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+
+        self.subdivisions = int(cfg.SOLVER.BATCH_SUBDIVISIONS)
+        if self.subdivisions < 1:
+            raise ValueError(f"SOLVER.BATCH_SUBDIVISIONS must be >= 1, got {self.subdivisions}")
+        self.data_loader = self.build_train_loader(cfg)
+        self.checkpointer = DetectionCheckpointer(
+            unwrap_model(model), cfg.OUTPUT_DIR,
+            optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+        )
+        self.start_iter = 0
+        self.iter = 0
+        self.max_iter = int(cfg.SOLVER.LR_SCHEDULER.MAX_ITER)
+        self.storage: Optional[EventStorage] = None
+        self._pending_rng: Optional[Dict[str, Any]] = None
+        self._hooks: List[hooks.HookBase] = []
+        self.register_hooks(self.build_hooks())
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def build_optimizer(cls, cfg, model: nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg, start_iter: int = 0):
+        """``cfg.build_train_loader`` if net.py attached one, else ``crowdloss.data``'s.
+
+        ``start_iter`` is the number of loader batches this rank already consumed; a loader
+        whose builder does not take it restarts its order (logged).
+        """
+        fn = _cfg_builder(cfg, "build_train_loader")
+        if fn is None:
+            from crowdloss.data import build_train_loader as fn
+        try:
+            takes_start = "start_iter" in inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            takes_start = False
+        if takes_start:
+            return fn(cfg, start_iter=start_iter)
+        if start_iter:
+            logger.warning("%s takes no start_iter: the resumed data order restarts", fn)
+        return fn(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        fn = _cfg_builder(cfg, "build_test_loader")
+        if fn is None:
+            from crowdloss.data import build_test_loader as fn
+        return fn(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name: str, output_folder: Optional[str] = None):
+        fn = _cfg_builder(cfg, "build_evaluator")
+        if fn is None:
+            from crowdloss.evaluation import build_evaluator as fn
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return fn(cfg, dataset_name, output_folder)
+
+    def build_writers(self) -> list:
+        out = self.cfg.OUTPUT_DIR
+        return [
+            CommonMetricPrinter(self.max_iter),
+            JSONWriter(os.path.join(out, "metrics.json")),
+            TensorboardWriter(out),
+        ]
+
+    def build_hooks(self) -> List[hooks.HookBase]:
+        cfg = self.cfg
+        self._eval_hook = hooks.EvalHook(
+            cfg.TEST.EVAL_PERIOD, lambda: self.test(cfg, unwrap_model(self.model))
+        )
+        ret: List[hooks.HookBase] = [
+            hooks.LRScheduler(self.optimizer, self.scheduler),
+            hooks.IterationTimer(),
+            hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_iter),
+            self._eval_hook,
+        ]
+        if comm.is_main_process() and cfg.OUTPUT_DIR:
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
+        return ret
+
+    def register_hooks(self, new_hooks: List[Optional[hooks.HookBase]]) -> None:
+        for h in new_hooks:
+            if h is not None:
+                h.trainer = self
+                self._hooks.append(h)
+
+    # ------------------------------------------------------------------ resume / load
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Resume from OUTPUT_DIR's newest checkpoint, else load ``MODEL.WEIGHTS`` (model only).
+
+        Resuming restores model, optimizer, scheduler, scaler and RNG states and continues at
+        the checkpoint's iteration + 1, with the data loader rebuilt to start there.
+        """
+        if resume and self.checkpointer.has_checkpoint():
+            extra = self.checkpointer.load(self.checkpointer.get_checkpoint_file())
+            self.start_iter = int(extra.get("iteration", -1)) + 1
+            self._pending_rng = extra.get("rng")
+            if self.start_iter > 0:
+                self.data_loader = self.build_train_loader(
+                    self.cfg, start_iter=self.start_iter * self.subdivisions
+                )
+            logger.info("Resuming at iteration %d", self.start_iter)
+        else:
+            self.start_iter = 0
+            if self.cfg.MODEL.WEIGHTS:
+                self.checkpointer.load_model_weights(self.cfg.MODEL.WEIGHTS)
+        comm.synchronize()
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> Dict[str, Any]:
+        """Run iterations ``start_iter .. MAX_ITER - 1``; returns the last eval results or {}."""
+        logger.info("Starting training from iteration %d to %d", self.start_iter, self.max_iter)
+        self.iter = self.start_iter
+        with EventStorage(self.start_iter) as self.storage:
+            self._data_iter = iter(self.data_loader)
+            try:
+                for h in self._hooks:
+                    h.before_train()
+                if self._pending_rng is not None:
+                    # Restored last so that building the loader iterator and the hooks' setup
+                    # cannot shift the streams relative to the uninterrupted run.
+                    set_rng_state(self._pending_rng)
+                    self._pending_rng = None
+                for self.iter in range(self.start_iter, self.max_iter):
+                    self.storage.iter = self.iter
+                    for h in self._hooks:
+                        h.before_step()
+                    self.run_step()
+                    for h in self._hooks:
+                        h.after_step()
+            finally:
+                for h in self._hooks:
+                    h.after_train()
+        return self._eval_hook.last_results or {}
+
+    def _autocast(self):
+        if not self.amp_enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def run_step(self) -> None:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        n = self.subdivisions
+        sums: Dict[str, float] = defaultdict(float)
+        data_time = 0.0
+        for i in range(n):
+            t0 = time.perf_counter()
+            batch = next(self._data_iter)
+            data_time += time.perf_counter() - t0
+            last = i == n - 1
+            sync = (self.model.no_sync() if not last and isinstance(self.model, nn.parallel.DistributedDataParallel)
+                    else contextlib.nullcontext())
+            with sync:
+                with self._autocast():
+                    loss_dict = self.model(batch)
+                losses = sum(loss_dict.values())
+                # One device sync for all terms; a non-finite term makes the sum non-finite.
+                terms = torch.stack([v.detach().float().reshape(()) for v in loss_dict.values()])
+                values = dict(zip(loss_dict.keys(), terms.tolist()))
+                self._check_finite(sum(values.values()), values, i)
+                loss = losses / n
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            for k, v in values.items():
+                sums[k] += v / n
+
+        clip = self.cfg.SOLVER.CLIP_GRADIENTS
+        if clip.ENABLED:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            self.clip_gradients(clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+
+        metrics = comm.reduce_dict({k: torch.tensor(v) for k, v in sorted(sums.items())})
+        metrics = {k: float(v) for k, v in metrics.items()}
+        self.storage.put_scalars(**metrics)
+        self.storage.put_scalar("total_loss", sum(metrics.values()))
+        self.storage.put_scalar("data_time", data_time)
+
+    def clip_gradients(self, clip) -> Optional[float]:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if clip.CLIP_TYPE == "norm":
+            norm = torch.nn.utils.clip_grad_norm_(params, clip.CLIP_VALUE, norm_type=clip.NORM_TYPE)
+            self.storage.put_scalar("grad_norm", norm)
+            return float(norm)
+        if clip.CLIP_TYPE == "value":
+            torch.nn.utils.clip_grad_value_(params, clip.CLIP_VALUE)
+            return None
+        raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE = {clip.CLIP_TYPE!r}; expected 'norm' or 'value'")
+
+    def _check_finite(self, total: float, values: Dict[str, float], sub: int) -> None:
+        if math.isfinite(total):
+            return
+        terms = ", ".join(f"{k}={v}" for k, v in values.items())
+        where = f" (sub-batch {sub + 1}/{self.subdivisions})" if self.subdivisions > 1 else ""
+        raise FloatingPointError(
+            f"Loss became infinite or NaN at iteration={self.iter}{where}: total_loss={total}, {terms}"
+        )
+
+    # ------------------------------------------------------------------ evaluation
+    @classmethod
+    def test(cls, cfg, model: nn.Module, evaluators: Optional[list] = None) -> Dict[str, Any]:
+        """Evaluate ``model`` on each of ``cfg.DATASETS.TEST``; returns ``{dataset: results}``."""
+        names = list(cfg.DATASETS.TEST)
+        if not names:
+            return {}
+        from crowdloss.evaluation import inference_on_dataset, print_csv_format
+
+        if evaluators is not None and len(evaluators) != len(names):
+            raise ValueError(f"{len(evaluators)} evaluators for {len(names)} datasets in DATASETS.TEST")
+        results: Dict[str, Any] = OrderedDict()
+        for idx, name in enumerate(names):
+            loader = cls.build_test_loader(cfg, name)
+            evaluator = evaluators[idx] if evaluators is not None else cls.build_evaluator(cfg, name)
+            res = inference_on_dataset(model, loader, evaluator)
+            results[name] = res
+            if comm.is_main_process() and res:
+                logger.info("Evaluation results for %s:", name)
+                print_csv_format(res)
+        return results
