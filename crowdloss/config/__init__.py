@@ -1,0 +1,28 @@
+"""crowdloss configs: cvpods-style config classes, overrides, rescaling and output helpers.
+
+See DESIGN.md section 3 "Config": a playground ``config.py`` subclasses one of these classes,
+registers its nested dict, and exports ``config``; the CLI applies ``KEY VALUE`` overrides with
+``merge_from_list``, rescales with ``rescale_for_world_size`` and records the result with
+``dump_config``.
+"""
+from .base_config import BaseConfig, config_diff
+from .base_detection_config import BaseDetectionConfig
+from .config_dict import ConfigDict, ConfigKeyError
+from .fcos_config import FCOSConfig
+from .output import default_output_dir, dump_config, link_log
+from .rescale import rescale_for_world_size
+from .retinanet_config import RetinaNetConfig
+
+__all__ = [
+    "ConfigDict",
+    "ConfigKeyError",
+    "BaseConfig",
+    "BaseDetectionConfig",
+    "FCOSConfig",
+    "RetinaNetConfig",
+    "rescale_for_world_size",
+    "default_output_dir",
+    "dump_config",
+    "link_log",
+    "config_diff",
+]

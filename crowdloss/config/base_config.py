@@ -1,0 +1,165 @@
+"""``BaseConfig``: the root of the config class chain, with the task-independent defaults.
+
+A playground experiment chains configs exactly as in cvpods::
+
+    _config_dict = dict(MODEL=dict(LLA=dict(TOPK=10)), SOLVER=dict(IMS_PER_BATCH=16))
+
+    class CustomFCOSConfig(FCOSConfig):
+        def __init__(self):
+            super().__init__()
+            self._register_configuration(_config_dict)
+
+    config = CustomFCOSConfig()
+
+Each class's ``__init__`` calls its parent's, then registers (merges) its own dict, so the defaults
+of a class live in one module-level ``_config_dict`` next to it. Legacy flat keys
+(``SOLVER.BASE_LR``...) are migrated before merging (see ``legacy.py``).
+
+``diff_from_parent()`` compares with a fresh instance of the *parent config class*: the first
+class of the MRO defined inside the ``crowdloss`` package. For a playground config that is the
+crowdloss class it subclasses, so the diff is exactly what the experiment (plus any command-line
+override) changed.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Dict, Optional, Type
+
+from . import legacy
+from .config_dict import ConfigDict
+
+__all__ = ["BaseConfig", "config_diff"]
+
+logger = logging.getLogger(__name__)
+
+# Task-independent defaults (cvpods' base_config.py names and values).
+_config_dict: Dict[str, Any] = dict(
+    MODEL=dict(
+        # "cuda"; the CLI falls back to "cpu" when CUDA is absent.
+        DEVICE="cuda",
+        # Checkpoint or backbone weights to load ("" = none): .pth, MSRA .pkl, detectron2://...
+        WEIGHTS="",
+        # BGR order (INPUT.FORMAT) in 0-255; std 1 because MSRA weights absorbed it in conv1.
+        PIXEL_MEAN=[103.530, 116.280, 123.675],
+        PIXEL_STD=[1.0, 1.0, 1.0],
+    ),
+    INPUT=dict(
+        FORMAT="BGR",
+        AUG=dict(
+            TRAIN_PIPELINES=[
+                ("ResizeShortestEdge",
+                 dict(short_edge_length=(800,), max_size=1333, sample_style="choice")),
+                ("RandomFlip", dict()),
+            ],
+            TEST_PIPELINES=[
+                ("ResizeShortestEdge",
+                 dict(short_edge_length=800, max_size=1333, sample_style="choice")),
+            ],
+        ),
+    ),
+    DATASETS=dict(TRAIN=(), TEST=()),
+    DATALOADER=dict(
+        NUM_WORKERS=2,
+        # Batch portrait and landscape images separately (less padding).
+        ASPECT_RATIO_GROUPING=True,
+        FILTER_EMPTY_ANNOTATIONS=True,
+    ),
+    SOLVER=dict(
+        LR_SCHEDULER=dict(
+            NAME="WarmupMultiStepLR",
+            MAX_ITER=40000,
+            STEPS=(30000,),
+            WARMUP_FACTOR=1.0 / 1000,
+            WARMUP_ITERS=1000,
+            WARMUP_METHOD="linear",
+            GAMMA=0.1,
+        ),
+        OPTIMIZER=dict(
+            NAME="D2SGD",
+            BASE_LR=0.01,
+            BIAS_LR_FACTOR=1.0,
+            WEIGHT_DECAY=1e-4,
+            # Weight decay of normalization layers' affine parameters.
+            WEIGHT_DECAY_NORM=0.0,
+            MOMENTUM=0.9,
+        ),
+        CHECKPOINT_PERIOD=5000,
+        # Images per step over all processes; IMS_PER_BATCH / IMS_PER_DEVICE must equal
+        # REFERENCE_WORLD_SIZE, the process count the schedule is written for (see rescale.py).
+        IMS_PER_BATCH=16,
+        IMS_PER_DEVICE=2,
+        # Split each device batch into this many chunks and accumulate their gradients.
+        BATCH_SUBDIVISIONS=1,
+        REFERENCE_WORLD_SIZE=8,
+        CLIP_GRADIENTS=dict(ENABLED=False, CLIP_TYPE="norm", CLIP_VALUE=1.0, NORM_TYPE=2.0),
+        AMP=dict(ENABLED=False, DTYPE="float16"),
+    ),
+    TEST=dict(
+        # > 0: evaluate every EVAL_PERIOD iterations; 0: after training only; < 0: never.
+        EVAL_PERIOD=0,
+        DETECTIONS_PER_IMAGE=100,
+        # [[task, metric, value, tolerance], ...] checked after evaluation (end-to-end tests).
+        EXPECTED_RESULTS=[],
+    ),
+    # "" = derive from the experiment dir (crowdloss.config.default_output_dir).
+    OUTPUT_DIR="",
+    # < 0: a random seed per run; >= 0: fixed.
+    SEED=-1,
+    CUDNN_BENCHMARK=False,
+    VIS_PERIOD=0,
+)
+
+
+class BaseConfig(ConfigDict):
+    """Root config class: builds the task-independent defaults.
+
+    Subclasses call ``super().__init__()`` then ``self._register_configuration(their_dict)``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._register_configuration(_config_dict)
+
+    def _register_configuration(self, config: Mapping) -> None:
+        """Merge a nested dict into self, migrating legacy keys first (cvpods' name)."""
+        self.merge(config)
+
+    def merge(self, other: Optional[Mapping] = None, **kwargs: Any) -> "BaseConfig":
+        """``ConfigDict.merge`` after moving legacy keys (``SOLVER.BASE_LR``...) to their homes."""
+        for source in (other or {}, kwargs):
+            if not isinstance(source, Mapping):
+                raise TypeError(f"can only merge a mapping into a config, got {type(source).__name__}")
+            migrated, _ = legacy.migrate(source, self)
+            super().merge(migrated)
+        return self
+
+    @classmethod
+    def parent_config_class(cls) -> Type["BaseConfig"]:
+        """The first class of the MRO defined in the ``crowdloss`` package.
+
+        Playground experiments are loaded under their own module names, so a class whose
+        module is ``crowdloss`` or ``crowdloss.*`` is a library class, anything else a user's.
+        """
+        for klass in cls.__mro__:
+            module = klass.__module__ or ""
+            if issubclass(klass, BaseConfig) and (module == "crowdloss"
+                                                  or module.startswith("crowdloss.")):
+                return klass
+        return BaseConfig  # unreachable: BaseConfig itself is in the MRO
+
+    def diff_from_parent(self) -> Dict[str, Any]:
+        """Nested dict of the keys whose values differ from a fresh parent config instance."""
+        return self.diff(self.parent_config_class()())
+
+
+def config_diff(cfg: BaseConfig) -> Dict[str, Any]:
+    """``cfg.diff_from_parent()``: what an experiment changed relative to its crowdloss class.
+
+    Raises:
+        TypeError: ``cfg`` is not a ``BaseConfig`` (a bare ``ConfigDict`` has no parent class).
+    """
+    if not isinstance(cfg, BaseConfig):
+        raise TypeError(f"config_diff needs a BaseConfig subclass instance, got "
+                        f"{type(cfg).__name__}; a bare ConfigDict has no parent config class")
+    return cfg.diff_from_parent()

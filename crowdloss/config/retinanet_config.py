@@ -1,0 +1,54 @@
+"""``RetinaNetConfig``: RetinaNet with focal loss (arXiv 1708.02002), plus LLA on its anchors
+(arXiv 2101.04307). cvpods key names and defaults.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from .base_detection_config import BaseDetectionConfig
+
+__all__ = ["RetinaNetConfig"]
+
+_config_dict: Dict[str, Any] = dict(
+    MODEL=dict(
+        RESNETS=dict(OUT_FEATURES=["res3", "res4", "res5"]),
+        FPN=dict(IN_FEATURES=["res3", "res4", "res5"], TOP_BLOCK_IN_FEATURE="p5"),
+        ANCHOR_GENERATOR=dict(
+            # Three octave scales per level: x, x * 2^(1/3), x * 2^(2/3).
+            SIZES=[[x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)] for x in [32, 64, 128, 256, 512]],
+            ASPECT_RATIOS=[[0.5, 1.0, 2.0]],
+            OFFSET=0.0,
+        ),
+        RETINANET=dict(
+            NUM_CLASSES=80,
+            IN_FEATURES=["p3", "p4", "p5", "p6", "p7"],
+            NUM_CONVS=4,
+            # IoU < 0.4 negative, >= 0.5 positive, in between ignored.
+            IOU_THRESHOLDS=[0.4, 0.5],
+            IOU_LABELS=[0, -1, 1],
+            ALLOW_LOW_QUALITY_MATCHES=True,
+            # Anchors covered by an ignore region beyond this IoA are ignored.
+            IGNORE_IOA_THRESH=0.5,
+            PRIOR_PROB=0.01,
+            SCORE_THRESH_TEST=0.05,
+            TOPK_CANDIDATES_TEST=1000,
+            NMS_THRESH_TEST=0.5,
+            BBOX_REG_WEIGHTS=(1.0, 1.0, 1.0, 1.0),
+            FOCAL_LOSS_GAMMA=2.0,
+            FOCAL_LOSS_ALPHA=0.25,
+            SMOOTH_L1_LOSS_BETA=0.1,
+            BBOX_REG_LOSS_TYPE="smooth_l1",
+            NORM_SYNC=True,
+            HEAD_CHANNELS=256,
+        ),
+        LLA=dict(TOPK=10, REG_COST=1.5, IOU_WEIGHT=0.5),
+    ),
+)
+
+
+class RetinaNetConfig(BaseDetectionConfig):
+    """RetinaNet (and LLA.RetinaNet) defaults on ResNet-FPN P3-P7."""
+
+    def __init__(self):
+        super().__init__()
+        self._register_configuration(_config_dict)
