@@ -1,0 +1,246 @@
+"""Atomic checkpoint writes, finding / loading checkpoints, and pretrained-weight loading."""
+import io
+import logging
+import os
+import pickle
+import sys
+import types
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import crowdloss.engine.checkpoint as ckpt_mod
+from crowdloss.engine.checkpoint import Checkpointer, DetectionCheckpointer
+
+
+class Net(nn.Module):
+    def __init__(self, out=3):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.head = nn.Linear(4, out)
+
+
+@contextmanager
+def engine_log():
+    """Collect crowdloss.engine records (the package logger may not propagate to caplog)."""
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    log = logging.getLogger("crowdloss.engine")
+    log.addHandler(handler)
+    old = log.level
+    log.setLevel(logging.DEBUG)
+    try:
+        yield records
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old)
+
+
+def messages(records, level=logging.DEBUG):
+    return "\n".join(r.getMessage() for r in records if r.levelno >= level)
+
+
+def make(tmp_path):
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return model, opt, Checkpointer(model, str(tmp_path), optimizer=opt)
+
+
+def test_save_writes_every_key_and_last_checkpoint(tmp_path):
+    model, opt, ck = make(tmp_path)
+    path = ck.save("model_iter_0000003", iteration=3)
+    data = torch.load(path, weights_only=True)
+    assert sorted(data) == ["iteration", "model", "optimizer", "rng", "scaler"]
+    assert data["iteration"] == 3 and data["scaler"] is None
+    assert (tmp_path / "last_checkpoint").read_text() == "model_iter_0000003.pth"
+    assert ck.has_checkpoint() and ck.get_checkpoint_file() == path
+
+    other_model, other_opt, other = make(tmp_path)
+    extra = other.load(path)
+    assert extra["iteration"] == 3 and "rng" in extra
+    assert torch.equal(other_model.head.weight, model.head.weight)
+
+
+def test_interrupted_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    model, opt, ck = make(tmp_path)
+    good = ck.save("model_iter_0000003", iteration=3)
+    real_save = torch.save
+
+    def save_half_then_die(obj, f, *a, **k):
+        buf = io.BytesIO()
+        real_save(obj, buf, *a, **k)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(torch, "save", save_half_then_die)
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    with pytest.raises(OSError, match="simulated"):
+        ck.save("model_iter_0000007", iteration=7)
+    monkeypatch.setattr(torch, "save", real_save)
+
+    def replace_dies(src, dst):
+        raise OSError("killed during rename (simulated)")
+
+    monkeypatch.setattr(os, "replace", replace_dies)
+    with pytest.raises(OSError, match="rename"):
+        ck.save("model_iter_0000011", iteration=11)
+    monkeypatch.undo()
+
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_iter_0000003.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_iter_0000003.pth"
+    assert ck.get_checkpoint_file() == good
+    assert ck.load(good)["iteration"] == 3
+    # A hard kill leaves its temp file behind; it must never be taken for a checkpoint.
+    (tmp_path / ".model_iter_0000015.pth.tmp.4242").write_bytes(b"partial")
+    assert ck.get_all_checkpoint_files() == [good]
+
+
+def test_missing_pointer_target_falls_back_to_listing(tmp_path):
+    _, _, ck = make(tmp_path)
+    assert not ck.has_checkpoint() and ck.get_all_checkpoint_files() == []
+    path = ck.save("model_iter_0000001", iteration=1)
+    (tmp_path / "last_checkpoint").write_text("model_iter_0009999.pth")
+    with engine_log() as records:
+        assert ck.get_checkpoint_file() == path
+    assert "does not exist" in messages(records, logging.WARNING)
+
+
+def test_only_rank0_writes(tmp_path):
+    ck = Checkpointer(Net(), str(tmp_path), save_to_disk=False)
+    assert ck.save("model_final") is None and os.listdir(tmp_path) == []
+
+
+def test_load_model_weights_prefixes_wrappers_and_mismatches(tmp_path):
+    src = Net(out=5)
+    bare = {"module." + k: v for k, v in src.state_dict().items()}
+    torch.save(bare, tmp_path / "bare.pth")
+    torch.save({"model": src.state_dict(), "iteration": 9}, tmp_path / "wrapped.pth")
+    for name in ("bare.pth", "wrapped.pth"):
+        model = Net(out=3)
+        fresh_head = model.head.weight.detach().clone()
+        with engine_log() as records:
+            DetectionCheckpointer(model, "").load_model_weights(str(tmp_path / name))
+        assert torch.equal(model.conv.weight, src.conv.weight), name
+        assert torch.equal(model.head.weight, fresh_head), name  # (3, 4) vs (5, 4): skipped
+        warnings = messages(records, logging.WARNING)
+        assert "head.weight" in warnings and "(5, 4)" in warnings and "(3, 4)" in warnings
+        assert "head.bias" in messages(records)  # reported as missing (left as initialised)
+
+
+def test_missing_and_unexpected_keys_logged(tmp_path):
+    state = Net().state_dict()
+    state.pop("conv.bias")
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "w.pth")
+    with engine_log() as records:
+        DetectionCheckpointer(Net(), "").load_model_weights(str(tmp_path / "w.pth"))
+    text = messages(records)
+    assert "conv.bias" in text and "extra.weight" in text
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned_marker",))
+
+
+def test_pkl_is_read_with_a_restricted_unpickler(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump({"blobs": {"conv1_w": Evil()}}, f)
+    with pytest.raises(pickle.UnpicklingError, match="system"):
+        DetectionCheckpointer(Net(), "").load_model_weights(str(tmp_path / "evil.pkl"))
+    assert not (tmp_path / "pwned_marker").exists()
+
+
+def fake_weights_module(monkeypatch, calls):
+    fake = types.ModuleType("crowdloss.modeling.backbone.weights")
+
+    def convert_weights(state_dict, source="auto", model_keys=None):
+        calls.append((source, sorted(state_dict), model_keys))
+        return {"conv.weight": torch.full((4, 3, 1, 1), 7.0)}
+
+    fake.convert_weights = convert_weights
+    fake.load_pkl_safely = lambda path: pickle.load(open(path, "rb"))
+    import crowdloss.modeling.backbone as backbone_pkg
+
+    monkeypatch.setitem(sys.modules, "crowdloss.modeling.backbone.weights", fake)
+    monkeypatch.setattr(backbone_pkg, "weights", fake, raising=False)
+
+
+def test_torchvision_and_msra_files_go_through_the_converter(tmp_path, monkeypatch):
+    calls = []
+    fake_weights_module(monkeypatch, calls)
+    tv = {"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.weight": torch.ones(64),
+          "layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1)}
+    torch.save(tv, tmp_path / "resnet50-tv.pth")
+    model = Net()
+    DetectionCheckpointer(model, "").load_model_weights(str(tmp_path / "resnet50-tv.pth"))
+    assert calls[-1][0] == "torchvision" and "layer1.0.conv1.weight" in calls[-1][1]
+    assert calls[-1][2] == list(Net().state_dict())
+    assert (model.conv.weight == 7).all()
+
+    with open(tmp_path / "R-50.pkl", "wb") as f:
+        pickle.dump({"blobs": {"conv1_w": np.zeros((64, 3, 7, 7), np.float32)}}, f)
+    DetectionCheckpointer(Net(), "").load_model_weights(str(tmp_path / "R-50.pkl"))
+    assert calls[-1][:2] == ("auto", ["conv1_w"])
+
+
+def test_url_download_into_cache_file_scheme(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CROWDLOSS_CACHE", str(cache))
+    src = Net()
+    torch.save({"model": src.state_dict()}, tmp_path / "remote.pth")
+    url = (tmp_path / "remote.pth").as_uri()
+    model = Net()
+    DetectionCheckpointer(model, "").load_model_weights(url)
+    assert torch.equal(model.head.weight, src.head.weight)
+    cached = ckpt_mod.resolve_weights_path(url)
+    assert cached.startswith(str(cache)) and os.path.isfile(cached)
+    os.remove(tmp_path / "remote.pth")  # served from the cache from now on
+    DetectionCheckpointer(Net(), "").load_model_weights(url)
+    assert [f for f in os.listdir(os.path.dirname(cached)) if ".tmp." in f] == []
+
+
+def test_detectron2_url_and_clear_error_without_network(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    monkeypatch.setenv("CROWDLOSS_CACHE", str(tmp_path / "cache"))
+    requested = []
+    payload = io.BytesIO()
+    torch.save(Net().state_dict(), payload)
+
+    def fake_urlopen(url, timeout=None):
+        requested.append(url)
+        return io.BytesIO(payload.getvalue())
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    path = ckpt_mod.resolve_weights_path("detectron2://ImageNetPretrained/X/model.pth")
+    assert requested == ["https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/X/model.pth"]
+    assert path == str(tmp_path / "cache" / "dl.fbaipublicfiles.com" / "detectron2"
+                       / "ImageNetPretrained" / "X" / "model.pth")
+    assert ckpt_mod.resolve_weights_path("detectron2://ImageNetPretrained/X/model.pth") == path
+    assert len(requested) == 1  # cached: downloaded once
+
+    def refuse(url, timeout=None):
+        raise urllib.error.URLError("network unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    with pytest.raises(RuntimeError) as err:
+        ckpt_mod.resolve_weights_path("detectron2://ImageNetPretrained/MSRA/R-50.pkl")
+    msg = str(err.value)
+    assert "https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/MSRA/R-50.pkl" in msg
+    assert str(tmp_path / "cache" / "dl.fbaipublicfiles.com" / "detectron2" / "ImageNetPretrained"
+               / "MSRA" / "R-50.pkl") in msg
+    assert not (tmp_path / "cache" / "dl.fbaipublicfiles.com" / "detectron2"
+                / "ImageNetPretrained" / "MSRA" / "R-50.pkl").exists()
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS.*nope.pth"):
+        DetectionCheckpointer(Net(), "").load_model_weights(str(tmp_path / "nope.pth"))
