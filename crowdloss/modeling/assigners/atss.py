@@ -1,0 +1,119 @@
+"""ATSS: adaptive training sample selection (Zhang et al., arXiv 1912.02424) on FCOS points.
+
+Shape vocabulary: M gts of one image (V of them valid, i.e. not ignore regions), R points (all
+levels concatenated), L levels, C = sum over levels of min(topk, R_l) candidates per GT.
+"""
+from typing import List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from crowdloss.ops import box_iou
+
+from .base import AssignResult, check_gts, ltrb_min_max
+from .fcos import level_columns
+
+__all__ = ["ATSSAssigner"]
+
+# cvpods / mmdetection count a point as inside a GT when every ltrb distance exceeds this.
+_INSIDE_EPS = 0.01
+
+
+class ATSSAssigner:
+    """Statistics-based positive selection around each GT centre.
+
+    Steps of ``assign``:
+      1. Each point stands for a square anchor of side ``anchor_scale`` x its level's stride,
+         centred on it; compute IoU (V, R) between valid GTs and these anchors.
+      2. Per level, take the ``topk`` points nearest (L2) to each GT's centre: C candidates per GT.
+      3. Per GT, threshold = mean + std (unbiased) of the candidates' IoUs.
+      4. A candidate is positive when its IoU >= threshold and the point lies inside the GT
+         (all four ltrb distances > 0.01).
+      5. A point positive for several GTs goes to the one of highest IoU (ties: lowest index).
+      6. Ignore GTs (class -1) take no part in steps 1-5. A point that is not positive and lies
+         strictly inside an ignore region (all ltrb > 0, the point itself, not its anchor) is
+         ``ignored`` with ``gt_inds`` -1. Choice: for a point detector the point is what is
+         classified, so a point in a crowd region is "don't care" whatever its anchor covers.
+
+    Args:
+        topk: candidates per level per GT (9 in the paper).
+        anchor_scale: side of the virtual square anchor in strides (8 in the paper).
+    """
+
+    def __init__(self, *, topk: int = 9, anchor_scale: float = 8.0):
+        if topk < 1 or anchor_scale <= 0:
+            raise ValueError(f"ATSSAssigner: need topk >= 1 and anchor_scale > 0, got {topk}, {anchor_scale}")
+        self.topk = int(topk)
+        self.anchor_scale = float(anchor_scale)
+
+    @torch.no_grad()
+    def assign(
+        self,
+        points_per_level: List[Tensor],
+        strides: Sequence[int],
+        gt_boxes: Tensor,
+        gt_classes: Tensor,
+    ) -> AssignResult:
+        """Assign the points of one image.
+
+        Args:
+            points_per_level: L tensors (R_l, 2) xy.
+            strides: L strides.
+            gt_boxes: (M, 4) xyxy.
+            gt_classes: long (M,), -1 = ignore region.
+        """
+        if len(points_per_level) != len(strides):
+            raise ValueError(f"ATSSAssigner.assign: {len(points_per_level)} point levels but {len(strides)} strides")
+        check_gts(gt_boxes, gt_classes, "ATSSAssigner.assign")
+        points = torch.cat(points_per_level, dim=0)
+        num_points = points.shape[0]
+        result = AssignResult.background(num_points, device=points.device)
+        if gt_boxes.shape[0] == 0 or num_points == 0:
+            return result
+        gt_boxes = gt_boxes.to(points.dtype)
+        valid_idx = torch.nonzero(gt_classes >= 0).squeeze(1)
+        valid = gt_boxes[valid_idx]
+
+        if valid.shape[0] > 0:
+            # Step 1: IoU with the virtual square anchors.
+            half = level_columns(points_per_level, [(s * self.anchor_scale / 2,) for s in strides])
+            anchors = torch.cat([points - half, points + half], dim=1)
+            iou = box_iou(valid, anchors)  # (V, R)
+
+            # Step 2: per-level nearest points to each GT centre.
+            centres = (valid[:, :2] + valid[:, 2:]) / 2
+            candidates = []
+            start = 0
+            for level_points in points_per_level:
+                end = start + level_points.shape[0]
+                if end > start:
+                    # Squared L2 written out: cdist's matmul path loses precision and
+                    # reorders near-ties between equally distant grid points.
+                    dist = (centres[:, None, 0] - level_points[None, :, 0]) ** 2
+                    dist += (centres[:, None, 1] - level_points[None, :, 1]) ** 2  # (V, R_l)
+                    k = min(self.topk, end - start)
+                    candidates.append(dist.topk(k, dim=1, largest=False).indices + start)
+                start = end
+            candidates = torch.cat(candidates, dim=1)  # (V, C)
+
+            # Step 3: adaptive threshold per GT.
+            cand_iou = iou.gather(1, candidates)
+            std = cand_iou.std(dim=1) if cand_iou.shape[1] > 1 else torch.zeros_like(cand_iou[:, 0])
+            threshold = cand_iou.mean(dim=1) + std
+
+            # Step 4: positives among candidates.
+            inside, _ = ltrb_min_max(points, valid, with_max=False)
+            cand_pos = (cand_iou >= threshold[:, None]) & (inside.gather(1, candidates) > _INSIDE_EPS)
+            pos = torch.zeros_like(iou, dtype=torch.bool).scatter_(1, candidates, cand_pos)
+
+            # Step 5: highest IoU wins; -1 keeps non-positive pairs out of the max.
+            best_iou, best = torch.where(pos, iou, torch.full_like(iou, -1.0)).max(dim=0)
+            has_pos = best_iou >= 0
+            result.gt_inds[has_pos] = valid_idx[best[has_pos]]
+
+        # Step 6: ignore regions.
+        ignore = gt_boxes[gt_classes < 0]
+        if ignore.shape[0] > 0:
+            in_ignore = (ltrb_min_max(points, ignore, with_max=False)[0] > 0).any(dim=0)
+            result.ignored[in_ignore & (result.gt_inds < 0)] = True
+        return result

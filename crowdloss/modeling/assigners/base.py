@@ -1,0 +1,94 @@
+"""What every assigner returns, plus the point-in-box geometry the point assigners share.
+
+Shape vocabulary: M gts of one image, R points/anchors (all levels concatenated), K classes.
+"""
+from dataclasses import dataclass
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["AssignResult", "ltrb_min_max", "check_gts"]
+
+
+@dataclass
+class AssignResult:
+    """Per-point assignment of one image.
+
+    Attributes:
+        gt_inds: long (R,): index of the matched GT over all M (ignore GTs included), -1 = none.
+        ignored: bool (R,): points excluded from the classification loss (matched to an ignore GT,
+            inside an ignore region, or in the IoU "grey zone" of max-IoU matching).
+    """
+
+    gt_inds: Tensor
+    ignored: Tensor
+
+    def __post_init__(self):
+        if self.gt_inds.shape != self.ignored.shape or self.gt_inds.dim() != 1:
+            raise ValueError(
+                f"AssignResult: gt_inds {tuple(self.gt_inds.shape)} and ignored "
+                f"{tuple(self.ignored.shape)} must both be (R,)"
+            )
+
+    @property
+    def matched(self) -> Tensor:
+        """bool (R,): points matched to any GT, ignore GTs included (LLA's num_fg counts these)."""
+        return self.gt_inds >= 0
+
+    @property
+    def positive(self) -> Tensor:
+        """bool (R,): valid positives (matched and not ignored): the box-regression set."""
+        return (self.gt_inds >= 0) & ~self.ignored
+
+    def labels(self, gt_classes: Tensor, num_classes: int) -> Tensor:
+        """long (R,): the GT class for valid positives, ``num_classes`` for background, -1 for ignored."""
+        labels = torch.full_like(self.gt_inds, num_classes)
+        pos = self.positive
+        if bool(pos.any()):
+            labels[pos] = gt_classes[self.gt_inds[pos]].to(labels.dtype)
+        # A positive matched to an ignore GT (class -1) is never a foreground label.
+        labels[self.ignored | (labels < 0)] = -1
+        return labels
+
+    @classmethod
+    def background(cls, num_points: int, device=None) -> "AssignResult":
+        """Everything background: the zero-GT answer of every assigner."""
+        return cls(
+            torch.full((num_points,), -1, dtype=torch.long, device=device),
+            torch.zeros(num_points, dtype=torch.bool, device=device),
+        )
+
+
+def check_gts(gt_boxes: Tensor, gt_classes: Tensor, who: str) -> None:
+    """Clear error for malformed GT tensors."""
+    if gt_boxes.dim() != 2 or gt_boxes.shape[-1] != 4:
+        raise ValueError(f"{who}: gt_boxes must be (M, 4) xyxy, got {tuple(gt_boxes.shape)}")
+    if gt_classes.shape != gt_boxes.shape[:1]:
+        raise ValueError(
+            f"{who}: gt_classes must be ({gt_boxes.shape[0]},) to match gt_boxes, got {tuple(gt_classes.shape)}"
+        )
+
+
+def ltrb_min_max(points: Tensor, boxes: Tensor, with_max: bool = True) -> Tuple[Tensor, Tensor]:
+    """Min (and max) over the four point-to-side distances of every (box, point) pair.
+
+    Args:
+        points: (R, 2) xy.
+        boxes: (M, 4) xyxy.
+
+    Returns:
+        (M, R) min distance (> 0 iff the point is strictly inside) and (M, R) max distance
+        (None unless ``with_max``). Built one side at a time so no (M, R, 4) tensor exists.
+    """
+    px, py = points[None, :, 0], points[None, :, 1]
+    left = px - boxes[:, None, 0]
+    top = py - boxes[:, None, 1]
+    lo = torch.min(left, top)
+    hi = torch.max(left, top) if with_max else None
+    del left, top
+    for side in (boxes[:, None, 2] - px, boxes[:, None, 3] - py):
+        torch.minimum(lo, side, out=lo)
+        if with_max:
+            torch.maximum(hi, side, out=hi)
+    return lo, hi

@@ -1,0 +1,159 @@
+"""LLA: loss-aware label assignment (Ge et al., arXiv 2101.04307) for FCOS-style heads.
+
+Shape vocabulary: M gts of one image, R points (all levels jointly), K classes, B gts per chunk.
+"""
+import math
+
+import torch
+from torch import Tensor
+
+from crowdloss.ops import box_iou
+from crowdloss.modeling.losses import sigmoid_focal_loss
+
+from .base import AssignResult, check_gts, ltrb_min_max
+
+__all__ = ["LLAAssigner"]
+
+
+class LLAAssigner:
+    """Each GT takes the points where the detector's own loss for it would be lowest.
+
+    Steps of ``assign`` (ALGORITHMS.md "LLA", per image, all levels' points in one pool):
+      1. cls cost (M, R): sigmoid focal loss (``focal_alpha``, ``focal_gamma``) of the point's K
+         logits against the one-hot of the GT's class, summed over the K classes. Ignore GTs
+         (class -1) use class 0, so they compete for points like a class-0 GT.
+      2. reg cost (M, R): -log(IoU) between the point's predicted box and the GT, IoU clamped
+         at ``iou_eps``.
+      3. inside (M, R): all four ltrb distances from the point to the GT > ``inside_eps``.
+      4. cost = cls + ``reg_cost`` x reg + ``outside_cost`` x (1 - inside): a soft penalty, so a
+         GT with fewer than ``topk`` interior points still takes ``topk`` points.
+      5. Each GT takes its ``topk`` lowest-cost points over all levels jointly. Conflicts,
+         literally as written: a point taken by exactly one GT goes to that GT; a point taken
+         by two or more GTs goes to the argmin of its whole cost column over ALL M GT rows
+         (ties: lowest index), which may be a GT that did not take it. Points taken by no GT
+         are background.
+    Points whose winner is an ignore GT get ``gt_inds`` = that GT and ``ignored=True``.
+
+    Memory: GTs are processed in chunks of ``chunk_size`` rows; each chunk holds a few (B, R)
+    float32 matrices. Top-k is per row, so it is exact per chunk; the column argmin, the taker
+    count and the single taker of each point are merged across chunks (strict < keeps the
+    lowest index on ties, as a single argmin would).
+
+    Args:
+        topk: points per GT (10 in the paper's CrowdHuman config).
+        reg_cost: weight of the reg cost (1.5).
+        focal_alpha, focal_gamma: focal loss parameters of the cls cost.
+        outside_cost: penalty for points outside the GT.
+        inside_eps: minimum ltrb distance of an "inside" point.
+        chunk_size: GT rows per chunk (B).
+        iou_eps: IoU floor inside the log of the reg cost.
+    """
+
+    def __init__(
+        self,
+        *,
+        topk: int = 10,
+        reg_cost: float = 1.5,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        outside_cost: float = 1000.0,
+        inside_eps: float = 0.01,
+        chunk_size: int = 128,
+        iou_eps: float = 1e-6,
+    ):
+        if topk < 1 or chunk_size < 1:
+            raise ValueError(f"LLAAssigner: need topk >= 1 and chunk_size >= 1, got {topk}, {chunk_size}")
+        self.topk = int(topk)
+        self.reg_cost = float(reg_cost)
+        self.focal_alpha = float(focal_alpha)
+        self.focal_gamma = float(focal_gamma)
+        self.outside_cost = float(outside_cost)
+        self.inside_eps = float(inside_eps)
+        self.chunk_size = int(chunk_size)
+        self.iou_eps = float(iou_eps)
+
+    def cost_rows(self, cls_terms, pred_boxes: Tensor, points: Tensor, gt_boxes: Tensor, gt_cls: Tensor) -> Tensor:
+        """Steps 1-4 for a chunk of B GTs -> (B, R) cost."""
+        neg_sum, pos_minus_neg = cls_terms
+        # Step 1: sum_k FL(x_k, onehot_k) = sum_k FL(x_k, 0) + FL(x_c, 1) - FL(x_c, 0).
+        cost = pos_minus_neg.index_select(1, gt_cls).t() + neg_sum[None, :]
+        # Step 2: -log(IoU), in place to keep one extra (B, R) alive at a time.
+        iou = box_iou(gt_boxes, pred_boxes)
+        cost.sub_(iou.clamp_(min=self.iou_eps).log_().mul_(self.reg_cost))
+        del iou
+        # Steps 3-4.
+        min_d, _ = ltrb_min_max(points, gt_boxes, with_max=False)
+        cost.add_((min_d <= self.inside_eps).to(cost.dtype).mul_(self.outside_cost))
+        return cost
+
+    @torch.no_grad()
+    def assign(
+        self,
+        cls_logits: Tensor,
+        pred_boxes: Tensor,
+        points: Tensor,
+        gt_boxes: Tensor,
+        gt_classes: Tensor,
+    ) -> AssignResult:
+        """Assign the points of one image.
+
+        Args:
+            cls_logits: (R, K) classification logits (detached inside).
+            pred_boxes: (R, 4) predicted xyxy boxes.
+            points: (R, 2) xy, all levels concatenated in the same order.
+            gt_boxes: (M, 4) xyxy.
+            gt_classes: long (M,), -1 = ignore region.
+        """
+        num_points = points.shape[0]
+        if cls_logits.dim() != 2 or cls_logits.shape[0] != num_points:
+            raise ValueError(f"LLAAssigner.assign: cls_logits must be ({num_points}, K), got {tuple(cls_logits.shape)}")
+        if pred_boxes.shape != (num_points, 4) or points.shape != (num_points, 2):
+            raise ValueError(
+                f"LLAAssigner.assign: expected pred_boxes ({num_points}, 4) and points ({num_points}, 2), "
+                f"got {tuple(pred_boxes.shape)} and {tuple(points.shape)}"
+            )
+        check_gts(gt_boxes, gt_classes, "LLAAssigner.assign")
+        num_classes = cls_logits.shape[1]
+        if gt_classes.numel() > 0 and int(gt_classes.max()) >= num_classes:
+            raise ValueError(f"LLAAssigner.assign: gt class {int(gt_classes.max())} >= K={num_classes}")
+        result = AssignResult.background(num_points, device=points.device)
+        num_gts = gt_boxes.shape[0]
+        if num_gts == 0 or num_points == 0:
+            return result
+
+        logits = cls_logits.detach().float()
+        pred_boxes = pred_boxes.detach().float()
+        points = points.float()
+        gt_boxes = gt_boxes.float()
+        focal = dict(alpha=self.focal_alpha, gamma=self.focal_gamma)
+        neg = sigmoid_focal_loss(logits, torch.zeros_like(logits), **focal)  # (R, K)
+        pos = sigmoid_focal_loss(logits, torch.ones_like(logits), **focal)
+        cls_terms = (neg.sum(dim=1), pos - neg)
+        del neg, pos
+        cost_cls = gt_classes.clamp(min=0)  # ignore GTs compete as class 0
+
+        k = min(self.topk, num_points)
+        col_min = torch.full((num_points,), math.inf, device=points.device)
+        col_arg = torch.full((num_points,), -1, dtype=torch.long, device=points.device)
+        takers = torch.zeros(num_points, dtype=torch.long, device=points.device)
+        taker = torch.full((num_points,), -1, dtype=torch.long, device=points.device)
+        for start in range(0, num_gts, self.chunk_size):
+            end = min(start + self.chunk_size, num_gts)
+            cost = self.cost_rows(cls_terms, pred_boxes, points, gt_boxes[start:end], cost_cls[start:end])
+            # Step 5a: this chunk's top-k per GT row.
+            top = cost.topk(k, dim=1, largest=False).indices  # (B, k)
+            flat = top.reshape(-1)
+            takers.index_add_(0, flat, torch.ones_like(flat))
+            rows = torch.arange(start, end, device=points.device)[:, None].expand_as(top).reshape(-1)
+            taker[flat] = rows  # only read back where exactly one GT took the point
+            # Step 5b: running column argmin over all GT rows.
+            chunk_min, chunk_arg = cost.min(dim=0)
+            better = chunk_min < col_min
+            col_min = torch.where(better, chunk_min, col_min)
+            col_arg = torch.where(better, chunk_arg + start, col_arg)
+            del cost
+
+        result.gt_inds = torch.where(takers == 1, taker, torch.where(takers > 1, col_arg, result.gt_inds))
+        won = result.gt_inds >= 0
+        result.ignored = won & (gt_classes[result.gt_inds.clamp(min=0)] < 0)
+        return result
