@@ -1,0 +1,16 @@
+"""Backbones: ResNet/ResNeXt, FPN with P6/P7, and pretrained-weight conversion."""
+from .backbone import Backbone
+from .fpn import FPN, LastLevelP6P7, build_resnet_fpn_p7_backbone
+from .resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet, build_resnet_backbone
+
+__all__ = [
+    "Backbone",
+    "BasicStem",
+    "BasicBlock",
+    "BottleneckBlock",
+    "ResNet",
+    "FPN",
+    "LastLevelP6P7",
+    "build_resnet_backbone",
+    "build_resnet_fpn_p7_backbone",
+]
