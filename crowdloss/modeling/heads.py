@@ -1,0 +1,211 @@
+"""Dense prediction heads shared by the one-stage detectors.
+
+Two heads, each applied with shared weights to every FPN level:
+
+- ``FCOSHead`` (FCOS, arXiv 1904.01355; reused by ATSS and LLA): a classification tower and a
+  box tower of ``num_convs`` x (conv3x3 + norm + ReLU), K class logits, 4 ltrb distances with a
+  learnable per-level ``Scale``, and one quality logit (centerness for FCOS/ATSS, IoU for LLA)
+  computed from the box tower (``centerness_on_reg``) or the classification tower.
+- ``RetinaNetHead`` (RetinaNet, arXiv 1708.02002): the same towers (no norm by default),
+  A x K class logits and A x 4 box deltas per location, plus an optional A x 1 quality
+  branch on the box tower (LLA on RetinaNet).
+
+Shape vocabulary: N images, C channels, H_l x W_l the size of level l, K classes,
+A anchors per location.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crowdloss.structures import ShapeSpec
+
+__all__ = ["Scale", "build_tower", "FCOSHead", "RetinaNetHead"]
+
+
+class Scale(nn.Module):
+    """A learnable scalar multiplier (one per FPN level in FCOS, since the levels share the
+    regression conv but predict distances of very different magnitudes)."""
+
+    def __init__(self, init_value: float = 1.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def _norm_layer(norm: str, channels: int) -> Optional[nn.Module]:
+    """The backbone's norm factory, so "GN"/"BN"/"SyncBN" mean the same everywhere."""
+    if not norm:
+        return None
+    from crowdloss.modeling.layers import get_norm
+
+    return get_norm(norm, channels)
+
+
+def build_tower(
+    in_channels: int, channels: int, num_convs: int, norm: str = ""
+) -> nn.Sequential:
+    """``num_convs`` x (conv3x3 + optional norm + ReLU); the first conv maps ``in_channels``
+    to ``channels`` so a CPU demo can run a narrow head on a wider FPN."""
+    layers: List[nn.Module] = []
+    for i in range(num_convs):
+        c_in = in_channels if i == 0 else channels
+        # A conv followed by a norm needs no bias (the norm's shift replaces it).
+        layers.append(nn.Conv2d(c_in, channels, 3, padding=1, bias=not norm))
+        norm_module = _norm_layer(norm, channels)
+        if norm_module is not None:
+            layers.append(norm_module)
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def _init_convs(modules: Sequence[nn.Module], prior_prob: float, cls_logits: nn.Conv2d) -> None:
+    # Normal(0, 0.01) for every conv, zero bias; the classification bias starts at the prior
+    # so that the focal loss of the ~100k background locations does not swamp the first steps.
+    for module in modules:
+        for layer in module.modules():
+            if isinstance(layer, nn.Conv2d):
+                nn.init.normal_(layer.weight, mean=0.0, std=0.01)
+                if layer.bias is not None:
+                    nn.init.constant_(layer.bias, 0.0)
+    nn.init.constant_(cls_logits.bias, -math.log((1.0 - prior_prob) / prior_prob))
+
+
+class FCOSHead(nn.Module):
+    """FCOS head: returns per-level class logits, ltrb distances and a quality logit.
+
+    Args:
+        input_shape: one ShapeSpec per input level (all with the same channels).
+        num_classes: K.
+        fpn_strides: stride of every level (multiplies the distances when
+            ``norm_reg_targets``).
+        num_convs: convs per tower.
+        head_channels: tower width (None: the input channels).
+        prior_prob: initial foreground probability of the classifier.
+        norm: tower norm ("GN" as published, "BN", or "" for none).
+        norm_reg_targets: ltrb = ReLU(scale * x) * stride (FCOS "improvements"); otherwise
+            ltrb = exp(scale * x).
+        centerness_on_reg: compute the quality logit from the box tower.
+    """
+
+    def __init__(
+        self,
+        *,
+        input_shape: List[ShapeSpec],
+        num_classes: int,
+        fpn_strides: Sequence[int],
+        num_convs: int = 4,
+        head_channels: Optional[int] = None,
+        prior_prob: float = 0.01,
+        norm: str = "GN",
+        norm_reg_targets: bool = True,
+        centerness_on_reg: bool = True,
+    ):
+        super().__init__()
+        in_channels = {s.channels for s in input_shape}
+        if len(in_channels) != 1:
+            raise ValueError(f"FCOSHead needs equal channels on every level, got {in_channels}")
+        if len(fpn_strides) != len(input_shape):
+            raise ValueError(
+                f"FCOS.FPN_STRIDES has {len(fpn_strides)} entries but the head gets "
+                f"{len(input_shape)} levels (FCOS.IN_FEATURES)"
+            )
+        in_ch = in_channels.pop()
+        ch = head_channels or in_ch
+        self.fpn_strides = [int(s) for s in fpn_strides]
+        self.norm_reg_targets = norm_reg_targets
+        self.centerness_on_reg = centerness_on_reg
+        self.cls_subnet = build_tower(in_ch, ch, num_convs, norm)
+        self.bbox_subnet = build_tower(in_ch, ch, num_convs, norm)
+        self.cls_score = nn.Conv2d(ch, num_classes, 3, padding=1)
+        self.bbox_pred = nn.Conv2d(ch, 4, 3, padding=1)
+        self.quality = nn.Conv2d(ch, 1, 3, padding=1)
+        self.scales = nn.ModuleList([Scale(1.0) for _ in self.fpn_strides])
+        _init_convs(
+            [self.cls_subnet, self.bbox_subnet, self.cls_score, self.bbox_pred, self.quality],
+            prior_prob,
+            self.cls_score,
+        )
+
+    def forward(
+        self, features: List[torch.Tensor]
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
+        """Returns three lists over levels: logits (N, K, H_l, W_l), ltrb (N, 4, H_l, W_l) in
+        pixels, quality logits (N, 1, H_l, W_l)."""
+        logits, ltrb, quality = [], [], []
+        for level, feature in enumerate(features):
+            cls_feat = self.cls_subnet(feature)
+            box_feat = self.bbox_subnet(feature)
+            logits.append(self.cls_score(cls_feat))
+            quality.append(self.quality(box_feat if self.centerness_on_reg else cls_feat))
+            reg = self.scales[level](self.bbox_pred(box_feat))
+            if self.norm_reg_targets:
+                ltrb.append(F.relu(reg) * self.fpn_strides[level])
+            else:
+                ltrb.append(torch.exp(reg))
+        return logits, ltrb, quality
+
+
+class RetinaNetHead(nn.Module):
+    """RetinaNet head: A x K class logits, A x 4 box deltas and optionally A x 1 quality
+    logits (from the box tower) per location.
+
+    Args:
+        input_shape: one ShapeSpec per input level.
+        num_classes: K.
+        num_anchors: A.
+        num_convs: convs per tower.
+        head_channels: tower width (None: the input channels).
+        prior_prob: initial foreground probability of the classifier.
+        norm: tower norm ("" as published).
+        with_quality: add the quality (IoU) branch.
+    """
+
+    def __init__(
+        self,
+        *,
+        input_shape: List[ShapeSpec],
+        num_classes: int,
+        num_anchors: int,
+        num_convs: int = 4,
+        head_channels: Optional[int] = None,
+        prior_prob: float = 0.01,
+        norm: str = "",
+        with_quality: bool = False,
+    ):
+        super().__init__()
+        in_channels = {s.channels for s in input_shape}
+        if len(in_channels) != 1:
+            raise ValueError(f"RetinaNetHead needs equal channels per level, got {in_channels}")
+        in_ch = in_channels.pop()
+        ch = head_channels or in_ch
+        self.cls_subnet = build_tower(in_ch, ch, num_convs, norm)
+        self.bbox_subnet = build_tower(in_ch, ch, num_convs, norm)
+        self.cls_score = nn.Conv2d(ch, num_anchors * num_classes, 3, padding=1)
+        self.bbox_pred = nn.Conv2d(ch, num_anchors * 4, 3, padding=1)
+        self.quality = nn.Conv2d(ch, num_anchors, 3, padding=1) if with_quality else None
+        modules = [self.cls_subnet, self.bbox_subnet, self.cls_score, self.bbox_pred]
+        if self.quality is not None:
+            modules.append(self.quality)
+        _init_convs(modules, prior_prob, self.cls_score)
+
+    def forward(self, features: List[torch.Tensor]):
+        """Returns lists over levels: logits (N, A*K, H_l, W_l), deltas (N, A*4, H_l, W_l)
+        and, with the quality branch, quality logits (N, A, H_l, W_l)."""
+        logits, deltas, quality = [], [], []
+        for feature in features:
+            cls_feat = self.cls_subnet(feature)
+            box_feat = self.bbox_subnet(feature)
+            logits.append(self.cls_score(cls_feat))
+            deltas.append(self.bbox_pred(box_feat))
+            if self.quality is not None:
+                quality.append(self.quality(box_feat))
+        if self.quality is None:
+            return logits, deltas
+        return logits, deltas, quality
