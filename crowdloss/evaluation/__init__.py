@@ -1,0 +1,26 @@
+"""Evaluation: CrowdHuman (AP, MR^-2, Recall, JI), COCO via pycocotools, result files, plots.
+
+The metric modules (``crowdhuman``, ``ji``, ``results_io``) need numpy and scipy only; the
+torch-side plumbing (``evaluator``) and ``coco`` are imported on first attribute access, so
+``python -m crowdloss.evaluation.crowdhuman`` starts without importing torch.
+"""
+import importlib
+
+_LAZY = {
+    "DatasetEvaluator": "evaluator", "DatasetEvaluators": "evaluator",
+    "CrowdHumanEvaluator": "evaluator", "COCOEvaluator": "evaluator",
+    "build_evaluator": "evaluator", "inference_on_dataset": "evaluator",
+    "print_csv_format": "evaluator",
+    "evaluate_crowdhuman": "crowdhuman", "CrowdHumanResult": "crowdhuman",
+    "format_results": "crowdhuman",
+    "evaluate_coco": "coco",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,355 @@
+"""CrowdHuman AP, MR^-2, Recall and JI, numerically identical to the public toolkits.
+
+The rules (METRICS.md) are those of CrowdDet's ``lib/evaluate`` / cvpods' crowdhumantools:
+boxes clipped with W - 1 / W, IoU with +1e-6 in the union, IoA relative to the detection,
+greedy Caltech matching with strict > 0.5, curves over the score-sorted detections of all
+images, MR^-2 at nine rounded FPPI anchors. Those toolkits loop over every detection and GT
+in Python; here each image is a few numpy calls and the only Python loop runs over the
+(detection, GT) pairs with IoU > 0.5, which is what makes the val set take seconds.
+
+Standalone::
+
+    python -m crowdloss.evaluation.crowdhuman --gt annotation_val.odgt --dt results.odgt \
+        [--plot DIR] [--json PATH] [--image-root DIR] [--ji-matching cardinality]
+
+Shapes: N images, V valid GTs / G ignore regions / D detections of one image, T JI thresholds.
+numpy + scipy only (no torch), so the command starts fast.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import warnings
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .ji import JI_MATCHINGS, JI_THRESHOLDS, dataset_ji, image_ji_counts
+from .results_io import DTImage, GTImage, Source, load_dt, load_gt, write_json
+
+__all__ = ["MR_ANCHORS", "CrowdHumanResult", "evaluate_crowdhuman", "clip_xywh_to_xyxy",
+           "pairwise_iou", "pairwise_ioa", "format_results", "main"]
+
+# Rounded FPPI anchors of the reference (not np.logspace(-2, 0, 9), which differs at 1e-5).
+MR_ANCHORS = (0.0100, 0.0178, 0.0316, 0.0562, 0.1000, 0.1778, 0.3162, 0.5623, 1.000)
+_THRESH = 0.5
+_EPS = 1e-6
+
+
+def clip_xywh_to_xyxy(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(n, 4) xywh -> xyxy (x2 = x + w), clipped as the reference does: the first corner to
+    [0, W - 1] x [0, H - 1], the second to [0, W] x [0, H]."""
+    x1, y1 = boxes[:, 0], boxes[:, 1]
+    x2, y2 = x1 + boxes[:, 2], y1 + boxes[:, 3]
+    return np.stack([np.minimum(np.maximum(x1, 0), width - 1),
+                     np.minimum(np.maximum(y1, 0), height - 1),
+                     np.maximum(np.minimum(x2, width), 0),
+                     np.maximum(np.minimum(y2, height), 0)], axis=1)
+
+
+def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    return np.maximum(0, iw) * np.maximum(0, ih)
+
+
+def _area(a: np.ndarray) -> np.ndarray:
+    return (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+
+
+def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(A, B) inter / (area_a + area_b - inter + 1e-6), operations in the reference's order."""
+    inter = _intersection(a, b)
+    return inter / (_area(a)[:, None] + _area(b)[None, :] - inter + _EPS)
+
+
+def pairwise_ioa(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(A, B) inter / (area_a + 1e-6): the share of each ``a`` box inside each ``b`` box."""
+    return _intersection(a, b) / (_area(a)[:, None] + _EPS)
+
+
+class CrowdHumanResult:
+    """What one evaluation produced.
+
+    Attributes:
+        metrics: {"AP", "mMR", "Recall", "JI"} as fractions.
+        ji_threshold: the score threshold t of the best JI; ji_per_threshold: JI(t), (T,).
+        counts: images, valid_gt, ignore_regions, detections, tp, fp, ignored_dt.
+        mr_points: per anchor {"anchor", "index", "fppi", "miss_rate"} (the points MR^-2 used).
+        curves: "scores", "recall", "precision", "fppi", "miss_rate" arrays, one entry per
+            scored detection in ranking order (for plots).
+    """
+
+    def __init__(self, metrics, ji_threshold, ji_per_threshold, counts, mr_points, curves,
+                 ji_matching):
+        self.metrics, self.counts, self.mr_points = metrics, counts, mr_points
+        self.ji_threshold, self.ji_per_threshold = ji_threshold, ji_per_threshold
+        self.curves, self.ji_matching = curves, ji_matching
+
+    def to_dict(self) -> dict:
+        """Full-precision JSON-able summary (no curves)."""
+        return {**self.metrics, "ji_threshold": self.ji_threshold,
+                "ji_matching": self.ji_matching,
+                "ji_per_threshold": dict(zip([round(t, 1) for t in JI_THRESHOLDS],
+                                             self.ji_per_threshold)),
+                "counts": dict(self.counts), "mr_points": list(self.mr_points)}
+
+
+SizeSource = Union[Mapping[str, Tuple[int, int]], Callable[[str], Tuple[int, int]], None]
+
+
+def _resolve_size(gt: GTImage, dt: Optional[DTImage], image_sizes: SizeSource,
+                  image_root: Optional[str]) -> Tuple[int, int]:
+    # Order: the GT file, the evaluator's inputs, the detections record, the image header.
+    if gt.height is not None:
+        return gt.height, gt.width
+    if isinstance(image_sizes, Mapping) and gt.image_id in image_sizes:
+        h, w = image_sizes[gt.image_id]
+        return int(h), int(w)
+    if dt is not None and dt.height is not None:
+        return dt.height, dt.width
+    if image_root is not None:
+        return _read_size_from_root(image_root, gt.image_id)
+    if callable(image_sizes):
+        return tuple(int(v) for v in image_sizes(gt.image_id))
+    raise ValueError(f"{gt.where}: image '{gt.image_id}' has no height/width in the GT file "
+                     "nor in its detections record; pass --image-root to read them from the "
+                     "image files")
+
+
+def _read_size_from_root(image_root: str, image_id: str) -> Tuple[int, int]:
+    try:  # the data module's header reader (JPEG SOF / PNG IHDR), when present
+        from crowdloss.data.crowdhuman import read_image_size
+    except ImportError:  # pragma: no cover - data module not installed
+        read_image_size = None
+    for ext in (".jpg", ".png", ".jpeg"):
+        path = os.path.join(image_root, image_id + ext)
+        if os.path.isfile(path):
+            if read_image_size is not None:
+                return read_image_size(path)
+            from PIL import Image  # pragma: no cover
+
+            with Image.open(path) as im:  # pragma: no cover
+                return im.height, im.width
+    raise FileNotFoundError(f"image '{image_id}' not found under {image_root} "
+                            "(tried .jpg, .png, .jpeg)")
+
+
+def _average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
+    # Plain trapezoid between consecutive points; cumsum is a sequential sum like the
+    # reference's loop (np.sum would sum pairwise and differ in the last bits).
+    if recall.size < 2:
+        return 0.0
+    terms = (recall[1:] - recall[:-1]) * ((precision[:-1] + precision[1:]) / 2)
+    return float(np.cumsum(terms)[-1])
+
+
+def _mr2(fppi: np.ndarray, miss: np.ndarray) -> Tuple[float, List[dict]]:
+    idx = np.searchsorted(fppi, MR_ANCHORS, side="left")  # first k with fppi_k >= anchor
+    idx = np.minimum(idx, fppi.size - 1)
+    picked = miss[idx]
+    points = [{"anchor": a, "index": int(i), "fppi": float(fppi[i]), "miss_rate": float(m)}
+              for a, i, m in zip(MR_ANCHORS, idx, picked)]
+    if (picked <= 0).any():  # log(0): the geometric mean is 0
+        return 0.0, points
+    return float(np.exp(np.log(picked).mean())), points
+
+
+def evaluate_crowdhuman(gt: Union[Source, Sequence[GTImage]],
+                        dt: Union[Source, Mapping[str, DTImage]], *,
+                        box_key: str = "fbox", ji_matching: str = "weight",
+                        image_sizes: SizeSource = None,
+                        image_root: Optional[str] = None) -> CrowdHumanResult:
+    """Score detections against a CrowdHuman GT.
+
+    Args:
+        gt: GT odgt path, or its records, or ``load_gt`` output. Its image order is the
+            ranking tie-break and its image count the FPPI denominator.
+        dt: results odgt path, or records, or ``load_dt`` output. Every ID must be in the GT;
+            GT images without a record have no detections.
+        box_key: GT box field ("fbox" = the full-body "box" mode).
+        ji_matching: "weight" (CrowdDet) or "cardinality" (mmdetection).
+        image_sizes: ID -> (height, width) used when the GT file has none.
+        image_root: image directory, read for sizes when neither file has them.
+    """
+    if ji_matching not in JI_MATCHINGS:
+        raise ValueError(f"ji_matching = {ji_matching!r}; expected one of {JI_MATCHINGS}")
+    gt_images = gt if _is_parsed(gt, GTImage) else load_gt(gt, box_key=box_key)
+    dt_by_id = dt if isinstance(dt, Mapping) else load_dt(dt)
+    gt_ids = {g.image_id for g in gt_images}
+    for image_id, d in dt_by_id.items():
+        if image_id not in gt_ids:
+            raise ValueError(f"{d.where}: ID '{image_id}' is not in the GT file")
+
+    ji_strict = ji_matching == "weight"
+    thresholds = np.array(JI_THRESHOLDS)
+    scores_all, covered_all, pair_d, pair_g, pair_w, ji_counts = [], [], [], [], [], []
+    det_off = gt_off = num_valid = num_ignore = 0
+    for g in gt_images:
+        d = dt_by_id.get(g.image_id)
+        h, w = _resolve_size(g, d, image_sizes, image_root)
+        gboxes = clip_xywh_to_xyxy(g.boxes, h, w)
+        valid_gt, ignore = gboxes[g.valid], gboxes[~g.valid]
+        if d is not None and d.scores.size:
+            order = np.argsort(-d.scores, kind="stable")  # score-descending, stable
+            scores = d.scores[order]
+            dboxes = clip_xywh_to_xyxy(d.boxes[order], h, w)
+        else:
+            scores, dboxes = np.zeros(0), np.zeros((0, 4))
+        n_dt, n_gt = scores.size, valid_gt.shape[0]
+        if n_dt and n_gt:
+            iou = pairwise_iou(dboxes, valid_gt)
+            r, c = np.nonzero(iou > _THRESH)
+            wts = iou[r, c]
+        else:
+            iou, r, c, wts = None, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+        if ignore.shape[0]:
+            dt_cov = pairwise_ioa(dboxes, ignore).max(axis=1) > _THRESH if n_dt else \
+                np.zeros(0, bool)
+            gt_cov = pairwise_ioa(valid_gt, ignore).max(axis=1) > _THRESH if n_gt else \
+                np.zeros(0, bool)
+        else:
+            dt_cov, gt_cov = np.zeros(n_dt, bool), np.zeros(n_gt, bool)
+        # JI: detections with score > t are a prefix of the score-sorted list.
+        num_kept = np.searchsorted(-scores, -thresholds, side="left")
+        if ji_strict or iou is None:
+            jr, jc, jw = r, c, wts
+        else:  # mmdetection's variant counts IoU == 0.5 as a match
+            jr, jc = np.nonzero(iou >= _THRESH)
+            jw = iou[jr, jc]
+        ji_counts.append(image_ji_counts(jr, jc, jw, num_kept, n_gt, dt_cov, gt_cov,
+                                         matching=ji_matching))
+        pair_d.append(r + det_off)
+        pair_g.append(c + gt_off)
+        pair_w.append(wts)
+        scores_all.append(scores)
+        covered_all.append(dt_cov)
+        det_off += n_dt
+        gt_off += n_gt
+        num_valid += n_gt
+        num_ignore += ignore.shape[0]
+
+    tp = _greedy_match(np.concatenate(pair_d), np.concatenate(pair_g),
+                       np.concatenate(pair_w), det_off)
+    scores = np.concatenate(scores_all)
+    # An unmatched detection covered by an ignore region leaves the ranking.
+    scored = tp | ~np.concatenate(covered_all)
+    counts = {"images": len(gt_images), "valid_gt": num_valid, "ignore_regions": num_ignore,
+              "detections": int(det_off), "tp": int(tp.sum()),
+              "fp": int((scored & ~tp).sum()), "ignored_dt": int((~scored).sum())}
+    metrics, mr_points, curves = _curve_metrics(scores[scored], tp[scored], num_valid,
+                                                len(gt_images))
+    ji_t = dataset_ji(np.stack(ji_counts)) if ji_counts else np.full(len(JI_THRESHOLDS), np.nan)
+    if np.isnan(ji_t).all():
+        best_t, ji = float("nan"), float("nan")
+    else:
+        best = int(np.nanargmax(ji_t))
+        best_t, ji = JI_THRESHOLDS[best], float(ji_t[best])
+    metrics["JI"] = ji
+    return CrowdHumanResult(metrics, best_t, ji_t.tolist(), counts, mr_points, curves,
+                            ji_matching)
+
+
+def _is_parsed(obj, kind) -> bool:
+    return isinstance(obj, (list, tuple)) and len(obj) > 0 and isinstance(obj[0], kind)
+
+
+def _greedy_match(det: np.ndarray, gt: np.ndarray, iou: np.ndarray, num_det: int) -> np.ndarray:
+    """Caltech greedy matching over all images at once; returns tp (num_det,) bool.
+
+    Detections are globally numbered in (image, score rank) order and GTs in (image, file
+    order), so visiting the IoU > 0.5 pairs sorted by (detection, IoU descending, GT index)
+    and taking the first pair whose detection and GT are both free gives, for each
+    detection in turn, the unmatched GT of largest IoU with ties to the earliest.
+    """
+    order = np.lexsort((gt, -iou, det))
+    det_l, gt_l = det[order].tolist(), gt[order].tolist()
+    done = bytearray(num_det)
+    used = bytearray(int(gt.max()) + 1 if gt.size else 0)
+    for d, g in zip(det_l, gt_l):
+        if done[d] or used[g]:
+            continue
+        done[d] = 1
+        used[g] = 1
+    return np.frombuffer(bytes(done), dtype=np.uint8).astype(bool)
+
+
+def _curve_metrics(scores: np.ndarray, is_tp: np.ndarray, num_valid: int, num_images: int):
+    order = np.argsort(-scores, kind="stable")  # ties keep GT-file image order
+    is_tp = is_tp[order]
+    tp = np.cumsum(is_tp, dtype=np.float64)
+    k = np.arange(1, tp.size + 1, dtype=np.float64)
+    fp = k - tp
+    nan = float("nan")
+    if num_valid == 0:
+        warnings.warn("CrowdHuman evaluation: the GT has no valid box; AP, mMR and Recall "
+                      "are NaN", RuntimeWarning, stacklevel=3)
+        recall = np.full(tp.size, nan)
+    else:
+        recall = tp / num_valid
+    precision = tp / k
+    fppi = fp / num_images
+    miss = 1.0 - recall
+    curves = {"scores": scores[order], "recall": recall, "precision": precision,
+              "fppi": fppi, "miss_rate": miss}
+    if tp.size == 0:
+        warnings.warn("CrowdHuman evaluation: no scored detections; mMR is NaN",
+                      RuntimeWarning, stacklevel=3)
+        ap_recall = nan if num_valid == 0 else 0.0
+        return {"AP": ap_recall, "mMR": nan, "Recall": ap_recall}, [], curves
+    if num_valid == 0:
+        return {"AP": nan, "mMR": nan, "Recall": nan}, [], curves
+    mmr, points = _mr2(fppi, miss)
+    return ({"AP": _average_precision(recall, precision), "mMR": mmr,
+             "Recall": float(recall[-1])}, points, curves)
+
+
+def format_results(result: CrowdHumanResult) -> str:
+    """A percent table (README order) plus a copy-paste line of the four metrics."""
+    m, c = result.metrics, result.counts
+    cols = ["mMR", "AP", "Recall", "JI"]
+    vals = ["nan" if math.isnan(m[k]) else f"{100 * m[k]:.2f}" for k in cols]
+    lines = [
+        f"CrowdHuman evaluation: {c['images']} images, {c['valid_gt']} valid GT, "
+        f"{c['ignore_regions']} ignore regions, {c['detections']} detections "
+        f"(TP {c['tp']}, FP {c['fp']}, ignored {c['ignored_dt']}); JI best at score > "
+        f"{result.ji_threshold:.1f} ({result.ji_matching} matching)",
+        "| " + " | ".join(f"{k:>6s}" for k in cols) + " |",
+        "|" + "|".join([":------:"] * len(cols)) + "|",
+        "| " + " | ".join(f"{v:>6s}" for v in vals) + " |",
+        "copypaste: " + ",".join(cols),
+        "copypaste: " + ",".join(vals),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> CrowdHumanResult:
+    parser = argparse.ArgumentParser(
+        prog="python -m crowdloss.evaluation.crowdhuman",
+        description="Score a CrowdHuman results odgt (AP, MR^-2, Recall, JI) without a model.")
+    parser.add_argument("--gt", required=True, help="GT odgt (annotation_val.odgt)")
+    parser.add_argument("--dt", required=True, help="results odgt (ours or CrowdDet's)")
+    parser.add_argument("--box-key", default="fbox", help="GT box field (default fbox)")
+    parser.add_argument("--ji-matching", default="weight", choices=JI_MATCHINGS)
+    parser.add_argument("--image-root", default=None,
+                        help="read image sizes from these images when the files have none")
+    parser.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots here")
+    parser.add_argument("--json", default=None, metavar="PATH",
+                        help="write the full-precision results as JSON")
+    args = parser.parse_args(argv)
+    result = evaluate_crowdhuman(args.gt, args.dt, box_key=args.box_key,
+                                 ji_matching=args.ji_matching, image_root=args.image_root)
+    print(format_results(result))
+    if args.json:
+        write_json(args.json, result.to_dict())
+    if args.plot:
+        from .plots import plot_crowdhuman
+
+        for path in plot_crowdhuman(result, args.plot):
+            print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

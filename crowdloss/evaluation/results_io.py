@@ -1,0 +1,227 @@
+"""Reading and writing evaluation files: CrowdHuman odgt (GT and results), COCO results json.
+
+Every reader validates as it parses and raises ``ValueError("<file>:<line>: ...")`` naming
+the problem; nothing is silently dropped. Boxes are kept in the file's xywh form here; the
+metric code converts (x2 = x + w) and clips.
+
+Shapes: M boxes of one GT image, D detections of one image.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+
+import numpy as np
+
+__all__ = [
+    "GTImage",
+    "DTImage",
+    "iter_odgt",
+    "load_gt",
+    "load_dt",
+    "make_dt_record",
+    "write_odgt",
+    "odgt_to_coco_results",
+    "write_json",
+]
+
+Source = Union[str, os.PathLike, Iterable[dict]]
+
+
+class GTImage(NamedTuple):
+    """One GT odgt line. ``boxes`` (M, 4) xywh float64 in file order, ``valid`` bool (M,)."""
+
+    image_id: str
+    where: str
+    height: Optional[int]
+    width: Optional[int]
+    boxes: np.ndarray
+    valid: np.ndarray
+
+
+class DTImage(NamedTuple):
+    """One results line. ``boxes`` (D, 4) xywh float64, ``scores`` (D,) float64, file order."""
+
+    image_id: str
+    where: str
+    height: Optional[int]
+    width: Optional[int]
+    boxes: np.ndarray
+    scores: np.ndarray
+
+
+def iter_odgt(source: Source) -> Iterator[Tuple[str, dict]]:
+    """Yield ``(where, record)`` for each non-blank line; ``where`` is ``"file:line"``."""
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"odgt file not found: {path}")
+        with open(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{where}: not a JSON object ({e.msg} at column "
+                                     f"{e.colno})") from None
+                if not isinstance(record, dict):
+                    raise ValueError(f"{where}: expected a JSON object, got "
+                                     f"{type(record).__name__}")
+                yield where, record
+    else:
+        for i, record in enumerate(source):
+            where = f"<records>[{i}]"
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected a dict, got {type(record).__name__}")
+            yield where, record
+
+
+def _image_size(record: dict, where: str) -> Tuple[Optional[int], Optional[int]]:
+    if "height" not in record and "width" not in record:
+        return None, None
+    h, w = record.get("height"), record.get("width")
+    for name, v in (("height", h), ("width", w)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ValueError(f"{where}: '{name}' = {v!r}; expected a positive number "
+                             "(give both height and width, or neither)")
+    return int(h), int(w)
+
+
+def _box_array(boxes: List, where: str, field: str) -> np.ndarray:
+    """(n, 4) float64 from a list of [x, y, w, h]; explains the first bad box otherwise."""
+    if not boxes:
+        return np.zeros((0, 4), dtype=np.float64)
+    try:
+        arr = np.array(boxes)
+    except ValueError:  # ragged
+        arr = np.zeros((0,))
+    ok = (arr.ndim == 2 and arr.shape[1] == 4 and arr.dtype.kind in "fiu")
+    if ok:
+        arr = arr.astype(np.float64, copy=False)
+        ok = bool(np.isfinite(arr).all() and (arr[:, 2:] >= 0).all())
+    if ok:
+        return arr
+    for j, box in enumerate(boxes):  # slow path: find and name the culprit
+        good = (isinstance(box, list) and len(box) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and math.isfinite(v) for v in box))
+        if not good:
+            raise ValueError(f"{where}: {field}[{j}] = {box!r}; expected 4 finite numbers "
+                             "[x, y, w, h]")
+        if box[2] < 0 or box[3] < 0:
+            raise ValueError(f"{where}: {field}[{j}] = {box!r}; negative width or height")
+    raise ValueError(f"{where}: {field}: malformed boxes")  # pragma: no cover
+
+
+def _parse_gt(record: dict, where: str, box_key: str) -> GTImage:
+    if "ID" not in record:
+        raise ValueError(f"{where}: missing key 'ID'")
+    gtboxes = record.get("gtboxes")
+    if not isinstance(gtboxes, list):
+        raise ValueError(f"{where}: 'gtboxes' = {gtboxes!r}; expected a list")
+    raw, valid = [], []
+    for j, gt in enumerate(gtboxes):
+        if not isinstance(gt, dict) or "tag" not in gt or box_key not in gt:
+            raise ValueError(f"{where}: gtboxes[{j}] needs keys 'tag' and '{box_key}'")
+        extra = gt.get("extra") or {}
+        # Valid = a person not flagged ignore; masks and ignored persons are ignore regions.
+        valid.append(gt["tag"] == "person" and not extra.get("ignore", 0))
+        raw.append(gt[box_key])
+    boxes = _box_array(raw, where, f"gtboxes[*].{box_key}")
+    h, w = _image_size(record, where)
+    return GTImage(str(record["ID"]), where, h, w, boxes, np.array(valid, dtype=bool))
+
+
+def _parse_dt(record: dict, where: str) -> DTImage:
+    if "ID" not in record:
+        raise ValueError(f"{where}: missing key 'ID'")
+    dtboxes = record.get("dtboxes")
+    if not isinstance(dtboxes, list):
+        raise ValueError(f"{where}: 'dtboxes' = {dtboxes!r}; expected a list")
+    try:
+        raw = [d["box"] for d in dtboxes]
+        scores = [d["score"] for d in dtboxes]
+    except (KeyError, TypeError):
+        bad = next(j for j, d in enumerate(dtboxes)
+                   if not isinstance(d, dict) or "box" not in d or "score" not in d)
+        raise ValueError(f"{where}: dtboxes[{bad}] needs keys 'box' and 'score'") from None
+    boxes = _box_array(raw, where, "dtboxes[*].box")
+    arr = np.array(scores) if scores else np.zeros(0)
+    if arr.dtype.kind not in "fiu" or arr.ndim != 1 or not np.isfinite(arr).all():
+        bad = next((j for j, s in enumerate(scores)
+                    if isinstance(s, bool) or not isinstance(s, (int, float))
+                    or not math.isfinite(s)), 0)
+        raise ValueError(f"{where}: dtboxes[{bad}].score = {scores[bad]!r}; expected a "
+                         "finite number")
+    h, w = _image_size(record, where)
+    return DTImage(str(record["ID"]), where, h, w, boxes, arr.astype(np.float64, copy=False))
+
+
+def load_gt(source: Source, *, box_key: str = "fbox") -> List[GTImage]:
+    """GT images in file order. ``box_key``: "fbox" (full body, the "box" mode), "vbox"..."""
+    images, seen = [], {}
+    for where, record in iter_odgt(source):
+        img = _parse_gt(record, where, box_key)
+        if img.image_id in seen:
+            raise ValueError(f"{where}: duplicated ID '{img.image_id}' (first at "
+                             f"{seen[img.image_id]})")
+        seen[img.image_id] = where
+        images.append(img)
+    return images
+
+
+def load_dt(source: Source) -> Dict[str, DTImage]:
+    """Results by ID. CrowdDet-style lines (extra ``gtboxes`` etc.) are accepted; extra keys
+    are ignored."""
+    out: Dict[str, DTImage] = {}
+    for where, record in iter_odgt(source):
+        img = _parse_dt(record, where)
+        if img.image_id in out:
+            raise ValueError(f"{where}: duplicated ID '{img.image_id}' (first at "
+                             f"{out[img.image_id].where})")
+        out[img.image_id] = img
+    return out
+
+
+def make_dt_record(image_id, height: int, width: int, boxes_xyxy: np.ndarray,
+                   scores: np.ndarray) -> dict:
+    """One CrowdHuman results line from xyxy detections (original image coordinates).
+
+    Boxes are rounded to 0.01 px so that files stay small; the evaluator scores exactly
+    these records, so scoring the written file gives the same numbers.
+    """
+    b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    xywh = np.round(np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1), 2)
+    xywh[:, 2:] = np.maximum(xywh[:, 2:], 0.0)  # rounding must not create a negative size
+    s = np.asarray(scores, dtype=np.float64).reshape(-1).tolist()
+    return {"ID": str(image_id), "height": int(height), "width": int(width),
+            "dtboxes": [{"box": box, "score": sc, "tag": 1}
+                        for box, sc in zip(xywh.tolist(), s)]}
+
+
+def write_odgt(path: str, records: Iterable[dict]) -> str:
+    """One JSON object per line (the format the public CrowdHuman toolkits read)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r))
+            f.write("\n")
+    return path
+
+
+def odgt_to_coco_results(records: Iterable[dict], *, category_id: int = 1) -> List[dict]:
+    """COCO results list ``[{image_id, category_id, bbox xywh, score}]`` from odgt records."""
+    return [{"image_id": r["ID"], "category_id": category_id, "bbox": d["box"],
+             "score": d["score"]} for r in records for d in r["dtboxes"]]
+
+
+def write_json(path: str, obj) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1, allow_nan=True)
+        f.write("\n")
+    return path
