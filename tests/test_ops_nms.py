@@ -9,11 +9,12 @@ nms_impl = importlib.import_module("crowdloss.ops.nms")
 
 
 def _reference_nms(boxes, scores, thr):
-    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
-    iou = box_iou(boxes, boxes)
+    s = scores.tolist()
+    order = sorted(range(len(s)), key=lambda i: (-s[i], i))
+    iou = box_iou(boxes, boxes).tolist()
     keep = []
     for i in order:
-        if all(float(iou[i, k]) <= thr for k in keep):
+        if all(iou[i][k] <= thr for k in keep):
             keep.append(i)
     return keep
 
