@@ -69,9 +69,11 @@ class TinyModel(nn.Module):
     def forward(self, batch):
         x = torch.stack([b["x"] for b in batch])
         y = torch.stack([b["y"] for b in batch])
-        if self.noise:
+        if self.noise and self.training:
             x = x + self.noise * torch.randn_like(x)
         pred = self.linear(x * self.norm.weight + self.norm.bias)
+        if not self.training:
+            return [{"value": float(v)} for v in pred[:, 0]]
         loss = ((pred - y) ** 2).mean()
         self.calls += 1
         if self.nan_at is not None and self.calls > self.nan_at:
@@ -255,3 +257,49 @@ def test_rng_state_round_trip_is_weights_only_safe(tmp_path):
     again = (torch.rand(3), __import__("numpy").random.rand(2), __import__("random").random())
     assert torch.equal(expected[0], again[0])
     assert (expected[1] == again[1]).all() and expected[2] == again[2]
+
+
+class CountingEvaluator:
+    """Fake DatasetEvaluator: its "metric" is the mean absolute error of the predictions."""
+
+    def __init__(self):
+        self.evaluations = 0
+
+    def reset(self):
+        self.errors = []
+
+    def process(self, inputs, outputs):
+        self.errors += [abs(o["value"] - float(i["y"])) for i, o in zip(inputs, outputs)]
+
+    def evaluate(self):
+        self.evaluations += 1
+        return {"toy": {"MAE": sum(self.errors) / len(self.errors), "n": len(self.errors)}}
+
+
+def test_eval_hook_periodic_and_final(tmp_path):
+    cfg = make_cfg(tmp_path, max_iter=7)
+    cfg.DATASETS.TEST = ("toy_val",)
+    cfg.TEST.EVAL_PERIOD = 3
+    evaluator = CountingEvaluator()
+    cfg.build_test_loader = lambda c, name: [[sample(10_000 + i)] for i in range(5)]
+    cfg.build_evaluator = lambda c, name, out: evaluator
+    seed_all_rng(0)
+    runner = DefaultRunner(cfg, lambda c: TinyModel())
+    results = runner.train()
+    assert evaluator.evaluations == 3  # after iterations 3, 6 and the last (7)
+    assert list(results) == ["toy_val"] and results["toy_val"]["toy"]["n"] == 5
+    records = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    evals = [(r["iteration"], r["toy_val/toy/MAE"]) for r in records if "toy_val/toy/MAE" in r]
+    assert [it for it, _ in evals] == [2, 5, 6]
+    assert evals[-1][1] == pytest.approx(results["toy_val"]["toy"]["MAE"])
+    assert runner.model.training  # inference restored the training flag
+    # The classmethod on its own, with explicit evaluators.
+    again = DefaultRunner.test(cfg, runner.model, evaluators=[CountingEvaluator()])
+    assert again["toy_val"]["toy"]["MAE"] == pytest.approx(evals[-1][1])
+
+
+def test_crashed_run_still_flushes_metrics(tmp_path):
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(make_cfg(tmp_path, max_iter=10, loader=make_loader(2, crash_at=4)))
+    records = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [0, 1, 2, 3]

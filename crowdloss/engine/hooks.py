@@ -150,16 +150,26 @@ class PeriodicWriter(HookBase):
     def __init__(self, writers: List[EventWriter], period: int = 20) -> None:
         self.writers = writers
         self.period = int(period)
+        self._written_iter = -1
+
+    def _write(self) -> None:
+        for writer in self.writers:
+            writer.write()
+        self._written_iter = self.trainer.iter
 
     def after_step(self) -> None:
         it = self.trainer.iter
         if (it + 1) % self.period == 0 or it + 1 == self.trainer.max_iter:
-            for writer in self.writers:
-                writer.write()
+            self._write()
 
     def after_train(self) -> None:
-        for writer in self.writers:
-            writer.close()
+        try:
+            # A run that stopped early (an exception) still leaves its last metrics on disk.
+            if self.trainer.iter > self._written_iter:
+                self._write()
+        finally:
+            for writer in self.writers:
+                writer.close()
 
 
 def _flatten(results: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
