@@ -1,0 +1,76 @@
+"""LLA (arXiv 2101.04307) on FCOS on a narrow ResNet-18-FPN, synthcrowd, short side 320, 1500 iterations, CPU.
+
+One of three synthcrowd experiments (lla / fcos / atss .res18.fpn.synthcrowd.320size.1500)
+with IDENTICAL backbone, head width, input size, batch, LR and schedule, so that they differ
+only in label assignment and losses. Written for ONE process (REFERENCE_WORLD_SIZE 1); no
+pretrained weights, so the backbone trains from scratch with BatchNorm (FREEZE_AT 0).
+"""
+from crowdloss.config import FCOSConfig
+
+_config_dict = dict(
+    MODEL=dict(
+        DEVICE="cpu",
+        WEIGHTS="",
+        BACKBONE=dict(FREEZE_AT=0),
+        RESNETS=dict(DEPTH=18, NORM="BN", STEM_OUT_CHANNELS=32, RES2_OUT_CHANNELS=32),
+        FPN=dict(OUT_CHANNELS=64),
+        SHIFT_GENERATOR=dict(NUM_SHIFTS=1, OFFSET=0.0),
+        FCOS=dict(
+            NUM_CLASSES=1,
+            # A narrow head for the CPU: 2 convs of 64 channels per tower.
+            NUM_CONVS=2,
+            HEAD_CHANNELS=64,
+            CENTERNESS_ON_REG=True,
+            NORM_REG_TARGETS=True,
+            NMS_THRESH_TEST=0.6,
+            IOU_LOSS_TYPE="giou",
+            REG_WEIGHT=2.0,
+        ),
+        LLA=dict(TOPK=10, REG_COST=1.5, IOU_WEIGHT=0.5),
+    ),
+    DATASETS=dict(
+        TRAIN=("synthcrowd_train",),
+        TEST=("synthcrowd_val",),
+    ),
+    DATALOADER=dict(NUM_WORKERS=1),
+    SOLVER=dict(
+        LR_SCHEDULER=dict(
+            MAX_ITER=1500,
+            STEPS=(1000, 1300),
+            WARMUP_ITERS=100,
+        ),
+        OPTIMIZER=dict(
+            BASE_LR=0.01,
+        ),
+        IMS_PER_BATCH=4,
+        IMS_PER_DEVICE=4,
+        REFERENCE_WORLD_SIZE=1,
+        CHECKPOINT_PERIOD=500,
+    ),
+    INPUT=dict(
+        AUG=dict(
+            TRAIN_PIPELINES=[
+                ("ResizeShortestEdge",
+                 dict(short_edge_length=(320,), max_size=480, sample_style="choice")),
+                ("RandomFlip", dict()),
+            ],
+            TEST_PIPELINES=[
+                ("ResizeShortestEdge",
+                 dict(short_edge_length=320, max_size=480, sample_style="choice")),
+            ],
+        ),
+    ),
+    TEST=dict(
+        EVAL_PERIOD=0,  # evaluate once, after training
+        DETECTIONS_PER_IMAGE=300,
+    ),
+)
+
+
+class CustomFCOSConfig(FCOSConfig):
+    def __init__(self):
+        super().__init__()
+        self._register_configuration(_config_dict)
+
+
+config = CustomFCOSConfig()
