@@ -92,7 +92,10 @@ def _image_size(record: dict, where: str) -> Tuple[Optional[int], Optional[int]]
 
 
 def _box_array(boxes: List, where: str, field: str) -> np.ndarray:
-    """(n, 4) float64 from a list of [x, y, w, h]; explains the first bad box otherwise."""
+    """(n, 4) float64 from a list of [x, y, w, h]; explains the first bad box otherwise.
+
+    ``field`` names box j when formatted with j, e.g. "dtboxes[{}].box".
+    """
     if not boxes:
         return np.zeros((0, 4), dtype=np.float64)
     try:
@@ -110,11 +113,11 @@ def _box_array(boxes: List, where: str, field: str) -> np.ndarray:
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                         and math.isfinite(v) for v in box))
         if not good:
-            raise ValueError(f"{where}: {field}[{j}] = {box!r}; expected 4 finite numbers "
+            raise ValueError(f"{where}: {field.format(j)} = {box!r}; expected 4 finite numbers "
                              "[x, y, w, h]")
         if box[2] < 0 or box[3] < 0:
-            raise ValueError(f"{where}: {field}[{j}] = {box!r}; negative width or height")
-    raise ValueError(f"{where}: {field}: malformed boxes")  # pragma: no cover
+            raise ValueError(f"{where}: {field.format(j)} = {box!r}; negative width or height")
+    raise ValueError(f"{where}: {field.format('*')}: malformed boxes")  # pragma: no cover
 
 
 def _parse_gt(record: dict, where: str, box_key: str) -> GTImage:
@@ -131,7 +134,7 @@ def _parse_gt(record: dict, where: str, box_key: str) -> GTImage:
         # Valid = a person not flagged ignore; masks and ignored persons are ignore regions.
         valid.append(gt["tag"] == "person" and not extra.get("ignore", 0))
         raw.append(gt[box_key])
-    boxes = _box_array(raw, where, f"gtboxes[*].{box_key}")
+    boxes = _box_array(raw, where, "gtboxes[{}]." + box_key)
     h, w = _image_size(record, where)
     return GTImage(str(record["ID"]), where, h, w, boxes, np.array(valid, dtype=bool))
 
@@ -149,7 +152,7 @@ def _parse_dt(record: dict, where: str) -> DTImage:
         bad = next(j for j, d in enumerate(dtboxes)
                    if not isinstance(d, dict) or "box" not in d or "score" not in d)
         raise ValueError(f"{where}: dtboxes[{bad}] needs keys 'box' and 'score'") from None
-    boxes = _box_array(raw, where, "dtboxes[*].box")
+    boxes = _box_array(raw, where, "dtboxes[{}].box")
     arr = np.array(scores) if scores else np.zeros(0)
     if arr.dtype.kind not in "fiu" or arr.ndim != 1 or not np.isfinite(arr).all():
         bad = next((j for j, s in enumerate(scores)
