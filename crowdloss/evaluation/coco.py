@@ -1,0 +1,122 @@
+"""COCO bbox evaluation through pycocotools (faster-coco-eval when installed: same numbers).
+
+Results are fractions (AP 1.0 = perfect), like the CrowdHuman metrics; tables print percent.
+``max_dets`` replaces COCO's 100 as the last ``maxDets`` entry, which the AP numbers and the
+last AR use: crowds need 300+.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+__all__ = ["COCO_METRIC_NAMES", "coco_metric_names", "evaluate_coco", "instances_to_coco"]
+
+logger = logging.getLogger(__name__)
+
+
+def coco_metric_names(max_dets: int = 100) -> List[str]:
+    """Names of COCOeval.stats in order, with the last AR named after ``max_dets``."""
+    return ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", f"AR{max_dets}",
+            "ARs", "ARm", "ARl"]
+
+
+COCO_METRIC_NAMES = coco_metric_names(100)
+
+
+def _coco_backend():
+    """(COCO, COCOeval) classes: faster-coco-eval's C++ evaluator when installed (set
+    CROWDLOSS_COCO_BACKEND=pycocotools to force the reference), else pycocotools."""
+    if os.environ.get("CROWDLOSS_COCO_BACKEND", "") != "pycocotools":
+        try:
+            from faster_coco_eval import COCO, COCOeval_faster
+
+            return COCO, COCOeval_faster
+        except ImportError:
+            pass
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    return COCO, COCOeval
+
+
+def instances_to_coco(image_id, boxes_xyxy: np.ndarray, scores: np.ndarray,
+                      category_ids: Sequence[int]) -> List[dict]:
+    """COCO results entries ``{image_id, category_id, bbox xywh, score}`` of one image."""
+    b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1).round(2).tolist()
+    return [{"image_id": image_id, "category_id": int(c), "bbox": box, "score": float(s)}
+            for box, s, c in zip(xywh, np.asarray(scores).tolist(), category_ids)]
+
+
+def evaluate_coco(gt_json: Union[str, os.PathLike], results: Union[str, List[dict]], *,
+                  max_dets: int = 100) -> Dict[str, float]:
+    """COCO bbox metrics of ``results`` (a list or a results json path) against ``gt_json``.
+
+    Returns:
+        {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR<max_dets>", "ARs",
+        "ARm", "ARl"} as fractions; NaN where COCOeval reports -1 (no GT of that size).
+    """
+    if int(max_dets) < 10:
+        raise ValueError(f"max_dets = {max_dets}; expected >= 10 (COCO also reports AR1/AR10)")
+    names = coco_metric_names(int(max_dets))
+    gt_json = os.fspath(gt_json)
+    if not os.path.isfile(gt_json):
+        raise FileNotFoundError(f"COCO GT json not found: {gt_json}")
+    if isinstance(results, (str, os.PathLike)):
+        import json
+
+        with open(results) as f:
+            results = json.load(f)
+    COCO, COCOeval = _coco_backend()
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        coco_gt = COCO(gt_json)
+    known = set(coco_gt.getImgIds())
+    for i, r in enumerate(results):
+        if r.get("image_id") not in known:
+            raise ValueError(f"COCO results[{i}]: image_id {r.get('image_id')!r} is not in "
+                             f"{gt_json}")
+    if not results:
+        logger.warning("COCO evaluation: no detections; every metric is 0")
+        return {k: 0.0 for k in names}
+    with contextlib.redirect_stdout(log):
+        coco_dt = coco_gt.loadRes(list(results))
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.params.maxDets = [1, 10, int(max_dets)]
+        ev.evaluate()
+        ev.accumulate()
+    stats = _stats(ev.eval, ev.params)
+    logger.info("COCO evaluation (maxDets %d): %s", max_dets,
+                ", ".join(f"{k} {100 * v:.2f}" for k, v in zip(names, stats)))
+    return {k: (float("nan") if v < 0 else float(v)) for k, v in zip(names, stats)}
+
+
+def _stats(ev: dict, params) -> List[float]:
+    """COCOeval.summarize's 12 numbers, computed from the accumulated arrays.
+
+    summarize() hard-codes maxDets=100 for the first AP, so with maxDets [1, 10, 300] it
+    reports -1; here every AP uses the last maxDets entry, like the rest of summarize.
+    """
+    def mean_valid(a: np.ndarray) -> float:
+        a = a[a > -1]
+        return float(a.mean()) if a.size else -1.0
+
+    areas = list(params.areaRngLbl)
+    last = len(params.maxDets) - 1
+    iou = np.asarray(params.iouThrs)
+    prec, rec = ev["precision"], ev["recall"]  # (T, R, K, A, M), (T, K, A, M)
+
+    def ap(thr=None, area="all"):
+        p = prec[..., areas.index(area), last]
+        return mean_valid(p if thr is None else p[np.flatnonzero(np.isclose(iou, thr))])
+
+    def ar(m, area="all"):
+        return mean_valid(rec[..., areas.index(area), m])
+
+    return [ap(), ap(0.5), ap(0.75), ap(area="small"), ap(area="medium"), ap(area="large"),
+            ar(0), ar(1), ar(last), ar(last, "small"), ar(last, "medium"), ar(last, "large")]
