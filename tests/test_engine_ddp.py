@@ -1,0 +1,62 @@
+"""Two CPU processes (gloo) with BATCH_SUBDIVISIONS 2 step like one process with the whole batch."""
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from crowdloss.engine import DefaultRunner
+from crowdloss.utils.env import seed_all_rng
+
+from test_engine import TinyModel, make_cfg, sample
+
+
+def sharded_loader(per_device, rank, world):
+    def build(cfg, start_iter=0):
+        def gen():
+            k = start_iter
+            while True:
+                first = (k * world + rank) * per_device
+                yield [sample(first + i) for i in range(per_device)]
+                k += 1
+
+        return gen()
+
+    return build
+
+
+def _worker(rank, world, tmp):
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank,
+                            world_size=world)
+    try:
+        torch.set_num_threads(1)
+        cfg = make_cfg(os.path.join(tmp, "ddp"), max_iter=4, batch=1, sub=2,
+                       loader=sharded_loader(1, rank, world))
+        seed_all_rng(0)
+        runner = DefaultRunner(cfg, lambda c: TinyModel(noise=0))
+        assert isinstance(runner.model, torch.nn.parallel.DistributedDataParallel)
+        runner.resume_or_load(resume=False)
+        runner.train()
+        torch.save(runner.model.module.state_dict(), os.path.join(tmp, f"rank{rank}.pth"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_ddp_with_subdivisions_matches_single_process(tmp_path):
+    # fork: the children inherit the imported modules instead of re-importing torch (seconds).
+    mp.start_processes(_worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    seed_all_rng(0)
+    single = DefaultRunner(make_cfg(tmp_path / "single", max_iter=4, batch=4,
+                                    loader=sharded_loader(4, 0, 1)),
+                           lambda c: TinyModel(noise=0))
+    single.train()
+    ranks = [torch.load(tmp_path / f"rank{r}.pth", weights_only=True) for r in range(2)]
+    for name, value in single.model.state_dict().items():
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+        assert torch.allclose(ranks[0][name], value, atol=1e-6), name
+    # Only rank 0 wrote checkpoints and metrics.
+    assert sorted(os.listdir(tmp_path / "ddp")) == ["last_checkpoint", "metrics.json",
+                                                     "model_final.pth"]
