@@ -68,18 +68,19 @@ def _nms_pure(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     alive = torch.ones(n, dtype=torch.bool, device=boxes.device)
     for start in range(0, n, _BLOCK):
         end = min(start + _BLOCK, n)
-        block_alive = alive[start:end]
-        if not bool(block_alive.any()):
+        # Only boxes that survived earlier blocks take part (in crowds most are already gone).
+        cand = torch.nonzero(alive[start:end]).squeeze(1) + start
+        if cand.numel() == 0:
             continue
-        block = boxes[start:end]
-        keep = _resolve_block(box_iou(block, block), block_alive, iou_threshold)
-        alive[start:end] = keep
-        if end == n or not bool(keep.any()):
-            continue
+        block = boxes[cand]
+        keep = _resolve_block(box_iou(block, block), torch.ones_like(cand, dtype=torch.bool), iou_threshold)
+        alive[cand[~keep]] = False
+        if end == n:
+            break
         # Later boxes overlapped by any kept box of this block are gone for good.
         rest = torch.nonzero(alive[end:]).squeeze(1) + end
         if rest.numel() == 0:
-            continue
+            break
         hit = (box_iou(block[keep], boxes[rest]) > iou_threshold).any(dim=0)
         alive[rest[hit]] = False
     return order[alive]
