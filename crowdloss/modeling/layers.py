@@ -165,7 +165,7 @@ class Conv2d(nn.Conv2d):
 
 
 def c2_msra_fill(module: nn.Module) -> None:
-    """Kaiming-normal (fan_out, ReLU) weight and zero bias, Caffe2's "MSRAFill" (arXiv 1502.01852)."""
+    """Caffe2's "MSRAFill": Kaiming-normal (fan_out, ReLU; arXiv 1502.01852), zero bias."""
     nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
     if module.bias is not None:
         nn.init.constant_(module.bias, 0)

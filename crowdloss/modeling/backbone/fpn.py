@@ -106,7 +106,8 @@ class FPN(Backbone):
             in_feature = top_block.in_feature
             if in_feature not in self._out_features and in_feature not in shapes:
                 raise ValueError(f"the top block reads {in_feature!r}, which is neither an FPN "
-                                 f"level {self._out_features} nor a bottom-up output {list(shapes)}")
+                                 f"level {self._out_features} nor a bottom-up output "
+                                 f"{list(shapes)}")
         self._out_feature_strides = {f: 2 ** int(f[1:]) for f in self._out_features}
         self._out_feature_channels = {f: out_channels for f in self._out_features}
         # Only the top-down path needs aligned sizes (each level exactly twice the next), and
