@@ -57,6 +57,9 @@ def test_ddp_with_subdivisions_matches_single_process(tmp_path):
     for name, value in single.model.state_dict().items():
         assert torch.equal(ranks[0][name], ranks[1][name]), name
         assert torch.allclose(ranks[0][name], value, atol=1e-6), name
+    # Every rank's RNG state is in the checkpoint, so each rank resumes its own streams.
+    rng = torch.load(tmp_path / "ddp" / "model_final.pth", weights_only=True)["rng"]
+    assert isinstance(rng, list) and len(rng) == 2 and "torch" in rng[1]
     # Only rank 0 wrote checkpoints and metrics.
     assert sorted(os.listdir(tmp_path / "ddp")) == ["last_checkpoint", "metrics.json",
                                                      "model_final.pth"]

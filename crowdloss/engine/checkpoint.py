@@ -3,7 +3,8 @@
 Shape of a training checkpoint (read back with ``torch.load(weights_only=True)``)::
 
     {"model": state_dict, "optimizer": ..., "scheduler": ..., "scaler": ... | None,
-     "iteration": int (0-based, the last finished iteration), "rng": utils.env.get_rng_state()}
+     "iteration": int (0-based, the last finished iteration),
+     "rng": utils.env.get_rng_state() (a list with one per rank in distributed runs)}
 
 Files are written to a hidden temp file in the same directory, fsynced and ``os.replace``d, so
 a crash mid-write never leaves a truncated ``model_*.pth`` nor a ``last_checkpoint`` pointing at

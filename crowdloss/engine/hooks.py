@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from crowdloss.utils import comm
+from crowdloss.utils.env import get_rng_state
 
 from .events import EventWriter
 
@@ -113,9 +114,15 @@ class PeriodicCheckpointer(HookBase):
     def after_step(self) -> None:
         it = self.trainer.iter
         if it + 1 >= self.max_iter:
-            self.checkpointer.save("model_final", iteration=it)
+            name = "model_final"
         elif self.period > 0 and (it + 1) % self.period == 0:
-            self.checkpointer.save(f"model_iter_{it:07d}", iteration=it)
+            name = f"model_iter_{it:07d}"
+        else:
+            return
+        # Every rank's generators (a collective, hence here where all ranks run), so that each
+        # rank resumes its own random streams; a single process stores its state directly.
+        rng = comm.all_gather(get_rng_state()) if comm.get_world_size() > 1 else get_rng_state()
+        self.checkpointer.save(name, iteration=it, rng=rng)
 
 
 class EvalHook(HookBase):

@@ -185,7 +185,10 @@ class DefaultRunner:
         if resume and self.checkpointer.has_checkpoint():
             extra = self.checkpointer.load(self.checkpointer.get_checkpoint_file())
             self.start_iter = int(extra.get("iteration", -1)) + 1
-            self._pending_rng = extra.get("rng")
+            rng = extra.get("rng")
+            if isinstance(rng, (list, tuple)):  # one state per rank (distributed runs)
+                rng = rng[comm.get_rank()] if comm.get_rank() < len(rng) else rng[0]
+            self._pending_rng = rng
             if self.start_iter > 0:
                 self.data_loader = self.build_train_loader(
                     self.cfg, start_iter=self.start_iter * self.subdivisions
