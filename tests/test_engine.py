@@ -303,3 +303,22 @@ def test_crashed_run_still_flushes_metrics(tmp_path):
         train(make_cfg(tmp_path, max_iter=10, loader=make_loader(2, crash_at=4)))
     records = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [0, 1, 2, 3]
+
+
+def test_runner_with_the_real_config_class(tmp_path):
+    from crowdloss.config import BaseDetectionConfig
+
+    cfg = BaseDetectionConfig()
+    cfg.merge_from_list([
+        "MODEL.DEVICE", "cpu", "SOLVER.LR_SCHEDULER.MAX_ITER", "4", "SOLVER.LR_SCHEDULER.STEPS",
+        "(2,)", "SOLVER.LR_SCHEDULER.WARMUP_ITERS", "0", "SOLVER.CHECKPOINT_PERIOD", "2",
+        "SOLVER.BATCH_SUBDIVISIONS", "2", "OUTPUT_DIR", str(tmp_path),
+    ])
+    cfg.build_train_loader = make_loader(cfg.SOLVER.IMS_PER_DEVICE)
+    runner = DefaultRunner(cfg, lambda c: TinyModel())
+    runner.resume_or_load(resume=True)
+    assert runner.train() == {}
+    assert runner.model.calls == 8
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth")) == [
+        "model_final.pth", "model_iter_0000001.pth"]
+    assert runner.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.1)  # past STEPS[0]
