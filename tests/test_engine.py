@@ -1,6 +1,5 @@
 """Runner tests on a tiny regression model with an in-test, iteration-indexed data loader."""
 import json
-import logging
 import os
 import re
 
@@ -131,7 +130,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert resumed.start_iter == 4
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a, b, rtol=0, atol=1e-7), name
-    assert full.scheduler.state_dict()["last_epoch"] == resumed.scheduler.state_dict()["last_epoch"] == 10
+    assert full.scheduler.last_epoch == resumed.scheduler.last_epoch == 10
     # Without the RNG restore the noise differs and so do the weights: the test can fail.
     other = train(make_cfg(tmp_path / "other"), seed=5)
     assert not torch.allclose(full.model.linear.weight, other.model.linear.weight)

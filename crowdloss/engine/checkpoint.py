@@ -114,7 +114,8 @@ class Checkpointer:
             path = os.path.join(self.save_dir, name)
             if name and os.path.isfile(path):
                 return path
-            logger.warning("%s names %r, which does not exist; falling back to a listing", pointer, name)
+            logger.warning("%s names %r, which does not exist; falling back to a listing",
+                           pointer, name)
         files = self.get_all_checkpoint_files()
         return max(files, key=os.path.getmtime) if files else None
 
@@ -145,7 +146,9 @@ class Checkpointer:
         logger.info("Loading checkpoint from %s", path)
         data = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(data, dict) or "model" not in data:
-            raise ValueError(f"{path}: expected a dict with a 'model' key, got {type(data).__name__}")
+            raise ValueError(
+                f"{path}: expected a dict with a 'model' key, got {type(data).__name__}"
+            )
         self._load_model(data.pop("model"), source=path)
         names = self.checkpointables.keys() if checkpointables is None else checkpointables
         for key in names:
@@ -173,9 +176,11 @@ class Checkpointer:
         # BN's num_batches_tracked is absent from converted weights and of no consequence.
         missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
         if missing:
-            logger.info("Keys missing from %s (left as initialised): %s", source, ", ".join(missing))
+            logger.info("Keys missing from %s (left as initialised): %s",
+                        source, ", ".join(missing))
         if result.unexpected_keys:
-            logger.info("Keys in %s not used by the model: %s", source, ", ".join(result.unexpected_keys))
+            logger.info("Keys in %s not used by the model: %s",
+                        source, ", ".join(result.unexpected_keys))
 
 
 def _strip_module(key: str) -> str:
@@ -191,7 +196,8 @@ D2_BASE_URL = "https://dl.fbaipublicfiles.com/detectron2/"
 
 def cache_dir() -> str:
     """``$CROWDLOSS_CACHE`` or ``~/.cache/crowdloss``."""
-    return os.environ.get("CROWDLOSS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "crowdloss")
+    default = os.path.join(os.path.expanduser("~"), ".cache", "crowdloss")
+    return os.environ.get("CROWDLOSS_CACHE") or default
 
 
 def resolve_weights_path(path_or_url: str) -> str:
@@ -212,7 +218,8 @@ def resolve_weights_path(path_or_url: str) -> str:
     if parsed.scheme not in ("http", "https", "file"):
         return os.path.expanduser(path_or_url)
     relative = (parsed.netloc + parsed.path).lstrip("/")
-    target = os.path.join(cache_dir(), *[p for p in relative.split("/") if p not in ("", ".", "..")])
+    parts = [p for p in relative.split("/") if p not in ("", ".", "..")]  # stay inside the cache
+    target = os.path.join(cache_dir(), *parts)
     if os.path.isfile(target):
         return target
     # No barrier: ranks may not share a filesystem, and the pid-named temp file keeps

@@ -178,7 +178,8 @@ class TensorboardWriter(EventWriter):
         if self._writer is None:
             return
         newest = self._last_written
-        for name, (value, it) in get_event_storage().latest_with_smoothing_hint(self._window).items():
+        latest = get_event_storage().latest_with_smoothing_hint(self._window)
+        for name, (value, it) in latest.items():
             if it > self._last_written:
                 self._writer.add_scalar(name, value, it)
                 newest = max(newest, it)

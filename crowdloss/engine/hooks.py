@@ -152,7 +152,7 @@ class EvalHook(HookBase):
 
 
 class PeriodicWriter(HookBase):
-    """Flushes ``writers`` every ``period`` iterations and after the last; closes them at the end."""
+    """Flushes ``writers`` every ``period`` iterations and after the last, then closes them."""
 
     def __init__(self, writers: List[EventWriter], period: int = 20) -> None:
         self.writers = writers

@@ -162,7 +162,9 @@ class DefaultRunner:
         ret: List[hooks.HookBase] = [
             hooks.LRScheduler(self.optimizer, self.scheduler),
             hooks.IterationTimer(),
-            hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_iter),
+            hooks.PeriodicCheckpointer(
+                self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_iter
+            ),
             self._eval_hook,
         ]
         if comm.is_main_process() and cfg.OUTPUT_DIR:
@@ -243,8 +245,9 @@ class DefaultRunner:
             batch = next(self._data_iter)
             data_time += time.perf_counter() - t0
             last = i == n - 1
-            sync = (self.model.no_sync() if not last and isinstance(self.model, nn.parallel.DistributedDataParallel)
-                    else contextlib.nullcontext())
+            is_ddp = isinstance(self.model, nn.parallel.DistributedDataParallel)
+            # Reduce gradients once, on the last sub-batch, not after every backward.
+            sync = self.model.no_sync() if is_ddp and not last else contextlib.nullcontext()
             with sync:
                 with self._autocast():
                     loss_dict = self.model(batch)
@@ -284,7 +287,9 @@ class DefaultRunner:
         if clip.CLIP_TYPE == "value":
             torch.nn.utils.clip_grad_value_(params, clip.CLIP_VALUE)
             return None
-        raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE = {clip.CLIP_TYPE!r}; expected 'norm' or 'value'")
+        raise ValueError(
+            f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE = {clip.CLIP_TYPE!r}; expected 'norm' or 'value'"
+        )
 
     def _check_finite(self, total: float, values: Dict[str, float], sub: int) -> None:
         if math.isfinite(total):
@@ -292,7 +297,8 @@ class DefaultRunner:
         terms = ", ".join(f"{k}={v}" for k, v in values.items())
         where = f" (sub-batch {sub + 1}/{self.subdivisions})" if self.subdivisions > 1 else ""
         raise FloatingPointError(
-            f"Loss became infinite or NaN at iteration={self.iter}{where}: total_loss={total}, {terms}"
+            f"Loss became infinite or NaN at iteration={self.iter}{where}: "
+            f"total_loss={total}, {terms}"
         )
 
     # ------------------------------------------------------------------ evaluation
@@ -305,11 +311,16 @@ class DefaultRunner:
         from crowdloss.evaluation import inference_on_dataset, print_csv_format
 
         if evaluators is not None and len(evaluators) != len(names):
-            raise ValueError(f"{len(evaluators)} evaluators for {len(names)} datasets in DATASETS.TEST")
+            raise ValueError(
+                f"{len(evaluators)} evaluators for {len(names)} datasets in DATASETS.TEST"
+            )
         results: Dict[str, Any] = OrderedDict()
         for idx, name in enumerate(names):
             loader = cls.build_test_loader(cfg, name)
-            evaluator = evaluators[idx] if evaluators is not None else cls.build_evaluator(cfg, name)
+            if evaluators is not None:
+                evaluator = evaluators[idx]
+            else:
+                evaluator = cls.build_evaluator(cfg, name)
             res = inference_on_dataset(model, loader, evaluator)
             results[name] = res
             if comm.is_main_process() and res:

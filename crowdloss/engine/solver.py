@@ -109,7 +109,9 @@ def _warmup_factor(method: str, iteration: int, warmup_iters: int, warmup_factor
     if method == "linear":
         alpha = iteration / warmup_iters
         return warmup_factor * (1 - alpha) + alpha
-    raise ValueError(f"SOLVER.LR_SCHEDULER.WARMUP_METHOD = {method!r}; expected 'linear' or 'constant'")
+    raise ValueError(
+        f"SOLVER.LR_SCHEDULER.WARMUP_METHOD = {method!r}; expected 'linear' or 'constant'"
+    )
 
 
 class _WarmupLR(torch.optim.lr_scheduler.LRScheduler):
@@ -135,7 +137,8 @@ class _WarmupLR(torch.optim.lr_scheduler.LRScheduler):
 class WarmupMultiStepLR(_WarmupLR):
     """lr = base x warmup(it) x gamma ** (number of ``milestones`` <= it)."""
 
-    def __init__(self, optimizer, *, milestones: Sequence[int], gamma: float = 0.1, **kwargs) -> None:
+    def __init__(self, optimizer, *, milestones: Sequence[int], gamma: float = 0.1,
+                 **kwargs) -> None:
         if list(milestones) != sorted(milestones):
             raise ValueError(f"SOLVER.LR_SCHEDULER.STEPS must be increasing, got {milestones}")
         self.milestones = [int(m) for m in milestones]
