@@ -170,7 +170,7 @@ def test_distributed_predictions_are_gathered_to_rank_0(tmp_path):
     for image_id in PRED:
         ev.process(*batch(image_id))
     single = ev.evaluate()
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("spawn")  # fork after torch thread pools started can hang
     queue = ctx.Queue()
     out = tmp_path / "dist_out"
     procs = [ctx.Process(target=_worker, args=(r, 2, str(tmp_path / "init"), gt_file, str(out),
