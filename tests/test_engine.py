@@ -126,8 +126,12 @@ def test_resume_equals_uninterrupted(tmp_path):
         train(make_cfg(crash_dir, loader=make_loader(2, crash_at=6)))
     assert (crash_dir / "last_checkpoint").read_text() == "model_iter_0000003.pth"
     # A different seed: the resumed run must get everything (RNG included) from the checkpoint.
-    resumed = train(make_cfg(crash_dir), seed=123, resume=True)
+    starts = []
+    build = make_loader(2)
+    counting = lambda cfg, start_iter=0: starts.append(start_iter) or build(cfg, start_iter)
+    resumed = train(make_cfg(crash_dir, loader=counting), seed=123, resume=True)
     assert resumed.start_iter == 4
+    assert starts == [4]  # the loader is built once, already positioned at the resume point
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a, b, rtol=0, atol=1e-7), name
     assert full.scheduler.last_epoch == resumed.scheduler.last_epoch == 10

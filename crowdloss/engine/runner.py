@@ -88,7 +88,10 @@ class DefaultRunner:
         self.subdivisions = int(cfg.SOLVER.BATCH_SUBDIVISIONS)
         if self.subdivisions < 1:
             raise ValueError(f"SOLVER.BATCH_SUBDIVISIONS must be >= 1, got {self.subdivisions}")
-        self.data_loader = self.build_train_loader(cfg)
+        # Built on first use, once the start iteration is known: building a real loader reads
+        # the whole annotation set, which a resume would otherwise pay for twice.
+        self._data_loader = None
+        self._data_loader_start = 0
         self.checkpointer = DetectionCheckpointer(
             unwrap_model(model), cfg.OUTPUT_DIR,
             optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
@@ -177,6 +180,15 @@ class DefaultRunner:
                 h.trainer = self
                 self._hooks.append(h)
 
+    @property
+    def data_loader(self):
+        """This rank's train loader, positioned at ``start_iter`` (x BATCH_SUBDIVISIONS batches)."""
+        start = self.start_iter * self.subdivisions
+        if self._data_loader is None or self._data_loader_start != start:
+            self._data_loader = self.build_train_loader(self.cfg, start_iter=start)
+            self._data_loader_start = start
+        return self._data_loader
+
     # ------------------------------------------------------------------ resume / load
     def resume_or_load(self, resume: bool = True) -> None:
         """Resume from OUTPUT_DIR's newest checkpoint, else load ``MODEL.WEIGHTS`` (model only).
@@ -191,10 +203,6 @@ class DefaultRunner:
             if isinstance(rng, (list, tuple)):  # one state per rank (distributed runs)
                 rng = rng[comm.get_rank()] if comm.get_rank() < len(rng) else rng[0]
             self._pending_rng = rng
-            if self.start_iter > 0:
-                self.data_loader = self.build_train_loader(
-                    self.cfg, start_iter=self.start_iter * self.subdivisions
-                )
             logger.info("Resuming at iteration %d", self.start_iter)
         else:
             self.start_iter = 0
