@@ -271,3 +271,53 @@ def test_pixel_stats_warnings():
     assert W.check_weights_config("torchvision", pixel_mean=tv["pixel_mean"],
                                   pixel_std=tv["pixel_std"], input_format="rgb",
                                   stride_in_1x1=False) == []
+
+
+def torchvision_shapes(depth, groups=1, width_per_group=64):
+    """torchvision resnet{18,34,50,101,152} / resnext state-dict shapes as meta tensors."""
+    blocks = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[depth]
+    basic = depth in (18, 34)
+    sd = {}
+
+    def conv(name, cout, cin, k):
+        sd[f"{name}.weight"] = torch.empty(cout, cin, k, k, device="meta")
+
+    def bn(name, c):
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            sd[f"{name}.{attr}"] = torch.empty(c, device="meta")
+
+    conv("conv1", 64, 3, 7)
+    bn("bn1", 64)
+    cin = 64
+    for s, (n, planes) in enumerate(zip(blocks, (64, 128, 256, 512))):
+        out = planes if basic else planes * 4
+        width = planes if basic else planes * width_per_group // 64 * groups
+        for i in range(n):
+            p = f"layer{s + 1}.{i}"
+            if basic:
+                conv(f"{p}.conv1", planes, cin, 3)
+                conv(f"{p}.conv2", planes, planes, 3)
+            else:
+                conv(f"{p}.conv1", width, cin, 1)
+                conv(f"{p}.conv2", width, width // groups, 3)
+                conv(f"{p}.conv3", out, width, 1)
+            for k in (1, 2) if basic else (1, 2, 3):
+                bn(f"{p}.bn{k}", width if k < 3 and not basic else out)
+            if i == 0 and (s > 0 or cin != out):
+                conv(f"{p}.downsample.0", out, cin, 1)
+                bn(f"{p}.downsample.1", out)
+            cin = out
+    return sd
+
+
+@pytest.mark.parametrize("depth,kw", [(18, dict(res2_out_channels=64)),
+                                      (34, dict(res2_out_channels=64)),
+                                      (101, dict(num_groups=32, width_per_group=8))])
+def test_torchvision_resnet18_34_and_resnext_names(depth, kw):
+    converted = W.convert_weights(torchvision_shapes(depth, kw.get("num_groups", 1),
+                                                     kw.get("width_per_group", 64)))
+    with torch.device("meta"):
+        ours = ResNet(depth=depth, norm="FrozenBN", stride_in_1x1=False, **kw).state_dict()
+    assert set(converted) == set(ours)
+    for k, v in ours.items():
+        assert converted[k].shape == v.shape, k

@@ -11,7 +11,6 @@ from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from crowdloss.utils import comm
 
@@ -155,8 +154,7 @@ class Conv2d(nn.Conv2d):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                     self.groups)
+        x = self._conv_forward(x, self.weight, self.bias)
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:
