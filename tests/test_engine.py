@@ -325,3 +325,24 @@ def test_runner_with_the_real_config_class(tmp_path):
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth")) == [
         "model_final.pth", "model_iter_0000001.pth"]
     assert runner.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.1)  # past STEPS[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_amp_step_path_forced_on_cpu(tmp_path, dtype):
+    """The CUDA-only AMP path (autocast, GradScaler, unscale before clipping, scaler state in
+    the checkpoint), exercised through CPU autocast since CI has no GPU."""
+    cfg = make_cfg(tmp_path, max_iter=3, CLIP_GRADIENTS__ENABLED=True)
+    runner = DefaultRunner(cfg, lambda c: TinyModel())
+    runner.amp_enabled, runner.amp_dtype = True, dtype
+    if dtype == torch.float16:
+        runner.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+        runner.checkpointer.checkpointables["scaler"] = runner.scaler
+    before = runner.model.linear.weight.detach().clone()
+    runner.train()
+    after = runner.model.linear.weight.detach()
+    assert torch.isfinite(after).all() and not torch.equal(before, after)
+    saved = torch.load(tmp_path / "model_final.pth", weights_only=True)["scaler"]
+    if dtype == torch.float16:
+        assert saved["scale"] > 0 and saved["_growth_tracker"] == 3
+    else:
+        assert saved is None
