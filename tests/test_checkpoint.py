@@ -244,3 +244,42 @@ def test_detectron2_url_and_clear_error_without_network(tmp_path, monkeypatch):
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS.*nope.pth"):
         DetectionCheckpointer(Net(), "").load_model_weights(str(tmp_path / "nope.pth"))
+
+
+def test_msra_pkl_end_to_end_into_a_prefixed_detector(tmp_path):
+    """A Caffe2-named .pkl (narrow R-50, same names as MSRA's) lands in backbone.bottom_up.*."""
+    from crowdloss.modeling.backbone import ResNet
+
+    model = nn.Module()
+    model.backbone = nn.Module()
+    model.backbone.bottom_up = ResNet(depth=50, width_per_group=2, stem_out_channels=4,
+                                      res2_out_channels=8, norm="FrozenBN")
+    model.head = nn.Conv2d(4, 2, 1)
+    branch = {"conv1": "branch2a", "conv2": "branch2b", "conv3": "branch2c", "shortcut": "branch1"}
+    suffix = {"weight": "w", "norm.weight": "bn_s", "norm.bias": "bn_b"}
+    rng = np.random.default_rng(0)
+    blobs, where = {}, {}
+    for key, value in model.backbone.bottom_up.state_dict().items():
+        if "running" in key:
+            continue
+        if key.startswith("stem.conv1."):
+            rest = key[len("stem.conv1."):]
+            name = "conv1_w" if rest == "weight" else f"res_conv1_{suffix[rest]}"
+        else:
+            stage, block, conv, attr = key.split(".", 3)
+            name = f"{stage}_{block}_{branch[conv]}_{suffix[attr]}"
+        blobs[name] = rng.random(tuple(value.shape), dtype=np.float32)
+        where[name] = "backbone.bottom_up." + key
+    blobs["fc1000_w"] = np.zeros((10, 4 * 8 * 8), np.float32)
+    with open(tmp_path / "R-50-narrow.pkl", "wb") as f:
+        pickle.dump({"blobs": blobs}, f, protocol=2)
+
+    head_before = model.head.weight.detach().clone()
+    DetectionCheckpointer(model, "").load_model_weights(str(tmp_path / "R-50-narrow.pkl"))
+    state = model.state_dict()
+    assert len(where) > 50
+    for name, key in where.items():
+        assert torch.equal(state[key], torch.from_numpy(blobs[name])), (name, key)
+    # Caffe2 folded BN statistics into scale/shift: FrozenBN gets mean 0 / var 1.
+    assert torch.all(state["backbone.bottom_up.res4.2.conv3.norm.running_var"] == 1)
+    assert torch.equal(model.head.weight, head_before)
