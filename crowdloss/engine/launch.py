@@ -37,6 +37,7 @@ import torch.multiprocessing as mp
 
 __all__ = [
     "launch",
+    "check_layout",
     "LaunchError",
     "default_timeout",
     "find_free_port",
@@ -131,6 +132,24 @@ def _parse_tcp_url(dist_url: str) -> Tuple[str, int]:
     if parsed.scheme != "tcp" or not parsed.hostname or parsed.port is None:
         raise ValueError(f"--dist-url {dist_url!r}: expected tcp://HOST:PORT or 'auto'")
     return parsed.hostname, parsed.port
+
+
+def check_layout(num_gpus_per_machine: int, *, num_machines: int = 1, machine_rank: int = 0,
+                 dist_url: Optional[str] = None) -> None:
+    """Raise ``ValueError`` (naming the flag) for a layout ``launch`` cannot start."""
+    if num_gpus_per_machine < 1 or num_machines < 1:
+        raise ValueError(f"need at least one process: --num-gpus {num_gpus_per_machine}, "
+                         f"--num-machines {num_machines}")
+    if not 0 <= machine_rank < num_machines:
+        raise ValueError(f"--machine-rank {machine_rank} must be in [0, {num_machines})")
+    if num_machines * num_gpus_per_machine == 1 or _external_launcher() is not None:
+        return  # no URL needed: in-process, or the external launcher provides it
+    if dist_url in (None, "auto"):
+        if num_machines != 1:
+            raise ValueError("--dist-url auto only works on one machine; pass "
+                             "--dist-url tcp://<rank-0 host>:<port> on every machine")
+    else:
+        _parse_tcp_url(dist_url)
 
 
 def _use_cuda(num_local: int) -> bool:
@@ -253,19 +272,13 @@ def launch(main_func: Callable, num_gpus_per_machine: int, *, num_machines: int 
                     external["world_size"])
         return _run_as_rank(main_func, args, timeout=timeout, **external)
 
-    if num_gpus_per_machine < 1 or num_machines < 1:
-        raise ValueError(f"need at least one process: --num-gpus {num_gpus_per_machine}, "
-                         f"--num-machines {num_machines}")
-    if not 0 <= machine_rank < num_machines:
-        raise ValueError(f"--machine-rank {machine_rank} must be in [0, {num_machines})")
+    check_layout(num_gpus_per_machine, num_machines=num_machines, machine_rank=machine_rank,
+                 dist_url=dist_url)
     world_size = num_machines * num_gpus_per_machine
     if world_size == 1:
         return main_func(*args)
 
     if dist_url in (None, "auto"):
-        if num_machines != 1:
-            raise ValueError("--dist-url auto only works on one machine; pass "
-                             "--dist-url tcp://<rank-0 host>:<port> on every machine")
         host, port = "127.0.0.1", find_free_port()
     else:
         host, port = _parse_tcp_url(dist_url)

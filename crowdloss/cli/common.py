@@ -1,0 +1,255 @@
+"""What ``pods_train`` and ``pods_test`` share: flags, experiment loading, per-process setup.
+
+An experiment dir holds ``config.py`` (a module-level ``config``) and ``net.py`` (a
+``build_model(cfg)``). cvpods found them through ``sys.path`` (appending ``..``), so a pip
+package named ``config`` silently replaced the experiment; here both files are executed from
+their paths under a per-directory package name (``crowdloss_exp_<hash>.config``), and the dir
+is put first on ``sys.path`` only so that bare local imports inside them keep working.
+
+Spawned workers receive the parsed flags (the experiment dir and the override list, both
+picklable) and load the experiment again themselves, by path.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import logging
+import os
+import platform
+import sys
+import types
+from datetime import timedelta
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import torch
+
+__all__ = ["CLIError", "ExperimentError", "Experiment", "build_parser", "parse_args", "load_experiment",
+           "setup", "run_cli"]
+
+logger = logging.getLogger(__name__)
+
+
+class CLIError(RuntimeError):
+    """A user-facing failure: ``pods_train`` / ``pods_test`` print it without a traceback."""
+
+
+class ExperimentError(CLIError):
+    """The experiment dir is missing a file or an expected name."""
+
+
+class Experiment(NamedTuple):
+    dir: str
+    config: Any  # the config module's ``config`` object
+    build_model: Callable
+
+
+# ---------------------------------------------------------------------------- flags
+def build_parser(prog: str, *, test: bool = False) -> argparse.ArgumentParser:
+    """The cvpods flag set; ``test=True`` adds ``--start-iter`` / ``--end-iter``."""
+    what = "Evaluate checkpoints of" if test else "Train"
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=f"{what} the experiment in --dir (default: the current directory), which "
+                    "must contain config.py and net.py.",
+        epilog="Trailing KEY VALUE pairs override config keys, e.g. SOLVER.IMS_PER_BATCH 4 "
+               "MODEL.WEIGHTS /path/model.pth. The distributed timeout can also be set with "
+               "$CROWDLOSS_DIST_TIMEOUT (seconds).")
+    parser.add_argument("--num-gpus", type=int, default=None,
+                        help="processes per machine (default: all visible GPUs, else 1)")
+    parser.add_argument("--num-machines", type=int, default=1, help="number of machines")
+    parser.add_argument("--machine-rank", type=int, default=0,
+                        help="rank of this machine (0 .. num-machines - 1)")
+    parser.add_argument("--dist-url", default="auto",
+                        help="tcp://HOST:PORT of the rank-0 machine; 'auto' = a free local port "
+                             "(one machine only)")
+    parser.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                        help="bound on joining and on every collective (default: "
+                             "$CROWDLOSS_DIST_TIMEOUT or 1800)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest checkpoint in OUTPUT_DIR")
+    parser.add_argument("--dir", default=".", help="experiment dir (default: current directory)")
+    if test:
+        parser.add_argument("--start-iter", type=int, default=None,
+                            help="evaluate every checkpoint with iteration >= this")
+        parser.add_argument("--end-iter", type=int, default=None,
+                            help="evaluate every checkpoint with iteration <= this")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="config overrides")
+    return parser
+
+
+def parse_args(prog: str, argv: Optional[Sequence[str]] = None, *,
+               test: bool = False) -> argparse.Namespace:
+    """Parse and normalise flags (absolute ``dir``, resolved ``num_gpus`` and ``timeout``)."""
+    parser = build_parser(prog, test=test)
+    args = parser.parse_args(argv)
+    flags_late = [o for o in args.opts if o.startswith("--")]
+    if flags_late:
+        parser.error(f"flags must come before the KEY VALUE overrides; found {flags_late[0]} "
+                     f"after {args.opts[0]}")
+    if len(args.opts) % 2:
+        parser.error(f"overrides must be KEY VALUE pairs; got an odd number: {args.opts}")
+    if args.num_gpus is None:
+        args.num_gpus = torch.cuda.device_count() or 1
+    if args.dist_timeout is not None and args.dist_timeout <= 0:
+        parser.error(f"--dist-timeout must be positive, got {args.dist_timeout}")
+    args.dir = os.path.abspath(args.dir)
+    args.prog = prog
+    return args
+
+
+def _timeout(args: argparse.Namespace) -> timedelta:
+    from crowdloss.engine.launch import default_timeout
+
+    if args.dist_timeout is not None:
+        return timedelta(seconds=args.dist_timeout)
+    return default_timeout()
+
+
+# ---------------------------------------------------------------------------- experiment
+def _exec_file(module_name: str, path: str) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ExperimentError(f"cannot load {path} as Python source")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # before exec: dataclasses / pickle look it up by name
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    return module
+
+
+def load_experiment(exp_dir: str) -> Experiment:
+    """Execute ``exp_dir/config.py`` and ``exp_dir/net.py`` from their paths (fresh each call).
+
+    Raises:
+        ExperimentError: no such dir, a missing file, or no ``config`` / ``build_model``.
+    """
+    exp_dir = os.path.abspath(exp_dir)
+    if not os.path.isdir(exp_dir):
+        raise ExperimentError(f"experiment dir {exp_dir} does not exist")
+    paths = {name: os.path.join(exp_dir, f"{name}.py") for name in ("config", "net")}
+    for name, path in paths.items():
+        if not os.path.isfile(path):
+            raise ExperimentError(
+                f"{exp_dir} has no {name}.py: run inside an experiment dir (one holding "
+                f"config.py and net.py) or pass --dir <experiment dir>")
+    # One package per experiment dir, so two experiments never share module names and
+    # `from . import x` works too; its __path__ is the dir itself.
+    package = "crowdloss_exp_" + hashlib.sha1(exp_dir.encode("utf-8")).hexdigest()[:12]
+    pkg = types.ModuleType(package)
+    pkg.__path__ = [exp_dir]
+    pkg.__file__ = os.path.join(exp_dir, "__init__.py")
+    sys.modules[package] = pkg
+    if exp_dir in sys.path:
+        sys.path.remove(exp_dir)
+    sys.path.insert(0, exp_dir)
+
+    config_mod = _exec_file(f"{package}.config", paths["config"])
+    if not hasattr(config_mod, "config"):
+        raise ExperimentError(f"{paths['config']} defines no module-level `config` object "
+                              f"(end it with e.g. `config = CustomFCOSConfig()`)")
+    net_mod = _exec_file(f"{package}.net", paths["net"])
+    build_model = getattr(net_mod, "build_model", None)
+    if not callable(build_model):
+        raise ExperimentError(f"{paths['net']} defines no `build_model(cfg)` function")
+    return Experiment(exp_dir, config_mod.config, build_model)
+
+
+# ---------------------------------------------------------------------------- setup
+def setup(args: argparse.Namespace):
+    """Per-process setup; returns ``(cfg, build_model)``.
+
+    Overrides, world-size rescaling, CUDA -> CPU fallback, OUTPUT_DIR, logging (rank-aware),
+    environment + config diff in the log, ``config.yaml`` / ``config_diff.yaml`` / the ``log``
+    link on rank 0, and seeding (``SEED -1`` = one random seed shared by every rank).
+    """
+    from crowdloss.config import (config_diff, default_output_dir, dump_config, link_log,
+                                  rescale_for_world_size)
+    from crowdloss.utils import comm
+    from crowdloss.utils.env import seed_all_rng
+    from crowdloss.utils.logger import setup_logger
+
+    exp = load_experiment(args.dir)
+    cfg = exp.config
+    notes = list(cfg.merge_from_list(list(args.opts)))
+    rank, world_size = comm.get_rank(), comm.get_world_size()
+    notes += rescale_for_world_size(cfg, world_size)
+    device_warning = None
+    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
+        device_warning = f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available; using cpu"
+        cfg.MODEL.DEVICE = "cpu"
+    if not cfg.OUTPUT_DIR:
+        cfg.OUTPUT_DIR = default_output_dir(exp.dir)
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank)
+    if device_warning:
+        logger.warning(device_warning)
+    logger.info("Rank %d of %d; python %s, torch %s, CUDA %s (%d devices), %s",
+                rank, world_size, platform.python_version(), torch.__version__,
+                torch.version.cuda or "none", torch.cuda.device_count(), platform.platform())
+    logger.info("Command line: %s", " ".join(sys.argv))
+    logger.info("Experiment %s -> OUTPUT_DIR %s", exp.dir, cfg.OUTPUT_DIR)
+    for note in notes:
+        logger.info("Config: %s", note)
+
+    if cfg.SEED < 0:
+        cfg.SEED = comm.shared_random_seed()  # a collective: every rank must reach it
+        logger.info("SEED -1: drew the shared seed %d", cfg.SEED)
+    # Rank offset: augmentations differ per rank; the sampler uses the shared cfg.SEED.
+    seed_all_rng(cfg.SEED + rank)
+
+    if comm.is_main_process():
+        diff = dump_config(cfg, cfg.OUTPUT_DIR)
+        link_log(exp.dir, cfg.OUTPUT_DIR)
+    else:
+        diff = config_diff(cfg)
+    logger.info("Config differs from its parent class in:\n%s", _format_diff(diff))
+    return cfg, exp.build_model
+
+
+def _format_diff(diff: Any, indent: str = "  ") -> str:
+    if not isinstance(diff, dict) or not diff:
+        return f"{indent}{diff if diff else '(nothing)'}"
+    lines = []
+    for key, value in diff.items():
+        if isinstance(value, dict) and value:
+            lines.append(f"{indent}{key}:")
+            lines.append(_format_diff(value, indent + "  "))
+        else:
+            lines.append(f"{indent}{key}: {value!r}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- running
+def run_cli(args: argparse.Namespace, worker: Callable[[argparse.Namespace], Any]) -> Any:
+    """Check the experiment and overrides here, then ``launch`` ``worker(args)`` on every rank.
+
+    Known failures (bad experiment dir, unknown / badly typed override, a rank that failed)
+    exit with status 1 and one ``<prog>: error: ...`` message on stderr instead of a traceback.
+    """
+    from crowdloss.config.config_dict import ConfigKeyError
+    from crowdloss.engine.launch import LaunchError, check_layout, launch
+
+    def fail(exc: BaseException):
+        print(f"{args.prog}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+    try:
+        # Fail before spawning anything: a typo in an override should not cost a launch.
+        load_experiment(args.dir).config.merge_from_list(list(args.opts))
+        check_layout(args.num_gpus, num_machines=args.num_machines,
+                     machine_rank=args.machine_rank, dist_url=args.dist_url)
+        timeout = _timeout(args)
+    except (CLIError, ConfigKeyError, ValueError) as exc:
+        fail(exc)
+    try:
+        return launch(worker, args.num_gpus, num_machines=args.num_machines,
+                      machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,),
+                      timeout=timeout)
+    except (LaunchError, CLIError) as exc:
+        fail(exc)

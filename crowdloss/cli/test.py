@@ -1,0 +1,133 @@
+"""``pods_test``: evaluate checkpoints of the experiment in ``--dir``.
+
+Which weights (first match):
+
+- ``--start-iter A`` / ``--end-iter B``: every ``model_iter_XXXXXXX.pth`` in OUTPUT_DIR with
+  A <= iteration <= B (``model_final.pth`` counts as ``MAX_ITER``), one result row each;
+- ``MODEL.WEIGHTS path``: that file;
+- else the newest checkpoint of OUTPUT_DIR (``last_checkpoint``, else the newest ``.pth``).
+
+The rows (checkpoint, iteration, every metric) are printed together at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import re
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from crowdloss.cli.common import CLIError, parse_args, run_cli, setup
+
+__all__ = ["main", "eval_worker", "select_checkpoints", "format_rows", "NoCheckpointError"]
+
+logger = logging.getLogger(__name__)
+
+class NoCheckpointError(CLIError, FileNotFoundError):
+    """Nothing to evaluate."""
+
+
+_ITER_NAME = re.compile(r"model_iter_(\d+)\.pth$")
+
+
+def checkpoint_iteration(path: str, max_iter: int) -> Optional[int]:
+    """Iteration a checkpoint name encodes; ``model_final.pth`` -> ``max_iter``; else None."""
+    name = os.path.basename(path)
+    if name == "model_final.pth":
+        return max_iter
+    match = _ITER_NAME.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def select_checkpoints(cfg, finder, start_iter: Optional[int] = None,
+                       end_iter: Optional[int] = None) -> List[Tuple[Optional[int], str]]:
+    """``[(iteration or None, path)]`` to evaluate, oldest first (see the module docstring).
+
+    Args:
+        finder: a ``Checkpointer`` over OUTPUT_DIR (its ``get_all_checkpoint_files`` /
+            ``get_checkpoint_file`` do the listing).
+
+    Raises:
+        NoCheckpointError: nothing to evaluate, naming the directory and what was looked for.
+    """
+    out = cfg.OUTPUT_DIR
+    max_iter = int(cfg.SOLVER.LR_SCHEDULER.MAX_ITER)
+    if start_iter is not None or end_iter is not None:
+        lo = -math.inf if start_iter is None else start_iter
+        hi = math.inf if end_iter is None else end_iter
+        found = []
+        for path in finder.get_all_checkpoint_files():
+            it = checkpoint_iteration(path, max_iter)
+            if it is not None and lo <= it <= hi:
+                found.append((it, path))
+        if not found:
+            raise NoCheckpointError(
+                f"no checkpoint in {out} with {start_iter} <= iteration <= {end_iter} "
+                f"(looked for model_iter_XXXXXXX.pth and model_final.pth = iteration {max_iter})")
+        return sorted(found)
+    if cfg.MODEL.WEIGHTS:
+        return [(checkpoint_iteration(cfg.MODEL.WEIGHTS, max_iter), cfg.MODEL.WEIGHTS)]
+    newest = finder.get_checkpoint_file()
+    if newest is None:
+        raise NoCheckpointError(
+            f"no checkpoint to evaluate: {out} has no last_checkpoint file and no model_*.pth; "
+            f"train first or pass MODEL.WEIGHTS /path/to/model.pth")
+    return [(checkpoint_iteration(newest, max_iter), newest)]
+
+
+def _flatten(results: Any, prefix: str = "") -> Dict[str, Any]:
+    if not isinstance(results, dict):
+        return {prefix: results}
+    flat: Dict[str, Any] = {}
+    for key, value in results.items():
+        flat.update(_flatten(value, f"{prefix}/{key}" if prefix else str(key)))
+    return flat
+
+
+def format_rows(rows: List[Tuple[Optional[int], str, Dict[str, Any]]]) -> str:
+    """A text table: one row per checkpoint, columns ``checkpoint iter <dataset/task/metric>...``."""
+    flats = [_flatten(results) for _, _, results in rows]
+    columns = sorted({key for flat in flats for key in flat})
+    header = ["checkpoint", "iter"] + columns
+    table = [header]
+    for (iteration, path, _), flat in zip(rows, flats):
+        cells = [os.path.basename(path), "-" if iteration is None else str(iteration)]
+        for col in columns:
+            value = flat.get(col, "")
+            cells.append(f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.append(cells)
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+
+
+def eval_worker(args: argparse.Namespace) -> List[Tuple[Optional[int], str, Dict[str, Any]]]:
+    """One rank: build the model once, then load + evaluate each selected checkpoint."""
+    from crowdloss.engine.checkpoint import DetectionCheckpointer
+    from crowdloss.engine.runner import DefaultRunner
+    from crowdloss.utils import comm
+
+    cfg, build_model = setup(args)
+    model = build_model(cfg).to(cfg.MODEL.DEVICE)
+    model.eval()
+    checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR)
+    rows = []
+    for iteration, path in select_checkpoints(cfg, checkpointer, args.start_iter, args.end_iter):
+        logger.info("Evaluating %s (iteration %s)", path, iteration)
+        checkpointer.load_model_weights(path)
+        rows.append((iteration, path, DefaultRunner.test(cfg, model)))
+    if comm.is_main_process():
+        table = format_rows(rows)
+        logger.info("Results per checkpoint:\n%s", table)
+        print(table, flush=True)
+    return rows
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Any:
+    args = parse_args("pods_test", argv, test=True)
+    return run_cli(args, eval_worker)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
