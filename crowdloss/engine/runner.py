@@ -159,16 +159,13 @@ class DefaultRunner:
 
     def build_hooks(self) -> List[hooks.HookBase]:
         cfg = self.cfg
-        self._eval_hook = hooks.EvalHook(
-            cfg.TEST.EVAL_PERIOD, lambda: self.test(cfg, unwrap_model(self.model))
-        )
         ret: List[hooks.HookBase] = [
             hooks.LRScheduler(self.optimizer, self.scheduler),
             hooks.IterationTimer(),
             hooks.PeriodicCheckpointer(
                 self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_iter
             ),
-            self._eval_hook,
+            hooks.EvalHook(cfg.TEST.EVAL_PERIOD, lambda: self.test(cfg, unwrap_model(self.model))),
         ]
         if comm.is_main_process() and cfg.OUTPUT_DIR:
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
@@ -216,7 +213,8 @@ class DefaultRunner:
         logger.info("Starting training from iteration %d to %d", self.start_iter, self.max_iter)
         self.iter = self.start_iter
         with EventStorage(self.start_iter) as self.storage:
-            self._data_iter = iter(self.data_loader)
+            # Nothing to draw when resuming a finished run (spares a DataLoader's worker start).
+            self._data_iter = iter(self.data_loader) if self.start_iter < self.max_iter else None
             try:
                 for h in self._hooks:
                     h.before_train()
@@ -235,7 +233,8 @@ class DefaultRunner:
             finally:
                 for h in self._hooks:
                     h.after_train()
-        return self._eval_hook.last_results or {}
+        evals = [h for h in self._hooks if isinstance(h, hooks.EvalHook)]
+        return (evals[-1].last_results if evals else {}) or {}
 
     def _autocast(self):
         if not self.amp_enabled:
