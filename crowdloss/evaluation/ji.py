@@ -18,8 +18,6 @@ from typing import Tuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import maximum_bipartite_matching
 
 __all__ = ["JI_THRESHOLDS", "JI_MATCHINGS", "match_pairs", "image_ji_counts", "dataset_ji"]
 
@@ -44,24 +42,27 @@ def match_pairs(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, *,
     """
     if rows.size <= 1:
         return rows, cols
+    # np.unique sorts and costs ~20 us a call; rows arrive sorted and cols are small ints,
+    # so run starts and a bincount give the compressed indices for a fraction of that.
+    row_start = np.empty(rows.size, dtype=bool)
+    row_start[0] = True
+    np.not_equal(rows[1:], rows[:-1], out=row_start[1:])
+    col_count = np.bincount(cols)
     # Conflict-free graphs (every node in at most one edge) are their own optimum; in crowds
     # most images at high thresholds are like that, and the solver call is the costly part.
-    if not (rows[1:] == rows[:-1]).any():
-        uc = np.unique(cols)
-        if uc.size == cols.size:
-            return rows, cols
-    ur, ri = np.unique(rows, return_inverse=True)
-    uc, ci = np.unique(cols, return_inverse=True)
-    if matching == "weight":
-        w = np.zeros((ur.size, uc.size))
-        w[ri, ci] = weights
-        r, c = linear_sum_assignment(w, maximize=True)
-        keep = w[r, c] > 0  # zero entries are non-edges the square-up assignment used
-        return ur[r[keep]], uc[c[keep]]
-    graph = csr_matrix((np.ones(rows.size), (ri, ci)), shape=(ur.size, uc.size))
-    col_of_row = maximum_bipartite_matching(graph, perm_type="column")
-    r = np.flatnonzero(col_of_row >= 0)
-    return ur[r], uc[col_of_row[r]]
+    if row_start.all() and col_count.max() == 1:
+        return rows, cols
+    ur, ri = rows[row_start], np.cumsum(row_start) - 1
+    present = col_count > 0
+    uc, ci = np.flatnonzero(present), (np.cumsum(present) - 1)[cols]
+    # Dense over the involved nodes only; unit weights make the maximum-weight assignment a
+    # maximum-cardinality matching (and the dense solver beats building a scipy.sparse
+    # graph per call by ~10x at this size).
+    w = np.zeros((ur.size, uc.size))
+    w[ri, ci] = weights if matching == "weight" else 1.0
+    r, c = linear_sum_assignment(w, maximize=True)
+    keep = w[r, c] > 0  # zero entries are non-edges the square-up assignment used
+    return ur[r[keep]], uc[c[keep]]
 
 
 def image_ji_counts(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray,
