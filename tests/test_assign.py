@@ -182,3 +182,90 @@ def test_max_iou_low_quality_keeps_threshold_match_and_empty():
     assert empty.gt_inds.tolist() == [-1, -1] and not empty.ignored.any()
     only_ignore = MaxIoUAssigner().assign(anchors, boxes[:1], torch.tensor([-1]))
     assert only_ignore.gt_inds.tolist() == [-1, -1] and only_ignore.ignored.tolist() == [True, False]
+
+
+# ---------------------------------------------------------------- random scenes vs slow references
+def _scene(seed, m):
+    g = torch.Generator().manual_seed(seed)
+    levels = [grid_points(24, 32, 8, 0.0), grid_points(12, 16, 16, 0.0), grid_points(6, 8, 32, 0.0)]
+    h = torch.rand(m, generator=g) * 150 + 12
+    cxy = torch.rand(m, 2, generator=g) * torch.tensor([256.0, 100.0]) + torch.tensor([0.0, 60.0])
+    wh = torch.stack([0.41 * h, h], 1)
+    boxes = torch.cat([cxy - wh / 2, cxy + wh / 2], 1)
+    classes = torch.zeros(m, dtype=torch.long)
+    classes[torch.rand(m, generator=g) < 0.15] = -1
+    return levels, boxes, classes
+
+
+def _fcos_reference(levels, strides, ranges, boxes, classes, radius):
+    out = []
+    for lvl, (pts, s) in enumerate(zip(levels, strides)):
+        lo, hi = ranges[lvl]
+        for px, py in pts.tolist():
+            best, best_area = -1, math.inf
+            for m, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+                d = (px - x1, py - y1, x2 - px, y2 - py)
+                if radius > 0:
+                    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+                    r = radius * s
+                    ok = max(cx - r, x1) < px < min(cx + r, x2) and max(cy - r, y1) < py < min(cy + r, y2)
+                else:
+                    ok = min(d) > 0
+                area = (x2 - x1) * (y2 - y1)
+                if ok and lo <= max(d) <= hi and area < best_area:
+                    best, best_area = m, area
+            out.append(best)
+    return out
+
+
+@pytest.mark.parametrize("seed,radius", [(0, 0.0), (1, 1.5)])
+def test_fcos_matches_reference_and_chunks(seed, radius):
+    levels, boxes, classes = _scene(seed, 30)
+    ranges = ((-1, 64), (64, 128), (128, math.inf))
+    assigner = FCOSAssigner(strides=(8, 16, 32), object_sizes_of_interest=ranges, center_sampling_radius=radius, chunk_size=7)
+    res = assigner.assign(levels, None, boxes, classes)
+    assert res.gt_inds.tolist() == _fcos_reference(levels, (8, 16, 32), ranges, boxes, classes, radius)
+    assert torch.equal(res.ignored, (res.gt_inds >= 0) & (classes[res.gt_inds.clamp(min=0)] < 0))
+    assert res.positive.sum() > 20
+
+
+def _atss_reference(levels, strides, boxes, classes, topk=9, scale=8.0):
+    pts = torch.cat(levels).tolist()
+    level_of = [l for l, p in enumerate(levels) for _ in range(p.shape[0])]
+    winners = {}
+    for m, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        if classes[m] < 0:
+            continue
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        cands = []
+        for lvl in range(len(levels)):
+            idx = [j for j in range(len(pts)) if level_of[j] == lvl]
+            idx.sort(key=lambda j: ((pts[j][0] - cx) ** 2 + (pts[j][1] - cy) ** 2, j))
+            cands += idx[:topk]
+        ious = []
+        for j in cands:
+            half = strides[level_of[j]] * scale / 2
+            a = (pts[j][0] - half, pts[j][1] - half, pts[j][0] + half, pts[j][1] + half)
+            iw = max(0.0, min(a[2], x2) - max(a[0], x1))
+            ih = max(0.0, min(a[3], y2) - max(a[1], y1))
+            inter = iw * ih
+            ious.append(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (x2 - x1) * (y2 - y1) - inter))
+        mean = sum(ious) / len(ious)
+        thr = mean + math.sqrt(sum((v - mean) ** 2 for v in ious) / (len(ious) - 1))
+        for j, v in zip(cands, ious):
+            px, py = pts[j]
+            if v >= thr and min(px - x1, py - y1, x2 - px, y2 - py) > 0.01:
+                if j not in winners or v > winners[j][0]:
+                    winners[j] = (v, m)
+    return [winners[j][1] if j in winners else -1 for j in range(len(pts))]
+
+
+def test_atss_matches_reference():
+    levels, boxes, classes = _scene(3, 25)
+    # offset the points by half a cell so no two are equally distant from a centre by symmetry
+    levels = [p + torch.tensor([0.37, 0.21]) for p in levels]
+    res = ATSSAssigner().assign(levels, (8, 16, 32), boxes, classes)
+    expect = _atss_reference(levels, (8, 16, 32), boxes, classes)
+    got = res.gt_inds.tolist()
+    assert sum(g != e for g, e in zip(got, expect)) == 0
+    assert res.positive.sum() > 25

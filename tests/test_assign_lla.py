@@ -29,10 +29,7 @@ def test_cost_rows_match_naive_formula():
     fl = lambda x, t: -(0.25 if t else 0.75) * ((1 - torch.sigmoid(x)) if t else torch.sigmoid(x)) ** 2 * torch.log(
         torch.sigmoid(x) if t else 1 - torch.sigmoid(x)
     )
-    terms = (
-        sigmoid_focal_loss(logits, torch.zeros_like(logits)).sum(1),
-        sigmoid_focal_loss(logits, torch.ones_like(logits)) - sigmoid_focal_loss(logits, torch.zeros_like(logits)),
-    )
+    terms = a.cls_cost_terms(logits)
     cost = a.cost_rows(terms, pred, points, gts, cls.clamp(min=0))
     for m in range(2):
         c = max(int(cls[m]), 0)  # ignore GT competes as class 0

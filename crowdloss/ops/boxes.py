@@ -17,6 +17,7 @@ __all__ = [
     "box_iou",
     "generalized_box_iou",
     "box_ioa",
+    "box_intersection",
     "aligned_iou",
     "aligned_giou",
     "clip_boxes",
@@ -42,20 +43,26 @@ def box_area(boxes: Tensor) -> Tensor:
     return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
 
 
-def _pairwise_inter(a: Tensor, b: Tensor) -> Tensor:
-    # (M, N) intersection area, built per axis to avoid (M, N, 2) temporaries.
-    w = torch.min(a[:, None, 2], b[None, :, 2]) - torch.max(a[:, None, 0], b[None, :, 0])
-    w.clamp_(min=0)
-    h = torch.min(a[:, None, 3], b[None, :, 3]) - torch.max(a[:, None, 1], b[None, :, 1])
-    h.clamp_(min=0)
-    return w.mul_(h)
+def box_intersection(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise intersection area of (M, 4) and (N, 4) xyxy boxes -> (M, N).
+
+    Built per axis to avoid (M, N, 2) temporaries; the building block of the IoU family, public
+    so cost matrices (e.g. LLA's) can fuse their own arithmetic on it in place.
+    """
+    _check_boxes(a, "box_intersection a")
+    _check_boxes(b, "box_intersection b")
+    w = torch.min(a[:, None, 2], b[None, :, 2])
+    w -= torch.max(a[:, None, 0], b[None, :, 0])
+    h = torch.min(a[:, None, 3], b[None, :, 3])
+    h -= torch.max(a[:, None, 1], b[None, :, 1])
+    return w.clamp_(min=0).mul_(h.clamp_(min=0))
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Pairwise IoU of (M, 4) and (N, 4) xyxy boxes -> (M, N)."""
     _check_boxes(boxes1, "box_iou boxes1")
     _check_boxes(boxes2, "box_iou boxes2")
-    inter = _pairwise_inter(boxes1, boxes2)
+    inter = box_intersection(boxes1, boxes2)
     union = box_area(boxes1)[:, None] + box_area(boxes2)[None, :] - inter
     return _safe_div(inter, union)
 
@@ -64,7 +71,7 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Pairwise GIoU (arXiv 1902.09630) of (M, 4) and (N, 4) xyxy boxes -> (M, N) in [-1, 1]."""
     _check_boxes(boxes1, "generalized_box_iou boxes1")
     _check_boxes(boxes2, "generalized_box_iou boxes2")
-    inter = _pairwise_inter(boxes1, boxes2)
+    inter = box_intersection(boxes1, boxes2)
     union = box_area(boxes1)[:, None] + box_area(boxes2)[None, :] - inter
     iou = _safe_div(inter, union)
     # Smallest enclosing box, again one axis at a time.
@@ -82,7 +89,7 @@ def box_ioa(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """
     _check_boxes(boxes1, "box_ioa boxes1")
     _check_boxes(boxes2, "box_ioa boxes2")
-    inter = _pairwise_inter(boxes1, boxes2)
+    inter = box_intersection(boxes1, boxes2)
     return _safe_div(inter, box_area(boxes1)[:, None].expand_as(inter))
 
 

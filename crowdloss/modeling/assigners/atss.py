@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from crowdloss.ops import box_iou
+from crowdloss.ops import aligned_iou
 
 from .base import AssignResult, check_gts, ltrb_min_max
 from .fcos import level_columns
@@ -24,7 +24,8 @@ class ATSSAssigner:
 
     Steps of ``assign``:
       1. Each point stands for a square anchor of side ``anchor_scale`` x its level's stride,
-         centred on it; compute IoU (V, R) between valid GTs and these anchors.
+         centred on it; IoU between valid GTs and these anchors is only ever needed at the
+         candidates of step 2, so it is computed there: (V, C), not (V, R).
       2. Per level, take the ``topk`` points nearest (L2) to each GT's centre: C candidates per GT.
       3. Per GT, threshold = mean + std (unbiased) of the candidates' IoUs.
       4. A candidate is positive when its IoU >= threshold and the point lies inside the GT
@@ -75,10 +76,8 @@ class ATSSAssigner:
         valid = gt_boxes[valid_idx]
 
         if valid.shape[0] > 0:
-            # Step 1: IoU with the virtual square anchors.
-            half = level_columns(points_per_level, [(s * self.anchor_scale / 2,) for s in strides])
-            anchors = torch.cat([points - half, points + half], dim=1)
-            iou = box_iou(valid, anchors)  # (V, R)
+            # Step 1 (only at the candidates of step 2): the point's virtual square anchor.
+            half = level_columns(points_per_level, [(s * self.anchor_scale / 2,) for s in strides])[:, 0]
 
             # Step 2: per-level nearest points to each GT centre.
             centres = (valid[:, :2] + valid[:, 2:]) / 2
@@ -95,21 +94,30 @@ class ATSSAssigner:
                     candidates.append(dist.topk(k, dim=1, largest=False).indices + start)
                 start = end
             candidates = torch.cat(candidates, dim=1)  # (V, C)
+            cand_points = points[candidates]  # (V, C, 2)
+            cand_half = half[candidates][..., None]
+            cand_anchors = torch.cat([cand_points - cand_half, cand_points + cand_half], dim=-1)
+            gts = valid[:, None, :].expand_as(cand_anchors)
+            cand_iou = aligned_iou(gts, cand_anchors)  # (V, C)
 
             # Step 3: adaptive threshold per GT.
-            cand_iou = iou.gather(1, candidates)
             std = cand_iou.std(dim=1) if cand_iou.shape[1] > 1 else torch.zeros_like(cand_iou[:, 0])
             threshold = cand_iou.mean(dim=1) + std
 
             # Step 4: positives among candidates.
-            inside, _ = ltrb_min_max(points, valid, with_max=False)
-            cand_pos = (cand_iou >= threshold[:, None]) & (inside.gather(1, candidates) > _INSIDE_EPS)
-            pos = torch.zeros_like(iou, dtype=torch.bool).scatter_(1, candidates, cand_pos)
+            ltrb = torch.cat([cand_points - gts[..., :2], gts[..., 2:] - cand_points], dim=-1)
+            cand_pos = (cand_iou >= threshold[:, None]) & (ltrb.min(dim=-1).values > _INSIDE_EPS)
 
-            # Step 5: highest IoU wins; -1 keeps non-positive pairs out of the max.
-            best_iou, best = torch.where(pos, iou, torch.full_like(iou, -1.0)).max(dim=0)
-            has_pos = best_iou >= 0
-            result.gt_inds[has_pos] = valid_idx[best[has_pos]]
+            # Step 5: highest IoU wins (ties: lowest GT index), by two scatter reductions.
+            gt_of = torch.arange(valid.shape[0], device=points.device)[:, None].expand_as(candidates)
+            pos_points, pos_iou, pos_gt = candidates[cand_pos], cand_iou[cand_pos], gt_of[cand_pos]
+            best_iou = torch.full((num_points,), -1.0, device=points.device)
+            best_iou.scatter_reduce_(0, pos_points, pos_iou, reduce="amax")
+            top = pos_iou == best_iou[pos_points]
+            winner = torch.full((num_points,), valid.shape[0], dtype=torch.long, device=points.device)
+            winner.scatter_reduce_(0, pos_points[top], pos_gt[top], reduce="amin")
+            has_pos = winner < valid.shape[0]
+            result.gt_inds[has_pos] = valid_idx[winner[has_pos]]
 
         # Step 6: ignore regions.
         ignore = gt_boxes[gt_classes < 0]

@@ -46,6 +46,7 @@ class FCOSAssigner:
         strides: default per-level strides (used when ``assign`` gets ``strides=None``).
         object_sizes_of_interest: per-level (lo, hi) range of the max ltrb distance.
         center_sampling_radius: in strides; 0 = plain inside-box (the cvpods CrowdHuman default).
+        chunk_size: GTs per chunk: bounds memory to a few (chunk_size, R) matrices.
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class FCOSAssigner:
         strides: Sequence[int] = (8, 16, 32, 64, 128),
         object_sizes_of_interest: Sequence[Tuple[float, float]] = _SIZES,
         center_sampling_radius: float = 0.0,
+        chunk_size: int = 128,
     ):
         if len(strides) != len(object_sizes_of_interest):
             raise ValueError(
@@ -64,6 +66,9 @@ class FCOSAssigner:
         self.strides = tuple(int(s) for s in strides)
         self.object_sizes_of_interest = tuple((float(lo), float(hi)) for lo, hi in object_sizes_of_interest)
         self.center_sampling_radius = float(center_sampling_radius)
+        if chunk_size < 1:
+            raise ValueError(f"FCOSAssigner: chunk_size must be >= 1, got {chunk_size}")
+        self.chunk_size = int(chunk_size)
 
     @torch.no_grad()
     def assign(
@@ -94,39 +99,49 @@ class FCOSAssigner:
             return AssignResult.background(num_points, device=points.device)
         gt_boxes = gt_boxes.to(points.dtype)
 
-        # Step 1: per-point stride and size range.
+        # Step 1: per-point size range (and stride for centre sampling).
         ranges = level_columns(points_per_level, self.object_sizes_of_interest)  # (R, 2)
-        # Steps 2-3: (M, R) candidate mask.
-        min_d, max_d = ltrb_min_max(points, gt_boxes)
+        lo, hi = ranges[:, 0].contiguous(), ranges[:, 1].contiguous()
+        point_stride = None
         if self.center_sampling_radius > 0:
             point_stride = level_columns(points_per_level, [(float(s),) for s in strides])[:, 0]
-            radius = point_stride[None, :] * self.center_sampling_radius  # (1, R)
-            cx = (gt_boxes[:, 0:1] + gt_boxes[:, 2:3]) / 2
-            cy = (gt_boxes[:, 1:2] + gt_boxes[:, 3:4]) / 2
-            centre_boxes = [
-                torch.max(cx - radius, gt_boxes[:, 0:1]),
-                torch.max(cy - radius, gt_boxes[:, 1:2]),
-                torch.min(cx + radius, gt_boxes[:, 2:3]),
-                torch.min(cy + radius, gt_boxes[:, 3:4]),
-            ]
-            px, py = points[None, :, 0], points[None, :, 1]
-            inside = (
-                (px - centre_boxes[0] > 0)
-                & (py - centre_boxes[1] > 0)
-                & (centre_boxes[2] - px > 0)
-                & (centre_boxes[3] - py > 0)
-            )
-        else:
-            inside = min_d > 0
-        del min_d
-        candidate = inside & (max_d >= ranges[None, :, 0]) & (max_d <= ranges[None, :, 1])
-        del inside, max_d
-
-        # Step 4: smallest-area candidate; argmin returns the first (lowest-index) minimum.
-        area = torch.where(candidate, box_area(gt_boxes)[:, None], torch.full_like(candidate, math.inf, dtype=points.dtype))
-        min_area, gt_inds = area.min(dim=0)
-        gt_inds[torch.isinf(min_area)] = -1
+        areas = box_area(gt_boxes)
+        # Steps 2-4 over chunks of GTs, keeping a running per-point (min area, argmin): strict <
+        # lets earlier (lower-index) GTs keep ties, exactly like one argmin over all M rows.
+        best_area = torch.full((num_points,), math.inf, dtype=points.dtype, device=points.device)
+        gt_inds = torch.full((num_points,), -1, dtype=torch.long, device=points.device)
+        for start in range(0, gt_boxes.shape[0], self.chunk_size):
+            chunk = gt_boxes[start : start + self.chunk_size]
+            candidate = self._candidates(points, chunk, lo, hi, point_stride)
+            area = torch.where(candidate, areas[start : start + chunk.shape[0], None], math.inf)
+            del candidate
+            chunk_area, chunk_arg = area.min(dim=0)
+            better = chunk_area < best_area
+            best_area = torch.where(better, chunk_area, best_area)
+            gt_inds = torch.where(better, chunk_arg + start, gt_inds)
+            del area
 
         # Step 5: points won by ignore GTs.
         ignored = (gt_inds >= 0) & (gt_classes[gt_inds.clamp(min=0)] < 0)
         return AssignResult(gt_inds, ignored)
+
+    def _candidates(self, points: Tensor, gt_boxes: Tensor, lo: Tensor, hi: Tensor, point_stride) -> Tensor:
+        """Steps 2-3 for a chunk of B GTs -> bool (B, R)."""
+        min_d, max_d = ltrb_min_max(points, gt_boxes)
+        if point_stride is None:
+            inside = min_d > 0
+        else:
+            radius = point_stride[None, :] * self.center_sampling_radius  # (1, R)
+            cx = (gt_boxes[:, 0:1] + gt_boxes[:, 2:3]) / 2
+            cy = (gt_boxes[:, 1:2] + gt_boxes[:, 3:4]) / 2
+            px, py = points[None, :, 0], points[None, :, 1]
+            inside = (
+                (px > torch.max(cx - radius, gt_boxes[:, 0:1]))
+                & (py > torch.max(cy - radius, gt_boxes[:, 1:2]))
+                & (px < torch.min(cx + radius, gt_boxes[:, 2:3]))
+                & (py < torch.min(cy + radius, gt_boxes[:, 3:4]))
+            )
+        del min_d
+        inside &= max_d >= lo[None, :]
+        inside &= max_d <= hi[None, :]
+        return inside

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from crowdloss.ops import box_iou
+from crowdloss.ops import box_area, box_intersection
 from crowdloss.modeling.losses import sigmoid_focal_loss
 
 from .base import AssignResult, check_gts, ltrb_min_max
@@ -73,18 +73,33 @@ class LLAAssigner:
         self.iou_eps = float(iou_eps)
 
     def cost_rows(self, cls_terms, pred_boxes: Tensor, points: Tensor, gt_boxes: Tensor, gt_cls: Tensor) -> Tensor:
-        """Steps 1-4 for a chunk of B GTs -> (B, R) cost."""
+        """Steps 1-4 for a chunk of B GTs -> (B, R) cost.
+
+        ``cls_terms`` = (neg_sum (R,), pos_minus_neg (K, R)) from ``cls_cost_terms``.
+        """
         neg_sum, pos_minus_neg = cls_terms
         # Step 1: sum_k FL(x_k, onehot_k) = sum_k FL(x_k, 0) + FL(x_c, 1) - FL(x_c, 0).
-        cost = pos_minus_neg.index_select(1, gt_cls).t() + neg_sum[None, :]
-        # Step 2: -log(IoU), in place to keep one extra (B, R) alive at a time.
-        iou = box_iou(gt_boxes, pred_boxes)
+        cost = pos_minus_neg.index_select(0, gt_cls)
+        cost += neg_sum[None, :]
+        # Step 2: -log(IoU), fused in place on the intersection matrix.
+        inter = box_intersection(gt_boxes, pred_boxes)
+        union = box_area(gt_boxes)[:, None] + box_area(pred_boxes)[None, :]
+        union -= inter
+        iou = inter.div_(union.clamp_(min=torch.finfo(union.dtype).tiny))
+        del union
         cost.sub_(iou.clamp_(min=self.iou_eps).log_().mul_(self.reg_cost))
         del iou
         # Steps 3-4.
         min_d, _ = ltrb_min_max(points, gt_boxes, with_max=False)
         cost.add_((min_d <= self.inside_eps).to(cost.dtype).mul_(self.outside_cost))
         return cost
+
+    def cls_cost_terms(self, cls_logits: Tensor):
+        """Per-point pieces of the summed focal cost: (sum_k FL(x_k, 0) (R,), FL(x, 1) - FL(x, 0) (K, R))."""
+        focal = dict(alpha=self.focal_alpha, gamma=self.focal_gamma)
+        neg = sigmoid_focal_loss(cls_logits, torch.zeros_like(cls_logits), **focal)  # (R, K)
+        pos = sigmoid_focal_loss(cls_logits, torch.ones_like(cls_logits), **focal)
+        return neg.sum(dim=1), (pos - neg).t().contiguous()
 
     @torch.no_grad()
     def assign(
@@ -125,11 +140,7 @@ class LLAAssigner:
         pred_boxes = pred_boxes.detach().float()
         points = points.float()
         gt_boxes = gt_boxes.float()
-        focal = dict(alpha=self.focal_alpha, gamma=self.focal_gamma)
-        neg = sigmoid_focal_loss(logits, torch.zeros_like(logits), **focal)  # (R, K)
-        pos = sigmoid_focal_loss(logits, torch.ones_like(logits), **focal)
-        cls_terms = (neg.sum(dim=1), pos - neg)
-        del neg, pos
+        cls_terms = self.cls_cost_terms(logits)
         cost_cls = gt_classes.clamp(min=0)  # ignore GTs compete as class 0
 
         k = min(self.topk, num_points)
