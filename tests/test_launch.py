@@ -178,3 +178,47 @@ def test_default_timeout_from_env(monkeypatch):
     monkeypatch.setenv("CROWDLOSS_DIST_TIMEOUT", "soon")
     with pytest.raises(ValueError, match="CROWDLOSS_DIST_TIMEOUT='soon'"):
         default_timeout()
+
+
+def test_torchrun_agent_store_makes_every_rank_a_client(monkeypatch):
+    # torchrun's agent already listens on MASTER_PORT; rank 0 must not try to bind it again.
+    port = find_free_port()
+    agent = dist.TCPStore("127.0.0.1", port, 2, True, timeout=timedelta(seconds=5),
+                          wait_for_workers=False)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    store = launch_mod._rendezvous("127.0.0.1", port, 0, 1, timedelta(seconds=5))
+    store.set("probe", "1")
+    assert agent.check(["crowdloss/attempt_2/crowdloss/joined/0"])
+    assert agent.check(["crowdloss/attempt_2/probe"])
+
+
+def _sleep_forever(out_dir):
+    _record_pid(out_dir)
+    time.sleep(300)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_ends_its_workers(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo / "tests"), str(repo)]))
+    script = ("import test_launch as t; from crowdloss.engine.launch import launch; "
+              f"launch(t._sleep_forever, 2, args=({str(tmp_path)!r},))")
+    parent = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while len(list(tmp_path.glob("pid.*"))) < 2:
+            assert parent.poll() is None, parent.stderr.read().decode()
+            assert time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.2)
+        time.sleep(0.5)  # both pid files fully written
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=30) != 0
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    _assert_gone(tmp_path)

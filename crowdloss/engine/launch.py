@@ -25,7 +25,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import socket
+import threading
 import time
 from datetime import timedelta
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -157,15 +159,25 @@ def _use_cuda(num_local: int) -> bool:
 
 
 def _rendezvous(host: str, port: int, rank: int, world_size: int, timeout: timedelta):
-    """TCPStore check-in that names the ranks missing after ``timeout``."""
+    """TCPStore check-in that names the ranks missing after ``timeout``.
+
+    Rank 0 hosts the store, except under torchrun's agent store
+    (TORCHELASTIC_USE_AGENT_STORE=True), where the agent already listens on MASTER_PORT and
+    every rank is a client; keys are then prefixed by the restart attempt so that a restarted
+    group never sees the previous attempt's keys.
+    """
     url = f"tcp://{host}:{port}"
     seconds = timeout.total_seconds()
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     try:
-        store = dist.TCPStore(host, port, world_size, rank == 0, timeout=timeout,
-                              wait_for_workers=False)
+        store = dist.TCPStore(host, port, world_size, rank == 0 and not agent_store,
+                              timeout=timeout, wait_for_workers=False)
     except Exception as exc:  # noqa: BLE001 - the store raises RuntimeError/DistNetworkError
-        who = "could not listen" if rank == 0 else "could not reach rank 0"
+        who = "could not listen" if rank == 0 and not agent_store else "could not reach rank 0"
         raise LaunchError(f"rank {rank} {who} at {url} within {seconds:g} s: {exc}") from exc
+    if agent_store:
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"crowdloss/attempt_{attempt}", store)
     store.set(_JOIN_KEY.format(rank), "1")
     deadline = time.monotonic() + seconds
     keys = [_JOIN_KEY.format(r) for r in range(world_size)]
@@ -289,6 +301,11 @@ def launch(main_func: Callable, num_gpus_per_machine: int, *, num_machines: int 
     group_kw = dict(machine_rank=machine_rank, world_size=world_size,
                     local_world_size=num_gpus_per_machine, host=host, port=port,
                     timeout=timeout)
+    # SIGTERM (a scheduler or CI killing us) would skip every `finally`; turn it into SystemExit
+    # so the workers are always terminated with us.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _exit_on_signal)
     context = mp.start_processes(_spawned_worker, args=(main_func, tuple(args), group_kw),
                                  nprocs=num_gpus_per_machine, join=False, start_method="spawn")
     try:
@@ -306,8 +323,24 @@ def launch(main_func: Callable, num_gpus_per_machine: int, *, num_machines: int 
             message = f"{where} raised {last}\n{trace}"
         raise LaunchError(f"{message}\nThe other local workers were terminated.") from None
     finally:
-        for proc in context.processes:
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        _stop_processes(context.processes)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return None
+
+
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _stop_processes(processes: Sequence[Any], grace: float = 3.0) -> None:
+    """SIGTERM every live worker, SIGKILL what is left after ``grace`` s, reap all."""
+    alive = [p for p in processes if p.is_alive()]
+    for proc in alive:
+        proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in alive:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
