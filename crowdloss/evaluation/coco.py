@@ -10,7 +10,7 @@ import contextlib
 import io
 import logging
 import os
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Sequence, Union
 
 import numpy as np
 

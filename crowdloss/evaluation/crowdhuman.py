@@ -1,4 +1,5 @@
-"""CrowdHuman AP, MR^-2, Recall and JI, numerically identical to the public toolkits.
+"""CrowdHuman (arXiv 1805.00123) AP, MR^-2, Recall and JI (CrowdDet, arXiv 2003.09163),
+numerically identical to the public toolkits.
 
 The rules (METRICS.md) are those of CrowdDet's ``lib/evaluate`` / cvpods' crowdhumantools:
 boxes clipped with W - 1 / W, IoU with +1e-6 in the union, IoA relative to the detection,
@@ -19,14 +20,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import warnings
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .ji import JI_MATCHINGS, JI_THRESHOLDS, dataset_ji, image_ji_counts
-from .results_io import DTImage, GTImage, Source, load_dt, load_gt, write_json
+from .results_io import (DTImage, GTImage, SizeSource, Source, load_dt, load_gt,
+                         resolve_image_size, write_json)
 
 __all__ = ["MR_ANCHORS", "CrowdHumanResult", "evaluate_crowdhuman", "clip_xywh_to_xyxy",
            "pairwise_iou", "pairwise_ioa", "format_results", "main"]
@@ -96,46 +97,6 @@ class CrowdHumanResult:
                 "counts": dict(self.counts), "mr_points": list(self.mr_points)}
 
 
-SizeSource = Union[Mapping[str, Tuple[int, int]], Callable[[str], Tuple[int, int]], None]
-
-
-def _resolve_size(gt: GTImage, dt: Optional[DTImage], image_sizes: SizeSource,
-                  image_root: Optional[str]) -> Tuple[int, int]:
-    # Order: the GT file, the evaluator's inputs, the detections record, the image header.
-    if gt.height is not None:
-        return gt.height, gt.width
-    if isinstance(image_sizes, Mapping) and gt.image_id in image_sizes:
-        h, w = image_sizes[gt.image_id]
-        return int(h), int(w)
-    if dt is not None and dt.height is not None:
-        return dt.height, dt.width
-    if image_root is not None:
-        return _read_size_from_root(image_root, gt.image_id)
-    if callable(image_sizes):
-        return tuple(int(v) for v in image_sizes(gt.image_id))
-    raise ValueError(f"{gt.where}: image '{gt.image_id}' has no height/width in the GT file "
-                     "nor in its detections record; pass --image-root to read them from the "
-                     "image files")
-
-
-def _read_size_from_root(image_root: str, image_id: str) -> Tuple[int, int]:
-    try:  # the data module's header reader (JPEG SOF / PNG IHDR), when present
-        from crowdloss.data.crowdhuman import read_image_size
-    except ImportError:  # pragma: no cover - data module not installed
-        read_image_size = None
-    for ext in (".jpg", ".png", ".jpeg"):
-        path = os.path.join(image_root, image_id + ext)
-        if os.path.isfile(path):
-            if read_image_size is not None:
-                return read_image_size(path)
-            from PIL import Image  # pragma: no cover
-
-            with Image.open(path) as im:  # pragma: no cover
-                return im.height, im.width
-    raise FileNotFoundError(f"image '{image_id}' not found under {image_root} "
-                            "(tried .jpg, .png, .jpeg)")
-
-
 def _average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
     # Plain trapezoid between consecutive points; cumsum is a sequential sum like the
     # reference's loop (np.sum would sum pairwise and differ in the last bits).
@@ -188,7 +149,7 @@ def evaluate_crowdhuman(gt: Union[Source, Sequence[GTImage]],
     det_off = gt_off = num_valid = num_ignore = 0
     for g in gt_images:
         d = dt_by_id.get(g.image_id)
-        h, w = _resolve_size(g, d, image_sizes, image_root)
+        h, w = resolve_image_size(g, d, image_sizes, image_root)
         gboxes = clip_xywh_to_xyxy(g.boxes, h, w)
         valid_gt, ignore = gboxes[g.valid], gboxes[~g.valid]
         if d is not None and d.scores.size:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import (Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional,
+                    Tuple, Union)
 
 import numpy as np
 
@@ -25,6 +26,7 @@ __all__ = [
     "write_odgt",
     "odgt_to_coco_results",
     "write_json",
+    "resolve_image_size",
 ]
 
 Source = Union[str, os.PathLike, Iterable[dict]]
@@ -228,3 +230,48 @@ def write_json(path: str, obj) -> str:
         json.dump(obj, f, indent=1, allow_nan=True)
         f.write("\n")
     return path
+
+
+SizeSource = Union[Mapping[str, Tuple[int, int]], Callable[[str], Tuple[int, int]], None]
+
+
+def resolve_image_size(gt: GTImage, dt: Optional[DTImage], image_sizes: SizeSource,
+                       image_root: Optional[str]) -> Tuple[int, int]:
+    """(height, width) of a GT image, for clipping.
+
+    Order: the GT file, ``image_sizes`` (the evaluator's inputs), the detections record,
+    the image header under ``image_root``, a callable ``image_sizes``; else an error naming
+    the ID.
+    """
+    if gt.height is not None:
+        return gt.height, gt.width
+    if isinstance(image_sizes, Mapping) and gt.image_id in image_sizes:
+        h, w = image_sizes[gt.image_id]
+        return int(h), int(w)
+    if dt is not None and dt.height is not None:
+        return dt.height, dt.width
+    if image_root is not None:
+        return _read_size_from_root(image_root, gt.image_id)
+    if callable(image_sizes):
+        return tuple(int(v) for v in image_sizes(gt.image_id))
+    raise ValueError(f"{gt.where}: image '{gt.image_id}' has no height/width in the GT file "
+                     "nor in its detections record; pass --image-root to read them from the "
+                     "image files")
+
+
+def _read_size_from_root(image_root: str, image_id: str) -> Tuple[int, int]:
+    try:  # the data module's header reader (JPEG SOF / PNG IHDR), when present
+        from crowdloss.data.crowdhuman import read_image_size
+    except ImportError:  # pragma: no cover - data module not installed
+        read_image_size = None
+    for ext in (".jpg", ".png", ".jpeg"):
+        path = os.path.join(image_root, image_id + ext)
+        if os.path.isfile(path):
+            if read_image_size is not None:
+                return read_image_size(path)
+            from PIL import Image  # pragma: no cover
+
+            with Image.open(path) as im:  # pragma: no cover
+                return im.height, im.width
+    raise FileNotFoundError(f"image '{image_id}' not found under {image_root} "
+                            "(tried .jpg, .png, .jpeg)")
