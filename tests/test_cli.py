@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from crowdloss.cli.common import ExperimentError, load_experiment, parse_args
 from crowdloss.engine.launch import find_free_port
@@ -91,15 +92,26 @@ def test_train_in_experiment_dir_is_not_shadowed(trained):
     assert "MAX_ITER: 6" in (out / "config_diff.yaml").read_text()
 
 
-def test_train_with_dir_flag_and_default_output(tmp_path):
+def test_train_with_dir_flag_default_output_and_resume(tmp_path):
     exp = _copy_experiment(tmp_path, "exp_elsewhere")
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
-    _cli("train", ["--dir", exp, "SOLVER.LR_SCHEDULER.MAX_ITER", 2, "DATASETS.TEST", "()"],
-         cwd=elsewhere, env=_env(tmp_path))
+    env = _env(tmp_path)
+    _cli("train", ["--dir", exp, "SOLVER.LR_SCHEDULER.MAX_ITER", 2, "DATASETS.TEST", "()",
+                   "SEED", -1, "MODEL.DEVICE", "cuda"], cwd=elsewhere, env=env)
     out = tmp_path / "output" / "exp_elsewhere"  # $CROWDLOSS_OUTPUT/<experiment name>
     assert (out / "model_final.pth").is_file()
     assert "MAX_ITER: 2" in (out / "config_diff.yaml").read_text()
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["SEED"] >= 0  # SEED -1 drew a seed, recorded for reproduction
+    log = (out / "log.txt").read_text()
+    if not torch.cuda.is_available():
+        assert resolved["MODEL"]["DEVICE"] == "cpu" and "CUDA is not available" in log
+    # --resume continues from model_final (iteration 1) up to the new MAX_ITER.
+    _cli("train", ["--dir", exp, "--resume", "SOLVER.LR_SCHEDULER.MAX_ITER", 4,
+                   "DATASETS.TEST", "()"], cwd=elsewhere, env=env)
+    assert "Resuming at iteration 2" in (out / "log.txt").read_text()
+    assert _weights(out / "model_final.pth").keys() == {"linear.weight", "linear.bias"}
 
 
 def test_unknown_override_key_fails_cleanly(tmp_path):
