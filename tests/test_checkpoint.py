@@ -283,3 +283,15 @@ def test_msra_pkl_end_to_end_into_a_prefixed_detector(tmp_path):
     # Caffe2 folded BN statistics into scale/shift: FrozenBN gets mean 0 / var 1.
     assert torch.all(state["backbone.bottom_up.res4.2.conv3.norm.running_var"] == 1)
     assert torch.equal(model.head.weight, head_before)
+
+
+def test_unreadable_checkpoint_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model_iter_0000001.pth").write_bytes(b"PK\x03\x04 truncated")
+    _, _, ck = make(tmp_path)
+    with pytest.raises(RuntimeError, match="model_iter_0000001.pth.*truncated"):
+        ck.load(str(tmp_path / "model_iter_0000001.pth"))
+    torch.save({"model": {"w": torch.zeros(1)}, "meta": Evil()}, tmp_path / "unsafe.pth")
+    with pytest.raises(RuntimeError, match="(?s)unsafe.pth.*system.*refused"):
+        DetectionCheckpointer(Net(), "").load_model_weights(str(tmp_path / "unsafe.pth"))
+    assert not (tmp_path / "pwned_marker").exists()

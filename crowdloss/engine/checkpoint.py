@@ -144,7 +144,7 @@ class Checkpointer:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Checkpoint {path} does not exist")
         logger.info("Loading checkpoint from %s", path)
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = _safe_torch_load(path)
         if not isinstance(data, dict) or "model" not in data:
             raise ValueError(
                 f"{path}: expected a dict with a 'model' key, got {type(data).__name__}"
@@ -181,6 +181,19 @@ class Checkpointer:
         if result.unexpected_keys:
             logger.info("Keys in %s not used by the model: %s",
                         source, ", ".join(result.unexpected_keys))
+
+
+def _safe_torch_load(path: str) -> Any:
+    """``torch.load(weights_only=True)`` with an error that names the file and the likely cause."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RuntimeError(
+            f"Cannot read {path} as a weights-only torch checkpoint ({type(e).__name__}: {e}). "
+            "Either the file is truncated / not a torch file, or it pickles Python objects "
+            "besides tensors and plain containers, which are refused because unpickling can "
+            "run code; re-save it as a plain state dict."
+        ) from e
 
 
 def _strip_module(key: str) -> str:
@@ -284,7 +297,7 @@ class DetectionCheckpointer(Checkpointer):
                 data = data["model"]
             state = self._convert(weights, data, "auto", model_keys)
         else:
-            data = torch.load(local, map_location="cpu", weights_only=True)
+            data = _safe_torch_load(local)
             if isinstance(data, dict) and isinstance(data.get("model"), dict):
                 data = data["model"]
             if not isinstance(data, dict):
