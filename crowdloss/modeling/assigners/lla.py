@@ -87,11 +87,11 @@ class LLAAssigner:
         union -= inter
         iou = inter.div_(union.clamp_(min=torch.finfo(union.dtype).tiny))
         del union
-        cost.sub_(iou.clamp_(min=self.iou_eps).log_().mul_(self.reg_cost))
+        cost.sub_(iou.clamp_(min=self.iou_eps).log_(), alpha=self.reg_cost)
         del iou
-        # Steps 3-4.
+        # Steps 3-4: min_d becomes the 0/1 "outside" indicator in place.
         min_d, _ = ltrb_min_max(points, gt_boxes, with_max=False)
-        cost.add_((min_d <= self.inside_eps).to(cost.dtype).mul_(self.outside_cost))
+        cost.add_(min_d.le_(self.inside_eps), alpha=self.outside_cost)
         return cost
 
     def cls_cost_terms(self, cls_logits: Tensor):
