@@ -222,3 +222,12 @@ def test_sigterm_to_the_launcher_ends_its_workers(tmp_path):
         if parent.poll() is None:
             parent.kill()
     _assert_gone(tmp_path)
+
+
+def test_unreachable_master_is_named():
+    port = find_free_port()  # nobody listens there
+    start = time.monotonic()
+    with pytest.raises(LaunchError, match=rf"rank 1 could not reach rank 0 at tcp://127.0.0.1:{port}"
+                                          r" within 1 s"):
+        launch_mod._rendezvous("127.0.0.1", port, 1, 2, timedelta(seconds=1))
+    assert time.monotonic() - start < 15

@@ -261,7 +261,10 @@ def _external_launcher() -> Optional[dict]:
 def launch(main_func: Callable, num_gpus_per_machine: int, *, num_machines: int = 1,
            machine_rank: int = 0, dist_url: Optional[str] = None, args: Sequence[Any] = (),
            timeout: timedelta = DEFAULT_TIMEOUT) -> Any:
-    """Run ``main_func(*args)`` on every rank; returns its result on this process's rank.
+    """Run ``main_func(*args)`` on every rank.
+
+    Returns ``main_func``'s result when this process is the rank (world size 1, torchrun,
+    SLURM); None when workers were spawned (each worker reports through logs / files).
 
     Args:
         main_func: a picklable (module-level) function.
