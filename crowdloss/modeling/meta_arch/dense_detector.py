@@ -183,9 +183,10 @@ class DenseDetector(nn.Module):
     def transpose_dense_predictions(
         predictions: Sequence[List[torch.Tensor]], dims_per_anchor: Sequence[int]
     ) -> List[torch.Tensor]:
-        """Per-level (N, A*D, H_l, W_l) lists -> (N, R, D) with levels concatenated."""
+        """Per-level (N, A*D, H_l, W_l) lists -> (N, R, D) float32 with levels concatenated
+        (float32 so that losses and the LLA cost stay exact under AMP)."""
         return [
-            torch.cat([permute_to_N_R_K(x, d) for x in per_level], dim=1)
+            torch.cat([permute_to_N_R_K(x, d) for x in per_level], dim=1).float()
             for per_level, d in zip(predictions, dims_per_anchor)
         ]
 
