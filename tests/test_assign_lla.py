@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from crowdloss.modeling.assigners import LLAAssigner
-from crowdloss.modeling.losses import sigmoid_focal_loss
 
 
 def _row_points(n):

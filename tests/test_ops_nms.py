@@ -61,6 +61,11 @@ def test_edge_cases():
     # disjoint boxes survive threshold 0; touching edges have IoU 0
     disjoint = torch.tensor([[0.0, 0.0, 1.0, 1.0], [1.0, 0.0, 2.0, 1.0], [0.5, 0.0, 1.5, 1.0]])
     assert nms(disjoint, torch.tensor([0.9, 0.8, 0.1]), 0.0).tolist() == [0, 1]
+    # negative threshold: IoU 0 > thr, so the best box suppresses every other one
+    assert nms(disjoint, torch.tensor([0.9, 0.8, 0.1]), -0.1).tolist() == [0]
+    # degenerate (zero-area) boxes have IoU 0 with everything and always survive
+    flat = torch.tensor([[0.0, 0.0, 10.0, 10.0], [2.0, 2.0, 2.0, 8.0], [0.0, 0.0, 10.0, 10.0]])
+    assert nms(flat, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist() == [0, 1]
     with pytest.raises(ValueError, match="scores"):
         nms(same, torch.ones(5), 0.5)
 

@@ -1,21 +1,24 @@
 """Non-maximum suppression in pure PyTorch, vectorised by blocks.
 
-Shape vocabulary: N boxes, B boxes per block, C candidates still alive after a block.
+Shape vocabulary: N boxes, B boxes per block (S <= B of them still alive), C later boxes still
+alive, P kept boxes of a block.
 
 Greedy NMS semantics (the reference every path must match): visit boxes by score descending,
 ties broken by the original index (lower first); keep a box unless its IoU with an already
 kept box is strictly greater than ``iou_threshold``.
 
-The pure path walks the score-sorted boxes in blocks of B. Inside a block, the greedy decision
-is the unique fixed point of ``keep_j = alive_j and not any(keep_i and iou_ij > thr, i < j)``
-(the dependency graph is acyclic because i < j), found by a few vectorised Jacobi sweeps.
-The kept boxes of the block then remove every later box they overlap with one (B, C) IoU
-matrix. Work is O(N^2 / 2) IoU entries in big tensor ops, memory O(B * N).
+The pure path walks the score-sorted boxes in blocks of B. Only the S boxes of a block that
+earlier blocks left alive take part; among them the greedy decision is the unique fixed point of
+``keep_j = not any(keep_i and iou_ij > thr, i < j)`` (the dependency graph is acyclic because
+i < j), found by a few vectorised Jacobi sweeps over an (S, S) matrix. The P kept boxes then
+remove every later box they overlap with one (P, C) IoU matrix. The IoU entries computed are
+about those of the textbook loop (each kept box against the survivors after it), but in N / B
+big tensor ops instead of one small op per kept box; memory O(B * N).
 """
 import torch
 from torch import Tensor
 
-from .boxes import box_iou
+from .boxes import aligned_iou, box_iou
 
 try:  # torchvision's compiled kernel is much faster on CUDA; optional and absent here.
     from torchvision.ops import nms as _tv_nms  # guarded
@@ -36,28 +39,40 @@ def _check(boxes: Tensor, scores: Tensor) -> None:
         )
 
 
-def _resolve_block(iou_block: Tensor, alive: Tensor, iou_threshold: float) -> Tensor:
-    """Greedy decisions inside one block.
+def _resolve_block(iou_block: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy decisions among the S surviving boxes of one block.
 
     Args:
-        iou_block: (B, B) IoU among the block's boxes, in score order.
-        alive: bool (B,) boxes not yet suppressed by earlier blocks.
+        iou_block: (S, S) IoU among them, in score order.
 
     Returns:
-        bool (B,) kept boxes.
+        bool (S,) kept boxes.
     """
-    # S[i, j]: an earlier box i would suppress a later box j if i is kept.
+    # sup[i, j]: an earlier box i would suppress a later box j if i is kept.
     sup = (iou_block > iou_threshold).triu_(diagonal=1)
-    sup &= alive[:, None]
-    keep = alive.clone()
+    keep = torch.ones(sup.shape[0], dtype=torch.bool, device=sup.device)
     # Jacobi sweeps; after t sweeps every box at dependency depth < t is final, so this ends in
-    # at most B + 1 sweeps and usually in 2-4.
+    # at most S + 1 sweeps and usually in a handful.
     while True:
-        suppressed = (sup & keep[:, None]).any(dim=0)
-        new_keep = alive & ~suppressed
+        new_keep = ~(sup & keep[:, None]).any(dim=0)
         if torch.equal(new_keep, keep):
             return keep
         keep = new_keep
+
+
+def _suppressed_by(kept: Tensor, later: Tensor, iou_threshold: float) -> Tensor:
+    """bool (C,): later boxes whose IoU with any of the P kept boxes is > the threshold."""
+    if iou_threshold < 0:  # IoU >= 0 > threshold: everything goes
+        return torch.ones(later.shape[0], dtype=torch.bool, device=later.device)
+    # A cheap (P, C) overlap test first: with a threshold >= 0 only pairs whose interiors
+    # intersect can suppress, and in a crowd each kept box touches few of the later boxes.
+    # The exact IoU is then computed on those pairs only, with the same arithmetic as box_iou.
+    touch = (kept[:, None, 0] < later[None, :, 2]) & (later[None, :, 0] < kept[:, None, 2])
+    touch &= (kept[:, None, 1] < later[None, :, 3]) & (later[None, :, 1] < kept[:, None, 3])
+    i, j = torch.nonzero(touch, as_tuple=True)
+    hit = torch.zeros(later.shape[0], dtype=torch.bool, device=later.device)
+    hit[j[aligned_iou(kept[i], later[j]) > iou_threshold]] = True
+    return hit
 
 
 def _nms_pure(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -73,7 +88,7 @@ def _nms_pure(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         if cand.numel() == 0:
             continue
         block = boxes[cand]
-        keep = _resolve_block(box_iou(block, block), torch.ones_like(cand, dtype=torch.bool), iou_threshold)
+        keep = _resolve_block(box_iou(block, block), iou_threshold)
         alive[cand[~keep]] = False
         if end == n:
             break
@@ -81,8 +96,7 @@ def _nms_pure(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         rest = torch.nonzero(alive[end:]).squeeze(1) + end
         if rest.numel() == 0:
             break
-        hit = (box_iou(block[keep], boxes[rest]) > iou_threshold).any(dim=0)
-        alive[rest[hit]] = False
+        alive[rest[_suppressed_by(block[keep], boxes[rest], iou_threshold)]] = False
     return order[alive]
 
 

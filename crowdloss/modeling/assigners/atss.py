@@ -3,7 +3,7 @@
 Shape vocabulary: M gts of one image (V of them valid, i.e. not ignore regions), R points (all
 levels concatenated), L levels, C = sum over levels of min(topk, R_l) candidates per GT.
 """
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 from torch import Tensor
