@@ -1,11 +1,14 @@
 """The vectorised evaluator equals a plain-Python, per-detection transcription of METRICS.md
 on random crowded inputs (ties in scores and IoUs, ignore regions, boxes off the image,
-empty images, images without detections)."""
+empty images, images without detections). JI "cardinality" is checked against a
+transcription of mmdetection's procedure (dense float32 overlaps, scipy Hopcroft-Karp)."""
 import math
 
 import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import maximum_bipartite_matching
 
 from crowdloss.evaluation.crowdhuman import evaluate_crowdhuman
 
@@ -48,17 +51,64 @@ def ref_images(gts, dts):
         for b in rec["gtboxes"]:
             is_valid = b["tag"] == "person" and not b.get("extra", {}).get("ignore", 0)
             (valid if is_valid else ignore).append(ref_clip(b["fbox"], h, w))
-        dets = by_id.get(rec["ID"], {"dtboxes": []})["dtboxes"]
-        dets = sorted(dets, key=lambda d: d["score"], reverse=True)  # stable
-        out.append((valid, ignore, [(ref_clip(d["box"], h, w), d["score"]) for d in dets]))
+        file_dets = [(ref_clip(d["box"], h, w), d["score"])
+                     for d in by_id.get(rec["ID"], {"dtboxes": []})["dtboxes"]]
+        dets = sorted(file_dets, key=lambda d: d[1], reverse=True)  # stable
+        out.append((valid, ignore, dets, file_dets))
     return out
+
+
+def ref_ji_crowddet(kept, valid, ignore):
+    """Maximum total IoU over pairs with IoU > 0.5 (dense solver), then the ignore drops."""
+    k, md, mg = 0, set(), set()
+    if kept and valid:
+        iou = np.array([[ref_iou(d, g) for g in valid] for d in kept])
+        wts = np.where(iou > 0.5, iou, 0.0)
+        rows, cols = linear_sum_assignment(wts, maximize=True)
+        for r, c in zip(rows, cols):
+            if wts[r, c] > 0:
+                k += 1
+                md.add(r)
+                mg.add(c)
+    n = len(kept) - sum(1 for j, d in enumerate(kept) if j not in md and ignore
+                        and max(ref_ioa(d, ig) for ig in ignore) > 0.5)
+    m = len(valid) - sum(1 for j, g in enumerate(valid) if j not in mg and ignore
+                         and max(ref_ioa(g, ig) for ig in ignore) > 0.5)
+    return k, m, n
+
+
+def mm_overlap(a, b, iof):
+    """mmdetection's bbox_overlaps for one pair: float32, denominator floored at 1e-6."""
+    a, b = np.float32(a), np.float32(b)
+    iw = max(np.float32(min(a[2], b[2]) - max(a[0], b[0])), np.float32(0))
+    ih = max(np.float32(min(a[3], b[3]) - max(a[1], b[1])), np.float32(0))
+    inter = iw * ih
+    area_a = (a[2] - a[0]) * (a[3] - a[1])
+    den = area_a if iof else area_a + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / max(den, np.float32(1e-6))
+
+
+def ref_ji_mmdet(kept, valid, ignore):
+    """Hopcroft-Karp (scipy) on the dense IoU >= 0.5 matrix, kept detections in file order."""
+    matches = []
+    if kept and valid:
+        iou = np.array([[mm_overlap(d, g, False) for g in valid] for d in kept], np.float32)
+        iou[iou < 0.5] = 0
+        col_of_row = maximum_bipartite_matching(csr_matrix(iou), perm_type="column")
+        matches = [(r, int(c)) for r, c in enumerate(col_of_row) if c != -1]
+    md, mg = {r for r, _ in matches}, {c for _, c in matches}
+    n = len(kept) - sum(1 for j, d in enumerate(kept) if j not in md and ignore
+                        and max(mm_overlap(d, ig, True) for ig in ignore) > 0.5)
+    m = len(valid) - sum(1 for j, g in enumerate(valid) if j not in mg and ignore
+                         and max(mm_overlap(g, ig, True) for ig in ignore) > 0.5)
+    return len(matches), m, n
 
 
 def ref_evaluate(gts, dts, matching="weight"):
     images = ref_images(gts, dts)
     scored = []
     num_valid = 0
-    for valid, ignore, dets in images:
+    for valid, ignore, dets, _ in images:
         num_valid += len(valid)
         used = [False] * len(valid)
         for box, score in dets:
@@ -102,25 +152,11 @@ def ref_evaluate(gts, dts, matching="weight"):
     for i in range(10):
         t = 0.1 * i
         ratios, counted = [], 0
-        for valid, ignore, dets in images:
-            kept = [b for b, s in dets if s > t]
-            k, md, mg = 0, set(), set()
-            if kept and valid:
-                iou = np.array([[ref_iou(d, g) for g in valid] for d in kept])
-                if matching == "weight":
-                    wts = np.where(iou > 0.5, iou, 0.0)
-                else:
-                    wts = (iou >= 0.5).astype(float)
-                rows, cols = linear_sum_assignment(wts, maximize=True)
-                for r, c in zip(rows, cols):
-                    if wts[r, c] > 0:
-                        k += 1
-                        md.add(r)
-                        mg.add(c)
-            n = len(kept) - sum(1 for j, d in enumerate(kept) if j not in md and ignore
-                                and max(ref_ioa(d, ig) for ig in ignore) > 0.5)
-            m = len(valid) - sum(1 for j, g in enumerate(valid) if j not in mg and ignore
-                                 and max(ref_ioa(g, ig) for ig in ignore) > 0.5)
+        for valid, ignore, dets, file_dets in images:
+            if matching == "weight":
+                k, m, n = ref_ji_crowddet([b for b, s in dets if s > t], valid, ignore)
+            else:
+                k, m, n = ref_ji_mmdet([b for b, s in file_dets if s > t], valid, ignore)
             ratios.append(k / (m + n - k + 1e-6))
             counted += (m != 0 or n != 0)
         ji.append(np.sum(ratios) / counted)

@@ -207,3 +207,16 @@ def test_mr2_on_a_hand_built_curve():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _mr2(np.array([0.0, 1.0]), np.array([0.0, 0.0]))[0] == 0.0
+
+
+def test_ji_cardinality_keeps_mmdetections_choice_of_maximum_matching():
+    # One GT, two detections on it: d2 (IoU 1) lies in an ignore region (IoA 0.625), d1
+    # (IoU 0.6) does not. "weight" matches d2, so d1 counts in n: JI 1/2. mmdetection's
+    # Hopcroft-Karp matches the first kept detection in file order: with d1 first, d2 is left
+    # unmatched inside the ignore region and dropped from n: JI 1; with d2 first, 1/2.
+    g = gt("a", valid=[(0, 0, 20, 40)], ignore=[(0, 0, 20, 25)])
+    d1, d2 = ((0, 10, 20, 40), 0.9), ((0, 0, 20, 40), 0.9)
+    half, one = 1 / (1 + 2 - 1 + 1e-6), 1 / (1 + 1 - 1 + 1e-6)
+    assert run([g], [dt("a", d1, d2)], ji_matching="weight").metrics["JI"] == half
+    assert run([g], [dt("a", d1, d2)], ji_matching="cardinality").metrics["JI"] == one
+    assert run([g], [dt("a", d2, d1)], ji_matching="cardinality").metrics["JI"] == half

@@ -25,7 +25,8 @@ from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .ji import JI_MATCHINGS, JI_THRESHOLDS, dataset_ji, image_ji_counts
+from .ji import (JI_MATCHINGS, JI_THRESHOLDS, dataset_ji, image_ji_counts,
+                 image_ji_counts_mmdet)
 from .results_io import (DTImage, GTImage, SizeSource, Source, load_dt, load_gt,
                          resolve_image_size, write_json)
 
@@ -143,7 +144,6 @@ def evaluate_crowdhuman(gt: Union[Source, Sequence[GTImage]],
         if image_id not in gt_ids:
             raise ValueError(f"{d.where}: ID '{image_id}' is not in the GT file")
 
-    ji_strict = ji_matching == "weight"
     thresholds = np.array(JI_THRESHOLDS)
     scores_all, covered_all, pair_d, pair_g, pair_w, ji_counts = [], [], [], [], [], []
     det_off = gt_off = num_valid = num_ignore = 0
@@ -157,7 +157,7 @@ def evaluate_crowdhuman(gt: Union[Source, Sequence[GTImage]],
             scores = d.scores[order]
             dboxes = clip_xywh_to_xyxy(d.boxes[order], h, w)
         else:
-            scores, dboxes = np.zeros(0), np.zeros((0, 4))
+            scores, dboxes, order = np.zeros(0), np.zeros((0, 4)), np.zeros(0, np.int64)
         n_dt, n_gt = scores.size, valid_gt.shape[0]
         if n_dt and n_gt:
             iou = pairwise_iou(dboxes, valid_gt)
@@ -172,15 +172,15 @@ def evaluate_crowdhuman(gt: Union[Source, Sequence[GTImage]],
                 np.zeros(0, bool)
         else:
             dt_cov, gt_cov = np.zeros(n_dt, bool), np.zeros(n_gt, bool)
-        # JI: detections with score > t are a prefix of the score-sorted list.
-        num_kept = np.searchsorted(-scores, -thresholds, side="left")
-        if ji_strict or iou is None:
-            jr, jc, jw = r, c, wts
-        else:  # mmdetection's variant counts IoU == 0.5 as a match
-            jr, jc = np.nonzero(iou >= _THRESH)
-            jw = iou[jr, jc]
-        ji_counts.append(image_ji_counts(jr, jc, jw, num_kept, n_gt, dt_cov, gt_cov,
-                                         matching=ji_matching))
+        if ji_matching == "weight":
+            # detections with score > t are a prefix of the score-sorted list
+            num_kept = np.searchsorted(-scores, -thresholds, side="left")
+            ji_counts.append(image_ji_counts(r, c, wts, num_kept, n_gt, dt_cov, gt_cov))
+        else:  # mmdetection's own overlaps and matching order: detections in file order
+            file_boxes, file_scores = np.empty_like(dboxes), np.empty_like(scores)
+            file_boxes[order], file_scores[order] = dboxes, scores
+            ji_counts.append(image_ji_counts_mmdet(file_boxes, file_scores, valid_gt, ignore,
+                                                   thresholds))
         pair_d.append(r + det_off)
         pair_g.append(c + gt_off)
         pair_w.append(wts)
