@@ -12,6 +12,7 @@ picklable) and load the experiment again themselves, by path.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import importlib.util
 import logging
@@ -20,7 +21,7 @@ import platform
 import sys
 import types
 from datetime import timedelta
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -160,6 +161,9 @@ def load_experiment(exp_dir: str) -> Experiment:
 
 
 # ---------------------------------------------------------------------------- setup
+_PRELOADED: Dict[str, Experiment] = {}  # dir -> experiment loaded by run_cli in this process
+
+
 def setup(args: argparse.Namespace):
     """Per-process setup; returns ``(cfg, build_model)``.
 
@@ -173,7 +177,9 @@ def setup(args: argparse.Namespace):
     from crowdloss.utils.env import seed_all_rng
     from crowdloss.utils.logger import setup_logger
 
-    exp = load_experiment(args.dir)
+    # The CLI process already loaded the experiment to check the overrides; reuse it so a
+    # net.py with import-time side effects (dataset registration) runs once per process.
+    exp = _PRELOADED.pop(args.dir, None) or load_experiment(args.dir)
     cfg = exp.config
     notes = list(cfg.merge_from_list(list(args.opts)))
     rank, world_size = comm.get_rank(), comm.get_world_size()
@@ -241,7 +247,9 @@ def run_cli(args: argparse.Namespace, worker: Callable[[argparse.Namespace], Any
 
     try:
         # Fail before spawning anything: a typo in an override should not cost a launch.
-        load_experiment(args.dir).config.merge_from_list(list(args.opts))
+        exp = load_experiment(args.dir)
+        copy.deepcopy(exp.config).merge_from_list(list(args.opts))
+        _PRELOADED[args.dir] = exp
         check_layout(args.num_gpus, num_machines=args.num_machines,
                      machine_rank=args.machine_rank, dist_url=args.dist_url)
         timeout = _timeout(args)
