@@ -66,6 +66,9 @@ def test_bad_gt_lines(tmp_path):
         load_gt(bad)
     with pytest.raises(FileNotFoundError, match="nope.odgt"):
         load_gt(tmp_path / "nope.odgt")
+    empty = write_lines(tmp_path / "g3.odgt", [""])
+    with pytest.raises(ValueError, match="g3.odgt.*has no images"):
+        evaluate_crowdhuman(empty, [])
 
 
 def test_image_sizes_gt_then_results_else_error_naming_the_id(tmp_path):

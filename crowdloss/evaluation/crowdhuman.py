@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import warnings
 from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -138,6 +139,9 @@ def evaluate_crowdhuman(gt: Union[Source, Sequence[GTImage]],
     if ji_matching not in JI_MATCHINGS:
         raise ValueError(f"ji_matching = {ji_matching!r}; expected one of {JI_MATCHINGS}")
     gt_images = gt if _is_parsed(gt, GTImage) else load_gt(gt, box_key=box_key)
+    if not gt_images:
+        raise ValueError(f"the GT ({gt if isinstance(gt, (str, os.PathLike)) else 'records'}) "
+                         "has no images")
     dt_by_id = dt if isinstance(dt, Mapping) else load_dt(dt)
     gt_ids = {g.image_id for g in gt_images}
     for image_id, d in dt_by_id.items():
