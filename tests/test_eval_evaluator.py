@@ -4,6 +4,7 @@ import json
 import logging
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -186,3 +187,23 @@ def test_distributed_predictions_are_gathered_to_rank_0(tmp_path):
     lines = (out / "crowdhuman_results.odgt").read_text().splitlines()
     assert [json.loads(x)["ID"] for x in lines] == list(PRED)  # every image, written once
     assert not os.path.exists(out / "mr_fppi.png")
+
+
+def test_unpredicted_gt_image_gets_its_size_from_image_root(tmp_path):
+    import cv2
+
+    name, _ = register(tmp_path, "ch_partial_eval")
+    ev = CrowdHumanEvaluator(name, plot=False)
+    for image_id in ("i0", "i1", "i2"):  # i3 never predicted; the odgt has no sizes
+        ev.process(*batch(image_id))
+    with pytest.raises(ValueError, match="image 'i3' has no height/width"):
+        ev.evaluate()
+    root = tmp_path / "Images"
+    root.mkdir()
+    cv2.imwrite(str(root / "i3.jpg"), np.zeros((160, 240, 3), np.uint8))
+    MetadataCatalog.set(name, image_root=str(root))
+    ev = CrowdHumanEvaluator(name, plot=False)
+    for image_id in ("i0", "i1", "i2"):
+        ev.process(*batch(image_id))
+    res = ev.evaluate()["crowdhuman"]
+    assert res["Recall"] == 0.5 and ev.result.counts["images"] == 4

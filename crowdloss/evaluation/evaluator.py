@@ -102,6 +102,9 @@ class CrowdHumanEvaluator(DatasetEvaluator):
             raise KeyError(f"MetadataCatalog['{dataset_name}'] has no 'gt_file' (the GT odgt "
                            "the CrowdHuman evaluator scores against)")
         self._name, self._gt_file = dataset_name, meta["gt_file"]
+        # GT images the run did not predict (skipped as unreadable, say) still need a size
+        # when the odgt has none: their headers under image_root give it.
+        self._image_root = meta.get("image_root")
         self._output_dir, self._distributed = output_dir, distributed
         self._ji_matching, self._plot, self._box_key = ji_matching, plot, box_key
         self.reset()
@@ -128,7 +131,8 @@ class CrowdHumanEvaluator(DatasetEvaluator):
         # The inputs' sizes come second after the GT file's (METRICS.md "Inputs").
         sizes = {r["ID"]: (r["height"], r["width"]) for r in records}
         result = evaluate_crowdhuman(self._gt_file, load_dt(records), box_key=self._box_key,
-                                     ji_matching=self._ji_matching, image_sizes=sizes)
+                                     ji_matching=self._ji_matching, image_sizes=sizes,
+                                     image_root=self._image_root)
         if len(records) != result.counts["images"]:
             logger.warning("%s: %d images predicted, the GT file has %d (the rest count as "
                            "images without detections)", self._name, len(records),
