@@ -61,8 +61,8 @@ def _synth_input(h, w, seed):
     g = torch.Generator().manual_seed(seed)
     inst = Instances(
         (h, w),
-        gt_boxes=torch.tensor([[20.0, 10.0, 60.0, 110.0], [50.0, 15.0, 95.0, 120.0],
-                               [100.0, 5.0, 140.0, 40.0]]),
+        gt_boxes=torch.tensor([[20.0, 10.0, 50.0, 90.0], [40.0, 15.0, 75.0, 95.0],
+                               [80.0, 5.0, 110.0, 40.0]]),
         gt_classes=torch.tensor([0, 0, -1]),
     )
     image = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
@@ -81,13 +81,13 @@ def test_synthcrowd_experiment_trains_one_step(rel):
     model = exp.build_model(cfg)
     assert type(model) is EXPECTED[rel]
     model.train()
-    losses = model([_synth_input(131, 157, 0), _synth_input(128, 160, 1)])
+    losses = model([_synth_input(97, 113, 0), _synth_input(96, 120, 1)])
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()
     model.eval()
     with torch.no_grad():
-        out = model([_synth_input(131, 157, 2)])
+        out = model([_synth_input(97, 113, 2)])
     assert len(out[0]["instances"]) <= cfg.TEST.DETECTIONS_PER_IMAGE
 
 
