@@ -238,3 +238,22 @@ def test_num_fg_normalisation_one_vs_two_processes(name, tmp_path):
     assert not math.isclose(
         per_rank[0]["loss_cls"].item(), per_rank[1]["loss_cls"].item(), rel_tol=1e-3
     )
+
+
+def test_detector_postprocess_rescales_clips_and_drops_empty():
+    from crowdloss.modeling.postprocess import detector_postprocess
+
+    res = Instances(
+        (50, 100),
+        pred_boxes=torch.tensor([[10.0, 5.0, 30.0, 25.0], [90.0, 40.0, 120.0, 60.0],
+                                 [110.0, 10.0, 130.0, 20.0]]),
+        scores=torch.tensor([0.9, 0.8, 0.7]),
+        pred_classes=torch.tensor([0, 0, 0]),
+    )
+    out = detector_postprocess(res, 100, 50)  # x scale 0.5, y scale 2
+    assert out.image_size == (100, 50)
+    assert torch.equal(out.pred_boxes, torch.tensor([[5.0, 10.0, 15.0, 50.0],
+                                                     [45.0, 80.0, 50.0, 100.0]]))
+    assert torch.equal(out.scores, torch.tensor([0.9, 0.8]))  # the third box is outside
+    with pytest.raises(ValueError, match="positive"):
+        detector_postprocess(res, 0, 10)
