@@ -253,7 +253,7 @@ def run_cli(args: argparse.Namespace, worker: Callable[[argparse.Namespace], Any
         check_layout(args.num_gpus, num_machines=args.num_machines,
                      machine_rank=args.machine_rank, dist_url=args.dist_url)
         timeout = _timeout(args)
-    except (CLIError, ConfigKeyError, ValueError) as exc:
+    except (CLIError, ConfigKeyError, LaunchError, ValueError) as exc:
         fail(exc)
     try:
         return launch(worker, args.num_gpus, num_machines=args.num_machines,
