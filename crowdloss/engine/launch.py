@@ -10,7 +10,8 @@ Rank vocabulary: ``rank = machine_rank * num_gpus_per_machine + local_rank``, wo
    (``srun`` with SLURM_NTASKS > 1): this process already IS one rank; the group is joined
    here and ``main_func`` is called directly. No flags needed.
 3. Otherwise ``num_gpus_per_machine`` workers are spawned (start method "spawn"): one per GPU
-   with NCCL when CUDA has enough devices, else CPU workers with gloo.
+   with NCCL when CUDA has enough devices, else CPU workers with gloo. With one process per
+   machine (``--num-machines M --num-gpus 1``) this process is the rank and nothing is spawned.
 
 Failure handling (cvpods hung forever on these): every rank first checks in at a TCPStore
 rendezvous bounded by ``timeout``, so a peer that never starts ends the run with "rank k did
@@ -54,6 +55,7 @@ DEFAULT_TIMEOUT = timedelta(minutes=30)
 # torch's own default rendezvous port; used for SLURM when MASTER_PORT is not exported.
 DEFAULT_SLURM_PORT = 29500
 _JOIN_KEY = "crowdloss/joined/{}"
+_RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 class LaunchError(RuntimeError):
@@ -196,9 +198,8 @@ def _rendezvous(host: str, port: int, rank: int, world_size: int, timeout: timed
 def _init_group(*, rank: int, local_rank: int, world_size: int, local_world_size: int,
                 host: str, port: int, timeout: timedelta) -> None:
     """Set the env vars, pick backend/device, check in, init the default process group."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(local_world_size), MASTER_ADDR=host,
-                      MASTER_PORT=str(port))
+    os.environ.update(zip(_RANK_ENV, map(str, (rank, local_rank, world_size, local_world_size,
+                                               host, port))))
     backend = "gloo"
     if _use_cuda(local_world_size):
         torch.cuda.set_device(local_rank)
@@ -227,11 +228,11 @@ def _run_as_rank(main_func: Callable, args: Sequence[Any], **group_kw: Any) -> A
 
 
 def _spawned_worker(local_rank: int, main_func: Callable, args: Sequence[Any],
-                    group_kw: dict) -> None:
+                    group_kw: dict) -> Any:
     group_kw = dict(group_kw, local_rank=local_rank,
                     rank=group_kw["machine_rank"] * group_kw["local_world_size"] + local_rank)
     group_kw.pop("machine_rank")
-    _run_as_rank(main_func, args, **group_kw)
+    return _run_as_rank(main_func, args, **group_kw)
 
 
 def _external_launcher() -> Optional[dict]:
@@ -263,8 +264,8 @@ def launch(main_func: Callable, num_gpus_per_machine: int, *, num_machines: int 
            timeout: timedelta = DEFAULT_TIMEOUT) -> Any:
     """Run ``main_func(*args)`` on every rank.
 
-    Returns ``main_func``'s result when this process is the rank (world size 1, torchrun,
-    SLURM); None when workers were spawned (each worker reports through logs / files).
+    Returns ``main_func``'s result when this process is the rank (world size 1, one process
+    per machine, torchrun, SLURM); None when workers were spawned (each worker reports through logs / files).
 
     Args:
         main_func: a picklable (module-level) function.
@@ -304,6 +305,18 @@ def launch(main_func: Callable, num_gpus_per_machine: int, *, num_machines: int 
     group_kw = dict(machine_rank=machine_rank, world_size=world_size,
                     local_world_size=num_gpus_per_machine, host=host, port=port,
                     timeout=timeout)
+    if num_gpus_per_machine == 1:
+        # One rank on this machine (multi-machine, one process each): this process is the
+        # rank; there is no local worker to supervise, so nothing is spawned.
+        saved = {key: os.environ.get(key) for key in _RANK_ENV}
+        try:
+            return _spawned_worker(0, main_func, tuple(args), group_kw)
+        finally:
+            for key, value in saved.items():  # leave the caller's environment as it was
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
     # SIGTERM (a scheduler or CI killing us) would skip every `finally`; turn it into SystemExit
     # so the workers are always terminated with us.
     previous = None
@@ -312,7 +325,7 @@ def launch(main_func: Callable, num_gpus_per_machine: int, *, num_machines: int 
     context = mp.start_processes(_spawned_worker, args=(main_func, tuple(args), group_kw),
                                  nprocs=num_gpus_per_machine, join=False, start_method="spawn")
     try:
-        while not context.join(timeout=1.0, grace_period=3.0):
+        while not context.join(timeout=1.0, grace_period=1.0):
             pass
     except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
         rank = machine_rank * num_gpus_per_machine + exc.error_index
