@@ -1,0 +1,18 @@
+"""Datasets, transforms, samplers and loaders (see docs/internals.md)."""
+from .catalog import DatasetCatalog, MetadataCatalog, datasets_root
+from .coco import load_coco_json, register_coco_instances
+from .crowdhuman import load_crowdhuman_odgt
+from .build import (CONFIGURABLE_LOADERS, build_test_loader, build_train_loader,
+                    get_dataset_dicts, trivial_batch_collator)
+from .builtin import register_crowdhuman_instances
+from .mapper import DatasetMapper
+from .samplers import AspectRatioGroupedBatcher, InferenceSampler, TrainingSampler
+from .transforms import build_transforms
+
+__all__ = [
+    "DatasetCatalog", "MetadataCatalog", "datasets_root", "load_coco_json",
+    "register_coco_instances", "load_crowdhuman_odgt", "register_crowdhuman_instances",
+    "CONFIGURABLE_LOADERS", "build_test_loader", "build_train_loader", "get_dataset_dicts",
+    "trivial_batch_collator", "DatasetMapper", "AspectRatioGroupedBatcher", "InferenceSampler",
+    "TrainingSampler", "build_transforms",
+]

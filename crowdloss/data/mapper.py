@@ -1,0 +1,67 @@
+"""Dataset dict -> model input (docs/internals.md "Model input")."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from ..structures import Instances
+from .transforms import build_transforms
+
+__all__ = ["DatasetMapper", "read_image"]
+
+
+def read_image(path: str, fmt: str = "BGR") -> np.ndarray:
+    """HWC uint8 image in ``fmt`` ("BGR" or "RGB"); a clear error for missing/corrupt files."""
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"cannot read image {path}: missing, unreadable or corrupt")
+    if fmt == "RGB":
+        img = img[:, :, ::-1]
+    return img
+
+
+def _get(cfg, dotted: str, default):
+    node = cfg
+    for key in dotted.split("."):
+        try:
+            node = node[key] if isinstance(node, dict) else getattr(node, key)
+        except (KeyError, AttributeError):
+            return default
+    return node
+
+
+class DatasetMapper:
+    """Read, augment and pack one dataset dict.
+
+    Output: ``image`` uint8 (3, H, W) tensor after the pipeline, ``instances``
+    (image_size=(H, W), gt_boxes float32 (M, 4), gt_classes long (M,), -1 = ignore), and the
+    ORIGINAL ``height``/``width`` (the model maps predictions back to them).
+    """
+
+    def __init__(self, cfg, is_train: bool = True):
+        key = "INPUT.AUG.TRAIN_PIPELINES" if is_train else "INPUT.AUG.TEST_PIPELINES"
+        self.pipeline = build_transforms(_get(cfg, key, []))
+        self.image_format = _get(cfg, "INPUT.FORMAT", "BGR")
+        self.is_train = is_train
+
+    def __call__(self, dataset_dict: dict, rng=None) -> dict:
+        path = dataset_dict["file_name"]
+        image = read_image(path, self.image_format)
+        h, w = image.shape[:2]
+        if (h, w) != (dataset_dict["height"], dataset_dict["width"]):
+            raise ValueError(f"{path}: image is {h}x{w} but the annotations say "
+                             f"{dataset_dict['height']}x{dataset_dict['width']} "
+                             "(stale size cache? delete the <odgt>.sizes.json)")
+        annos = dataset_dict.get("annotations", [])
+        boxes = np.array([a["bbox"] for a in annos], dtype=np.float32).reshape(-1, 4)
+        classes = torch.tensor([a["category_id"] for a in annos], dtype=torch.long)
+        image, boxes = self.pipeline(image, boxes, rng)
+        H, W = image.shape[:2]
+        # One copy into CHW layout; the model's normalisation needs contiguous memory anyway.
+        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        out = {"image": tensor, "height": dataset_dict["height"],
+               "width": dataset_dict["width"], "file_name": path,
+               "image_id": dataset_dict["image_id"]}
+        out["instances"] = Instances((H, W), gt_boxes=torch.from_numpy(boxes), gt_classes=classes)
+        return out
