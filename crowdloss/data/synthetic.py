@@ -326,6 +326,8 @@ def render_scene(rng: np.random.Generator, height: int, width: int, index: int =
         ys, xs = np.nonzero(crop)
         vis = (xs.min() + x1, ys.min() + y1, xs.max() + x1 + 1, ys.max() + y1 + 1)
         visible = float(crop.sum()) / in_image
+        # Rasterisation can spill a pixel past the analytic extent: keep vbox inside fbox.
+        full = np.concatenate([np.minimum(full[:2], vis[:2]), np.maximum(full[2:], vis[2:])])
         ignore = int(full[3] - full[1] < _MIN_LABELED_HEIGHT or visible < _MIN_VISIBLE)
         hx, hy = int((head[0] + head[2]) / 2), int((head[1] + head[3]) / 2)
         head_seen = 0 <= hx < width and 0 <= hy < height and labels[hy, hx] == i + 1
