@@ -95,3 +95,19 @@ def test_ensure_synthcrowd_race_and_registered_loader(tmp_path, monkeypatch):
                                   os.path.join(root, "Images"))
     assert len(get_dataset_dicts("sc_test")) == 2
     DatasetCatalog.remove("sc_test")
+
+
+def test_builtin_synthcrowd_generated_on_first_use(tmp_path, monkeypatch):
+    import crowdloss.data.synthetic as syn
+
+    calls = []
+    real = syn.generate_synthcrowd
+    monkeypatch.setattr(syn, "generate_synthcrowd",
+                        lambda root, **kw: calls.append(root) or real(root, num_train=4, num_val=2))
+    monkeypatch.setenv("CROWDLOSS_DATASETS", str(tmp_path))  # after import: still honoured
+    dicts = get_dataset_dicts("synthcrowd_val")
+    assert len(dicts) == 2 and calls == [str(tmp_path / "synthcrowd")]
+    from crowdloss.data import MetadataCatalog
+    assert MetadataCatalog.get("synthcrowd_val")["gt_file"].startswith(str(tmp_path))
+    get_dataset_dicts("synthcrowd_train")
+    assert len(calls) == 1  # generated once

@@ -35,29 +35,44 @@ def register_crowdhuman_instances(name: str, odgt_file: str, image_root: str, *,
                         gt_file=os.fspath(odgt_file), image_root=os.fspath(image_root))
 
 
-def _ensure_synthcrowd(root):
-    from .synthetic import ensure_synthcrowd  # cv2 drawing code only when needed
+def _builtin_crowdhuman(name, folder, split, *, box_type="fbox", skip_bad_images=False):
+    # Paths resolve at load time so CROWDLOSS_DATASETS set after import is honoured.
+    root = datasets_root() / folder
+    odgt, images = root / "annotations" / f"annotation_{split}.odgt", root / "Images"
+    MetadataCatalog.set(name, gt_file=str(odgt), image_root=str(images))
+    if folder == "synthcrowd":
+        from .synthetic import ensure_synthcrowd  # cv2 drawing code only when needed
 
-    ensure_synthcrowd(root)
+        ensure_synthcrowd(str(root))
+    return load_crowdhuman_odgt(odgt, images, box_type=box_type, skip_bad_images=skip_bad_images)
+
+
+def _builtin_coco(name, split):
+    root = datasets_root() / "coco"
+    json_file = str(root / "annotations" / f"instances_{split}2017.json")
+    MetadataCatalog.set(name, gt_file=json_file, json_file=json_file,
+                        image_root=str(root / f"{split}2017"))
+    return load_coco_json(json_file, str(root / f"{split}2017"), dataset_name=name)
 
 
 def register_all() -> None:
+    """Register crowdhuman_*, synthcrowd_*, coco_2017_* (train, val)."""
     root = datasets_root()
     for split in ("train", "val"):
-        ch = root / "crowdhuman"
-        register_crowdhuman_instances(f"crowdhuman_{split}",
-                                      ch / "annotations" / f"annotation_{split}.odgt", ch / "Images")
-        sc = root / "synthcrowd"
-        register_crowdhuman_instances(f"synthcrowd_{split}",
-                                      sc / "annotations" / f"annotation_{split}.odgt", sc / "Images",
-                                      prepare=functools.partial(_ensure_synthcrowd, str(sc)))
+        for folder in ("crowdhuman", "synthcrowd"):
+            name = f"{folder}_{split}"
+            loader = functools.partial(_builtin_crowdhuman, name, folder, split)
+            DatasetCatalog.register(name, loader)
+            CONFIGURABLE_LOADERS[name] = loader
+            MetadataCatalog.set(
+                name, evaluator_type="crowdhuman", thing_classes=["person"],
+                gt_file=str(root / folder / "annotations" / f"annotation_{split}.odgt"),
+                image_root=str(root / folder / "Images"))
         name = f"coco_2017_{split}"
+        DatasetCatalog.register(name, functools.partial(_builtin_coco, name, split))
         json_file = str(root / "coco" / "annotations" / f"instances_{split}2017.json")
-        image_root = str(root / "coco" / f"{split}2017")
-        DatasetCatalog.register(name, functools.partial(load_coco_json, json_file, image_root,
-                                                        dataset_name=name))
-        MetadataCatalog.set(name, evaluator_type="coco", gt_file=json_file,
-                            image_root=image_root, json_file=json_file)
+        MetadataCatalog.set(name, evaluator_type="coco", gt_file=json_file, json_file=json_file,
+                            image_root=str(root / "coco" / f"{split}2017"))
 
 
 if "crowdhuman_train" not in DatasetCatalog:
