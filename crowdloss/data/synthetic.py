@@ -43,8 +43,8 @@ _SKIN = np.array([[60, 90, 140], [80, 120, 180], [100, 150, 205], [120, 170, 225
                   [45, 65, 100], [70, 110, 160]], np.int32)  # BGR
 _HAIR = np.array([[20, 20, 25], [30, 45, 70], [40, 80, 130], [150, 150, 150],
                   [60, 110, 170], [10, 10, 10]], np.int32)
-_MIN_LABELED_HEIGHT = 18  # smaller persons are marked extra.ignore = 1 ("too small")
-_MIN_VISIBLE = 0.08       # persons with less of their in-image body visible: ignore
+_MIN_LABELED_HEIGHT = 20  # smaller persons are marked extra.ignore = 1 ("too small")
+_MIN_VISIBLE = 0.12       # persons with less of their in-image body visible: ignore
 
 
 def _color(rng, lo=0, hi=256) -> Tuple[int, int, int]:
@@ -279,13 +279,13 @@ def render_scene(rng: np.random.Generator, height: int, width: int, index: int =
 
     # Sample people: anchors spread in depth; a third of them bring close companions.
     people: List[Tuple[float, float, float]] = []  # (cx, feet_y, h)
-    min_feet = horizon + 14.0 / k
+    min_feet = horizon + 18.0 / k  # shortest person: 18 px (marked ignore, < 20 px)
     while len(people) < n:
         fy = rng.uniform(min_feet, height * 1.1)
         hh = k * (fy - horizon)
         cx = rng.uniform(-0.1 * hh, width + 0.1 * hh)
         people.append((cx, fy, hh))
-        if rng.random() < 0.3:
+        if rng.random() < 0.25:
             for _ in range(int(rng.integers(1, 3))):
                 if len(people) >= n:
                     break
