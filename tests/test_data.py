@@ -253,3 +253,13 @@ def test_builtin_names_registered():
     meta = MetadataCatalog.get("crowdhuman_val")
     assert meta["evaluator_type"] == "crowdhuman" and meta["gt_file"].endswith("annotation_val.odgt")
     assert MetadataCatalog.get("coco_2017_val")["evaluator_type"] == "coco"
+
+
+def test_mapper_rgb_format(tiny):
+    from crowdloss.data import DatasetMapper
+    d = get_dataset_dicts("tiny_train")[0]
+    bgr = DatasetMapper(_cfg(), False)(d)["image"]
+    cfg = _cfg()
+    cfg["INPUT"] = _Cfg(FORMAT="RGB", AUG=cfg.INPUT.AUG)
+    rgb = DatasetMapper(cfg, False)(d)["image"]
+    assert torch.equal(rgb, bgr.flip(0))

@@ -13,11 +13,13 @@ __all__ = ["DatasetMapper", "read_image"]
 
 def read_image(path: str, fmt: str = "BGR") -> np.ndarray:
     """HWC uint8 image in ``fmt`` ("BGR" or "RGB"); a clear error for missing/corrupt files."""
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    # Ignore EXIF orientation: sizes come from the header and boxes are in stored-pixel
+    # coordinates, so rotating on decode would silently misalign them.
+    img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         raise ValueError(f"cannot read image {path}: missing, unreadable or corrupt")
     if fmt == "RGB":
-        img = img[:, :, ::-1]
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)  # contiguous, unlike img[..., ::-1]
     return img
 
 
