@@ -155,3 +155,17 @@ def test_cli_module_runs_without_torch(tmp_path, gt_file):
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "copypaste: mMR,AP,Recall,JI" in out.stdout
+
+
+@pytest.mark.parametrize("dets_a, dets_b", [
+    # perfect: every miss rate on the curve is 0 (nothing to draw on log axes)
+    ([[[0, 0, 20, 40], 0.9], [[50, 0, 20, 40], 0.8]], [[[10, 10, 30, 60], 0.7]]),
+    # untrained: only false positives, recall 0 everywhere
+    ([[[90, 80, 9, 9], 0.9]], [[[0, 80, 5, 5], 0.2]]),
+])
+def test_plots_survive_degenerate_curves(tmp_path, gt_file, dets_a, dets_b):
+    from crowdloss.evaluation.plots import plot_crowdhuman
+
+    dt_file = write_lines(tmp_path / "dt.odgt", [dt_line("a", dets_a), dt_line("b", dets_b)])
+    paths = plot_crowdhuman(evaluate_crowdhuman(gt_file, dt_file), str(tmp_path / "plots"))
+    assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in paths)

@@ -32,16 +32,19 @@ def plot_mr_fppi(result, path: str, *, label: str = "detector") -> str:
     c = result.curves
     fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
     fppi, miss = c["fppi"], c["miss_rate"]
-    keep = fppi > 0  # log axis: the first points (no FP yet) have fppi 0
+    # Log axes: points with no FP yet (fppi 0) or no miss left (miss 0) have no place on
+    # them; an untrained or a perfect detector may leave nothing to draw, which is fine.
+    keep = (fppi > 0) & (miss > 0)
     ax.plot(fppi[keep], miss[keep], lw=1.5,
             label=f"{label} (MR$^{{-2}}$ {_pct(result.metrics['mMR'])})")
-    if result.mr_points:
-        ax.scatter([p["fppi"] for p in result.mr_points],
-                   [p["miss_rate"] for p in result.mr_points], s=12, color="k", zorder=3,
-                   label="MR$^{-2}$ anchors")
+    anchors = [p for p in result.mr_points or [] if p["fppi"] > 0 and p["miss_rate"] > 0]
+    if anchors:
+        ax.scatter([p["fppi"] for p in anchors], [p["miss_rate"] for p in anchors], s=12,
+                   color="k", zorder=3, label="MR$^{-2}$ anchors")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(1e-3, 1e2)
+    ax.set_ylim(1e-3, 1.0)
     ax.set_xlabel("false positives per image")
     ax.set_ylabel("miss rate")
     ax.grid(True, which="both", alpha=0.3)
