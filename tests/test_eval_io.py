@@ -162,6 +162,8 @@ def test_cli_module_runs_without_torch(tmp_path, gt_file):
     ([[[0, 0, 20, 40], 0.9], [[50, 0, 20, 40], 0.8]], [[[10, 10, 30, 60], 0.7]]),
     # untrained: only false positives, recall 0 everywhere
     ([[[90, 80, 9, 9], 0.9]], [[[0, 80, 5, 5], 0.2]]),
+    # no detection at all: empty curves
+    ([], []),
 ])
 def test_plots_survive_degenerate_curves(tmp_path, gt_file, dets_a, dets_b):
     from crowdloss.evaluation.plots import plot_crowdhuman
