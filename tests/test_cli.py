@@ -284,3 +284,18 @@ def test_missing_machine_ends_with_clear_message(tmp_path):
     assert proc.returncode != 0
     assert f"rank 1 did not join within 2 s at {url}" in proc.stderr
     assert elapsed < 60, elapsed
+
+
+def test_cpu_threads_share_the_cores_among_local_workers(monkeypatch):
+    from crowdloss.cli.common import cpu_threads_per_process
+    from crowdloss.utils import comm
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads_per_process() is None  # the user's setting wins
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert cpu_threads_per_process() == 8
+    monkeypatch.setattr(comm, "get_local_size", lambda: 3)
+    assert cpu_threads_per_process() == 2
+    monkeypatch.setattr(comm, "get_local_size", lambda: 16)
+    assert cpu_threads_per_process() == 1
