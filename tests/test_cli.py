@@ -47,7 +47,10 @@ def _env(root: Path, **extra) -> dict:
 
 
 def _cli(tool: str, args, *, cwd, env, check=True, background=False):
-    cmd = [sys.executable, "-m", f"crowdloss.cli.{tool}", *map(str, args)]
+    # Exactly what the installed console script does: sys.exit(main()), so the exit status a
+    # user's shell sees is what the tests check.
+    entry = f"import sys; from crowdloss.cli.{tool} import main; sys.exit(main(sys.argv[1:]))"
+    cmd = [sys.executable, "-c", entry, *map(str, args)]
     if background:
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from crowdloss.cli.common import CLIError, parse_args, run_cli, setup
 
-__all__ = ["main", "eval_worker", "select_checkpoints", "format_rows", "NoCheckpointError"]
+__all__ = ["main", "run", "eval_worker", "select_checkpoints", "format_rows", "NoCheckpointError"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,15 +119,23 @@ def eval_worker(args: argparse.Namespace) -> List[Tuple[Optional[int], str, Dict
         rows.append((iteration, path, DefaultRunner.test(cfg, model)))
     if comm.is_main_process():
         table = format_rows(rows)
+        # The rank-0 console handler prints it too (and log.txt keeps it): no extra print.
         logger.info("Results per checkpoint:\n%s", table)
-        print(table, flush=True)
     return rows
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Any:
-    args = parse_args("pods_test", argv, test=True)
-    return run_cli(args, eval_worker)
+def run(argv: Optional[Sequence[str]] = None) -> Any:
+    """``pods_test`` as a function: returns rank 0's results (dataset -> task -> metrics)."""
+    return run_cli(parse_args("pods_test", argv, test=True), eval_worker)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point. Returns the exit status: setuptools' wrapper passes it to
+    ``sys.exit``, which would turn a results dict into status 1 (failures exit 1 from
+    ``run_cli`` already)."""
+    run(argv)
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

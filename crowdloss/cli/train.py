@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 
 from crowdloss.cli.common import parse_args, run_cli, setup
 
-__all__ = ["main", "train_worker"]
+__all__ = ["main", "run", "train_worker"]
 
 
 def train_worker(args: argparse.Namespace) -> Any:
@@ -27,10 +27,18 @@ def train_worker(args: argparse.Namespace) -> Any:
     return runner.train()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Any:
-    args = parse_args("pods_train", argv)
-    return run_cli(args, train_worker)
+def run(argv: Optional[Sequence[str]] = None) -> Any:
+    """``pods_train`` as a function: returns rank 0's results (dataset -> task -> metrics)."""
+    return run_cli(parse_args("pods_train", argv), train_worker)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point. Returns the exit status: setuptools' wrapper passes it to
+    ``sys.exit``, which would turn a results dict into status 1 (failures exit 1 from
+    ``run_cli`` already)."""
+    run(argv)
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))
