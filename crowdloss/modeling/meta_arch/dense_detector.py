@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from crowdloss.modeling.losses import sigmoid_focal_loss
 from crowdloss.ops import batched_nms, clip_boxes, nonempty_boxes
 from crowdloss.structures import Instances, ShapeSpec
 from crowdloss.utils import comm
@@ -198,6 +199,26 @@ class DenseDetector(nn.Module):
         if self.norm_sync:
             value = comm.all_reduce_mean(value)
         return max(float(value.item()), float(min_value))
+
+    def focal_classification_loss(
+        self, logits: torch.Tensor, gt_labels: torch.Tensor, normalizer: float
+    ) -> torch.Tensor:
+        """Sigmoid focal loss (arXiv 1708.02002) summed over every non-ignored point / anchor.
+
+        Args:
+            logits: (N * R, K) class logits; gt_labels: (N * R,) with a class in [0, K) for
+                positives, K for background and -1 for points excluded from the loss.
+            normalizer: the divisor (``self.normalizer(num_fg)``).
+
+        Subclasses set ``focal_loss_alpha`` / ``focal_loss_gamma`` (their config's values).
+        """
+        valid = gt_labels >= 0
+        fg = valid & (gt_labels != self.num_classes)
+        targets = torch.zeros_like(logits)
+        targets[fg, gt_labels[fg]] = 1.0
+        loss = sigmoid_focal_loss(logits[valid], targets[valid], alpha=self.focal_loss_alpha,
+                                  gamma=self.focal_loss_gamma, reduction="sum")
+        return loss / normalizer
 
     def inference_single_image(
         self,

@@ -18,7 +18,7 @@ from torch import nn
 from crowdloss.modeling.assigners import FCOSAssigner
 from crowdloss.modeling.box_coder import Shift2BoxTransform
 from crowdloss.modeling.heads import FCOSHead
-from crowdloss.modeling.losses import iou_loss, sigmoid_focal_loss
+from crowdloss.modeling.losses import iou_loss
 from crowdloss.modeling.shifts import ShiftGenerator
 from crowdloss.structures import Instances
 
@@ -215,20 +215,12 @@ class FCOS(DenseDetector):
             logits: (N, R, K); ltrb: (N, R, 4); quality: (N, R, 1).
         """
         gt_labels = gt_labels.flatten()
-        valid = gt_labels >= 0
-        fg = valid & (gt_labels != self.num_classes)
+        fg = (gt_labels >= 0) & (gt_labels != self.num_classes)
         num_fg = int(fg.sum())
-        logits = logits.reshape(-1, self.num_classes)
-        cls_target = torch.zeros_like(logits)
-        cls_target[fg, gt_labels[fg]] = 1.0
         normalizer = self.normalizer(num_fg)
-        loss_cls = sigmoid_focal_loss(
-            logits[valid],
-            cls_target[valid],
-            alpha=self.focal_loss_alpha,
-            gamma=self.focal_loss_gamma,
-            reduction="sum",
-        ) / normalizer
+        loss_cls = self.focal_classification_loss(
+            logits.reshape(-1, self.num_classes), gt_labels, normalizer
+        )
 
         fg_points = points.reshape(-1, 2)[fg]
         fg_gt_boxes = gt_boxes.reshape(-1, 4)[fg]

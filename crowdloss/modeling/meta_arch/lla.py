@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from crowdloss.modeling.assigners import LLAAssigner
 from crowdloss.modeling.heads import RetinaNetHead
-from crowdloss.modeling.losses import iou_loss, sigmoid_focal_loss
+from crowdloss.modeling.losses import iou_loss
 from crowdloss.ops import aligned_iou
 from crowdloss.structures import Instances
 
@@ -81,20 +81,12 @@ class _LLALosses:
                 boxes.append(boxes_i)
         gt_labels = torch.stack(labels).flatten()
         gt_boxes = torch.stack(boxes).reshape(-1, 4)
-        valid = gt_labels >= 0
-        fg = valid & (gt_labels != self.num_classes)
+        fg = (gt_labels >= 0) & (gt_labels != self.num_classes)
         normalizer = self.normalizer(num_fg)
 
-        logits = logits.reshape(-1, self.num_classes)
-        cls_target = torch.zeros_like(logits)
-        cls_target[fg, gt_labels[fg]] = 1.0
-        loss_cls = sigmoid_focal_loss(
-            logits[valid],
-            cls_target[valid],
-            alpha=self.focal_loss_alpha,
-            gamma=self.focal_loss_gamma,
-            reduction="sum",
-        ) / normalizer
+        loss_cls = self.focal_classification_loss(
+            logits.reshape(-1, self.num_classes), gt_labels, normalizer
+        )
 
         fg_pred = pred_boxes.reshape(-1, 4)[fg]
         fg_gt = gt_boxes[fg]

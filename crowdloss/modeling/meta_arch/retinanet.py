@@ -18,7 +18,7 @@ from crowdloss.modeling.anchors import AnchorGenerator
 from crowdloss.modeling.assigners import MaxIoUAssigner
 from crowdloss.modeling.box_coder import Box2BoxTransform
 from crowdloss.modeling.heads import RetinaNetHead
-from crowdloss.modeling.losses import iou_loss, sigmoid_focal_loss, smooth_l1_loss
+from crowdloss.modeling.losses import iou_loss, smooth_l1_loss
 from crowdloss.structures import Instances
 
 from .dense_detector import DenseDetector, build_backbone_from_cfg, cfg_get
@@ -198,19 +198,11 @@ class RetinaNet(DenseDetector):
         """
         n = gt_labels.shape[0]
         gt_labels = gt_labels.flatten()
-        valid = gt_labels >= 0
-        fg = valid & (gt_labels != self.num_classes)
+        fg = (gt_labels >= 0) & (gt_labels != self.num_classes)
         normalizer = self.normalizer(int(fg.sum()))
-        logits = logits.reshape(-1, self.num_classes)
-        cls_target = torch.zeros_like(logits)
-        cls_target[fg, gt_labels[fg]] = 1.0
-        loss_cls = sigmoid_focal_loss(
-            logits[valid],
-            cls_target[valid],
-            alpha=self.focal_loss_alpha,
-            gamma=self.focal_loss_gamma,
-            reduction="sum",
-        ) / normalizer
+        loss_cls = self.focal_classification_loss(
+            logits.reshape(-1, self.num_classes), gt_labels, normalizer
+        )
 
         fg_anchors = anchors.expand(n, -1, -1).reshape(-1, 4)[fg]
         fg_gt_boxes = gt_boxes.reshape(-1, 4)[fg]
