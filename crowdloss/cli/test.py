@@ -19,6 +19,8 @@ import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import torch
+
 from crowdloss.cli.common import CLIError, parse_args, run_cli, setup
 
 __all__ = ["main", "run", "eval_worker", "select_checkpoints", "format_rows", "NoCheckpointError"]
@@ -33,10 +35,20 @@ _ITER_NAME = re.compile(r"model_iter_(\d+)\.pth$")
 
 
 def checkpoint_iteration(path: str, max_iter: int) -> Optional[int]:
-    """Iteration a checkpoint name encodes; ``model_final.pth`` -> ``max_iter``; else None."""
+    """Iteration a checkpoint name encodes; else None.
+
+    ``model_final.pth`` -> the number of iterations it was trained for, read from the file
+    (its 0-based ``iteration`` + 1), because a config override of ``MAX_ITER`` at train time
+    is not in the config pods_test sees; ``max_iter`` only when the file does not say.
+    """
     name = os.path.basename(path)
     if name == "model_final.pth":
-        return max_iter
+        try:
+            # mmap: only the small "iteration" entry is read, not the weights
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return int(data["iteration"]) + 1
+        except Exception:  # a bare state dict, or not readable here (load reports that)
+            return max_iter
     match = _ITER_NAME.fullmatch(name)
     return int(match.group(1)) if match else None
 
