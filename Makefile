@@ -7,7 +7,7 @@ VENV          ?= .venv
 TORCH_VERSION ?= 2.13.0
 BIN           := $(VENV)/bin
 STAMP         := $(VENV)/.crowdloss-installed
-DEMO_DIR      := playground/detection/synthcrowd/lla.res18.fpn.synthcrowd.256size.2200
+DEMO_DIR      := playground/detection/synthcrowd/lla.res18.fpn.synthcrowd.256size.2600
 PYTEST_ARGS   ?=
 
 .PHONY: install demo test bench clean

@@ -14,7 +14,7 @@ import pytest
 from crowdloss.data.synthetic import generate_synthcrowd
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "playground/detection/synthcrowd/lla.res18.fpn.synthcrowd.256size.2200"
+DEMO = REPO / "playground/detection/synthcrowd/lla.res18.fpn.synthcrowd.256size.2600"
 SCHEDULE = ["SOLVER.LR_SCHEDULER.MAX_ITER", "24", "SOLVER.LR_SCHEDULER.STEPS", "(16, 20)",
             "SOLVER.LR_SCHEDULER.WARMUP_ITERS", "5", "SOLVER.CHECKPOINT_PERIOD", "12",
             "SOLVER.IMS_PER_BATCH", "2", "SOLVER.IMS_PER_DEVICE", "2"]

@@ -20,9 +20,9 @@ EXPECTED = {
     "crowdhuman/lla.res50.fpn.crowdhuman.800size.30k": LLAFCOS,
     "crowdhuman/lla.res101.fpn.crowdhuman.800size.30k": LLAFCOS,
     "crowdhuman/lla.retinanet.res50.fpn.crowdhuman.800size.30k": LLARetinaNet,
-    "synthcrowd/lla.res18.fpn.synthcrowd.256size.2200": LLAFCOS,
-    "synthcrowd/fcos.res18.fpn.synthcrowd.256size.2200": FCOS,
-    "synthcrowd/atss.res18.fpn.synthcrowd.256size.2200": ATSS,
+    "synthcrowd/lla.res18.fpn.synthcrowd.256size.2600": LLAFCOS,
+    "synthcrowd/fcos.res18.fpn.synthcrowd.256size.2600": FCOS,
+    "synthcrowd/atss.res18.fpn.synthcrowd.256size.2600": ATSS,
 }
 
 
