@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from crowdloss.modeling.assigners import LLAAssigner
-from crowdloss.modeling.heads import RetinaNetHead
 from crowdloss.modeling.losses import iou_loss
 from crowdloss.ops import aligned_iou
 from crowdloss.structures import Instances
@@ -162,6 +161,8 @@ class LLARetinaNet(_LLALosses, RetinaNet):
     ``reg_weight`` (2.0) and ``iou_weight`` (0.5).
     """
 
+    with_quality = True
+
     def __init__(
         self, *, lla_assigner, reg_weight: float = 2.0, iou_weight: float = 0.5, **kwargs
     ):
@@ -175,20 +176,6 @@ class LLARetinaNet(_LLALosses, RetinaNet):
     @classmethod
     def build_assigner(cls, cfg):
         return None
-
-    @classmethod
-    def build_head(cls, cfg, input_shape, num_anchors: int):
-        r = cfg.MODEL.RETINANET
-        return RetinaNetHead(
-            input_shape=input_shape,
-            num_classes=r.NUM_CLASSES,
-            num_anchors=num_anchors,
-            num_convs=r.NUM_CONVS,
-            head_channels=cfg_get(r, "HEAD_CHANNELS", None),
-            prior_prob=r.PRIOR_PROB,
-            norm=cfg_get(r, "NORM", ""),
-            with_quality=True,
-        )
 
     @classmethod
     def from_config(cls, cfg):

@@ -45,6 +45,8 @@ class RetinaNet(DenseDetector):
         bbox_reg_loss_type: "smooth_l1" on deltas or "giou" on decoded boxes.
     """
 
+    with_quality = False  # an IoU branch on the box tower (LLARetinaNet sets it)
+
     def __init__(
         self,
         *,
@@ -122,6 +124,7 @@ class RetinaNet(DenseDetector):
             head_channels=cfg_get(r, "HEAD_CHANNELS", None),
             prior_prob=r.PRIOR_PROB,
             norm=cfg_get(r, "NORM", ""),
+            with_quality=cls.with_quality,
         )
 
     @classmethod
