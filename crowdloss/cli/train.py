@@ -3,7 +3,7 @@
 Example (from an experiment dir)::
 
     pods_train --num-gpus 8
-    pods_train --num-gpus 2 --resume SOLVER.IMS_PER_BATCH 8 OUTPUT_DIR /tmp/run
+    pods_train --num-gpus 2 --resume SOLVER.IMS_PER_BATCH 8 OUTPUT_DIR runs/exp1
     torchrun --nproc-per-node 4 -m crowdloss.cli.train --dir playground/.../fcos.res50...
 """
 from __future__ import annotations
