@@ -8,7 +8,7 @@ from torch import nn
 
 from crowdloss.modeling import layers
 from crowdloss.modeling.backbone import ResNet, build_resnet_backbone
-from crowdloss.modeling.backbone.backbone import cfg_get
+from crowdloss.config import cfg_get
 from crowdloss.modeling.layers import Conv2d, FrozenBatchNorm2d, convert_frozen_batchnorm, get_norm
 from crowdloss.structures import ShapeSpec
 

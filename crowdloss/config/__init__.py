@@ -5,6 +5,7 @@ registers its nested dict, and exports ``config``; the CLI applies ``KEY VALUE``
 ``merge_from_list``, rescales with ``rescale_for_world_size`` and records the result with
 ``dump_config``.
 """
+from .access import cfg_get
 from .base_config import BaseConfig, config_diff
 from .base_detection_config import BaseDetectionConfig
 from .config_dict import ConfigDict, ConfigKeyError
@@ -14,6 +15,7 @@ from .rescale import rescale_for_world_size
 from .retinanet_config import RetinaNetConfig
 
 __all__ = [
+    "cfg_get",
     "ConfigDict",
     "ConfigKeyError",
     "BaseConfig",

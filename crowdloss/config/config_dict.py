@@ -19,11 +19,12 @@ import ast
 import copy
 import difflib
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
+
+from crowdloss.utils.io import atomic_write
 
 from . import legacy
 
@@ -243,18 +244,8 @@ def dump_yaml(data: Mapping, path: Optional[str] = None) -> str:
     """``yaml.safe_dump`` of ``data`` in insertion order; written atomically when ``path``."""
     text = yaml.safe_dump(_normalize(data), sort_keys=False, default_flow_style=None, width=100)
     if path is not None:
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        # Temp file + rename: a reader (or a crash) never sees a half-written config.
-        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".yaml", dir=directory)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        # A reader (or a crash) never sees a half-written config.
+        atomic_write(path, text)
     return text
 
 

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from ..utils import comm
 from .catalog import DatasetCatalog
-from .mapper import DatasetMapper, _get
+from ..config.access import cfg_get
+from .mapper import DatasetMapper
 from .samplers import AspectRatioGroupedBatcher, InferenceSampler, TrainingSampler
 
 __all__ = ["get_dataset_dicts", "build_train_loader", "build_test_loader",
@@ -55,8 +56,8 @@ def get_dataset_dicts(names: Union[str, Sequence[str]], cfg=None, *,
     for name in names:
         if cfg is not None and name in CONFIGURABLE_LOADERS:
             part = CONFIGURABLE_LOADERS[name](
-                box_type=_get(cfg, "DATASETS.BOX_TYPE", "fbox"),
-                skip_bad_images=bool(_get(cfg, "DATASETS.SKIP_BAD_IMAGES", False)))
+                box_type=cfg_get(cfg, "DATASETS.BOX_TYPE", "fbox"),
+                skip_bad_images=bool(cfg_get(cfg, "DATASETS.SKIP_BAD_IMAGES", False)))
         else:
             part = DatasetCatalog.get(name)
         if not part:
@@ -102,16 +103,16 @@ def _seed_worker(worker_id: int) -> None:
 
 def build_train_loader(cfg, start_iter: int = 0) -> DataLoader:
     """Infinite loader of lists of IMS_PER_DEVICE model inputs, starting at ``start_iter``."""
-    dicts = get_dataset_dicts(_get(cfg, "DATASETS.TRAIN", ()), cfg, filter_empty=bool(
-        _get(cfg, "DATALOADER.FILTER_EMPTY_ANNOTATIONS", True)))
-    seed = _get(cfg, "SEED", -1)
+    dicts = get_dataset_dicts(cfg_get(cfg, "DATASETS.TRAIN", ()), cfg, filter_empty=bool(
+        cfg_get(cfg, "DATALOADER.FILTER_EMPTY_ANNOTATIONS", True)))
+    seed = cfg_get(cfg, "SEED", -1)
     seed = comm.shared_random_seed() if seed is None or seed < 0 else int(seed)
     sampler = TrainingSampler(len(dicts), shuffle=True, seed=seed)
     stream = _TrainStream(dicts, DatasetMapper(cfg, True), sampler,
-                          int(_get(cfg, "SOLVER.IMS_PER_DEVICE", 2)),
-                          bool(_get(cfg, "DATALOADER.ASPECT_RATIO_GROUPING", True)),
+                          int(cfg_get(cfg, "SOLVER.IMS_PER_DEVICE", 2)),
+                          bool(cfg_get(cfg, "DATALOADER.ASPECT_RATIO_GROUPING", True)),
                           start_iter, seed, comm.get_rank())
-    workers = int(_get(cfg, "DATALOADER.NUM_WORKERS", 0))
+    workers = int(cfg_get(cfg, "DATALOADER.NUM_WORKERS", 0))
     g = torch.Generator()
     g.manual_seed(seed + comm.get_rank())
     return DataLoader(stream, batch_size=None, num_workers=workers, generator=g,
@@ -134,5 +135,5 @@ def build_test_loader(cfg, dataset_name: str) -> DataLoader:
     dicts = get_dataset_dicts([dataset_name], cfg)
     sampler = torch.utils.data.BatchSampler(InferenceSampler(len(dicts)), 1, drop_last=False)
     return DataLoader(_MapDataset(dicts, DatasetMapper(cfg, False)), batch_sampler=sampler,
-                      num_workers=int(_get(cfg, "DATALOADER.NUM_WORKERS", 0)),
+                      num_workers=int(cfg_get(cfg, "DATALOADER.NUM_WORKERS", 0)),
                       collate_fn=trivial_batch_collator)

@@ -16,8 +16,9 @@ import json
 import logging
 import os
 import struct
-import tempfile
 from typing import Dict, List, Optional, Tuple
+
+from ..utils.io import atomic_write
 
 __all__ = ["load_crowdhuman_odgt", "read_image_size", "BOX_TYPES"]
 
@@ -124,10 +125,7 @@ def _save_size_cache(odgt_file: str, stamp: dict, sizes: Dict[str, list]) -> Non
     # Write-then-rename so a concurrent reader (other ranks) never sees half a file.
     path = _cache_path(odgt_file)
     try:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"stamp": stamp, "sizes": sizes}, f)
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps({"stamp": stamp, "sizes": sizes}))
     except OSError as e:  # read-only dataset dirs are common; the cache is only a speed-up
         logger.warning("could not write image-size cache %s: %s", path, e)
 

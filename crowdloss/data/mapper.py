@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..config.access import cfg_get
 from ..structures import Instances
 from .transforms import build_transforms
 
@@ -23,16 +24,6 @@ def read_image(path: str, fmt: str = "BGR") -> np.ndarray:
     return img
 
 
-def _get(cfg, dotted: str, default):
-    node = cfg
-    for key in dotted.split("."):
-        try:
-            node = node[key] if isinstance(node, dict) else getattr(node, key)
-        except (KeyError, AttributeError):
-            return default
-    return node
-
-
 class DatasetMapper:
     """Read, augment and pack one dataset dict.
 
@@ -43,8 +34,8 @@ class DatasetMapper:
 
     def __init__(self, cfg, is_train: bool = True):
         key = "INPUT.AUG.TRAIN_PIPELINES" if is_train else "INPUT.AUG.TEST_PIPELINES"
-        self.pipeline = build_transforms(_get(cfg, key, []))
-        self.image_format = _get(cfg, "INPUT.FORMAT", "BGR")
+        self.pipeline = build_transforms(cfg_get(cfg, key, []))
+        self.image_format = cfg_get(cfg, "INPUT.FORMAT", "BGR")
         self.is_train = is_train
 
     def __call__(self, dataset_dict: dict, rng=None) -> dict:

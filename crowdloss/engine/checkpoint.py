@@ -21,6 +21,7 @@ from torch import nn
 
 from crowdloss.utils import comm
 from crowdloss.utils.env import get_rng_state
+from crowdloss.utils.io import atomic_write
 
 __all__ = ["Checkpointer", "DetectionCheckpointer", "atomic_write", "unwrap_model"]
 
@@ -34,33 +35,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
     return model
-
-
-def atomic_write(path: str, write_fn) -> None:
-    """Call ``write_fn(file_object)`` on a temp file next to ``path``, then rename it into place.
-
-    On any error the temp file is removed and ``path`` keeps its previous content.
-    """
-    directory, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{base}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:  # make the rename itself durable; not every filesystem lets us open a directory
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 class Checkpointer:
@@ -97,7 +71,7 @@ class Checkpointer:
         path = os.path.join(self.save_dir, basename)
         atomic_write(path, lambda f: torch.save(data, f))
         atomic_write(os.path.join(self.save_dir, LAST_CHECKPOINT),
-                     lambda f: f.write(basename.encode("utf-8")))
+                     basename)
         logger.info("Saved checkpoint to %s", path)
         return path
 

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from crowdloss.config.access import cfg_get
 from crowdloss.data.catalog import MetadataCatalog
 from crowdloss.utils import comm
 
@@ -196,16 +197,6 @@ class COCOEvaluator(DatasetEvaluator):
         return {"bbox": metrics}
 
 
-def _cfg_get(cfg: Any, path: str, default: Any) -> Any:
-    node = cfg
-    for key in path.split("."):
-        try:
-            node = node[key] if isinstance(node, dict) else getattr(node, key)
-        except (KeyError, AttributeError):
-            return default
-    return node
-
-
 def build_evaluator(cfg, dataset_name: str, output_dir: Optional[str] = None
                     ) -> DatasetEvaluator:
     """The evaluator named by ``MetadataCatalog.get(dataset_name)["evaluator_type"]``."""
@@ -213,12 +204,12 @@ def build_evaluator(cfg, dataset_name: str, output_dir: Optional[str] = None
     if kind == "crowdhuman":
         return CrowdHumanEvaluator(
             dataset_name, output_dir=output_dir,
-            ji_matching=_cfg_get(cfg, "TEST.JI_MATCHING", "weight"),
-            plot=bool(_cfg_get(cfg, "TEST.PLOT", True)),
-            box_key=_cfg_get(cfg, "DATASETS.BOX_TYPE", "fbox"))
+            ji_matching=cfg_get(cfg, "TEST.JI_MATCHING", "weight"),
+            plot=bool(cfg_get(cfg, "TEST.PLOT", True)),
+            box_key=cfg_get(cfg, "DATASETS.BOX_TYPE", "fbox"))
     if kind == "coco":
         return COCOEvaluator(dataset_name, output_dir=output_dir,
-                             max_dets=int(_cfg_get(cfg, "TEST.COCO_MAX_DETS", 100)))
+                             max_dets=int(cfg_get(cfg, "TEST.COCO_MAX_DETS", 100)))
     raise ValueError(f"dataset '{dataset_name}': evaluator_type = {kind!r}; expected "
                      "'crowdhuman' or 'coco' (set it with MetadataCatalog.set)")
 

@@ -16,6 +16,8 @@ from typing import (Callable, Dict, Iterable, Iterator, List, Mapping, NamedTupl
 
 import numpy as np
 
+from crowdloss.utils.io import atomic_write
+
 __all__ = [
     "GTImage",
     "DTImage",
@@ -210,12 +212,7 @@ def make_dt_record(image_id, height: int, width: int, boxes_xyxy: np.ndarray,
 
 def write_odgt(path: str, records: Iterable[dict]) -> str:
     """One JSON object per line (the format the public CrowdHuman toolkits read)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        for r in records:
-            f.write(json.dumps(r))
-            f.write("\n")
-    return path
+    return atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def odgt_to_coco_results(records: Iterable[dict], *, category_id: int = 1) -> List[dict]:
@@ -225,11 +222,7 @@ def odgt_to_coco_results(records: Iterable[dict], *, category_id: int = 1) -> Li
 
 
 def write_json(path: str, obj) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1, allow_nan=True)
-        f.write("\n")
-    return path
+    return atomic_write(path, json.dumps(obj, indent=1, allow_nan=True) + "\n")
 
 
 SizeSource = Union[Mapping[str, Tuple[int, int]], Callable[[str], Tuple[int, int]], None]

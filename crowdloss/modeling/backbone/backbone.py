@@ -1,18 +1,14 @@
-"""The ``Backbone`` base class and a config reader shared by the backbone builders."""
+"""The ``Backbone`` base class."""
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Dict, List
+from typing import Dict, List
 
 import torch
 from torch import nn
 
 from crowdloss.structures import ShapeSpec
 
-__all__ = ["Backbone", "cfg_get"]
-
-_MISSING = object()
-
+__all__ = ["Backbone"]
 
 class Backbone(nn.Module):
     """A feature extractor: ``forward(x (N, C, H, W)) -> {name: (N, C_l, H_l, W_l)}``.
@@ -46,30 +42,3 @@ class Backbone(nn.Module):
                             stride=self._out_feature_strides[name])
             for name in self._out_features
         }
-
-
-def cfg_get(cfg: Any, key: str, default: Any = _MISSING) -> Any:
-    """Read a dotted key ("MODEL.RESNETS.DEPTH") from a ConfigDict, dict or namespace.
-
-    Raises:
-        KeyError: naming the full key when it is missing and no default is given.
-    """
-    node = cfg
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-            continue
-        if not isinstance(node, Mapping):
-            try:
-                node = getattr(node, part)
-                continue
-            except (AttributeError, KeyError):
-                pass
-        if default is not _MISSING:
-            return default
-        raise KeyError(
-            f"config key '{key}' is missing (no '{part}' under "
-            f"'{'.'.join(parts[:i]) or '<root>'}'); the backbone builders need it"
-        )
-    return node

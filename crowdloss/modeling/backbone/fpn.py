@@ -18,7 +18,9 @@ from torch.nn import functional as F
 from crowdloss.modeling.layers import Conv2d, c2_xavier_fill, get_norm
 from crowdloss.structures import ShapeSpec
 
-from .backbone import Backbone, cfg_get
+from crowdloss.config.access import cfg_get
+
+from .backbone import Backbone
 from .resnet import build_resnet_backbone
 
 __all__ = ["FPN", "LastLevelP6P7", "build_resnet_fpn_p7_backbone"]

@@ -18,7 +18,9 @@ from torch.nn import functional as F
 from crowdloss.modeling.layers import Conv2d, c2_msra_fill, convert_frozen_batchnorm, get_norm
 from crowdloss.structures import ShapeSpec
 
-from .backbone import Backbone, cfg_get
+from crowdloss.config.access import cfg_get
+
+from .backbone import Backbone
 
 __all__ = ["BasicStem", "BasicBlock", "BottleneckBlock", "ResNet", "build_resnet_backbone"]
 

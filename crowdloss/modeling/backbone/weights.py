@@ -21,7 +21,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .backbone import cfg_get
+from crowdloss.config.access import cfg_get
 
 __all__ = [
     "PRETRAINED_PIXEL_STATS",
