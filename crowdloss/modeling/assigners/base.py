@@ -1,14 +1,30 @@
-"""What every assigner returns, plus the point-in-box geometry the point assigners share.
+"""The assigner interface, what every assigner returns, and the geometry they share.
+
+Every assigner (max-IoU, FCOS, ATSS, LLA, and the SSD / RPN matchers) is called the same way,
+mmdetection-style, on one image::
+
+    result = assigner.assign(priors, gt_boxes, gt_classes,
+                             pred_logits=None, pred_boxes=None)
+
+- ``priors``: the ``Priors`` of the batch: (R, 2) points or (R, 4) anchors of all levels, with
+  the per-level counts and strides;
+- ``gt_boxes`` (M, 4) xyxy and ``gt_classes`` (M,) long, -1 = ignore region;
+- ``pred_logits`` (R, C) / ``pred_boxes`` (R, 4): the image's detached predictions, passed only
+  to assigners whose ``uses_predictions`` is True (prediction-aware rules such as LLA).
+
+It returns one ``AssignResult`` with the same ignore semantics everywhere.
 
 Shape vocabulary: M gts of one image, R points/anchors (all levels concatenated), K classes.
 """
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["AssignResult", "ltrb_min_max", "check_gts"]
+from ..priors import Priors
+
+__all__ = ["AssignResult", "BaseAssigner", "ltrb_min_max", "check_gts"]
 
 
 @dataclass
@@ -58,6 +74,23 @@ class AssignResult:
             torch.full((num_points,), -1, dtype=torch.long, device=device),
             torch.zeros(num_points, dtype=torch.bool, device=device),
         )
+
+
+class BaseAssigner:
+    """Base class of the assigners: one ``assign`` per image (see the module docstring)."""
+
+    #: True when ``assign`` needs ``pred_logits`` / ``pred_boxes`` (the detector then passes
+    #: the image's detached predictions).
+    uses_predictions = False
+
+    def assign(self, priors: Priors, gt_boxes: Tensor, gt_classes: Tensor, *,
+               pred_logits: Optional[Tensor] = None,
+               pred_boxes: Optional[Tensor] = None) -> AssignResult:  # pragma: no cover
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
 
 
 def check_gts(gt_boxes: Tensor, gt_classes: Tensor, who: str) -> None:

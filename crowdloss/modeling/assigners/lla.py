@@ -3,6 +3,7 @@
 Shape vocabulary: M gts of one image, R points (all levels jointly), K classes, B gts per chunk.
 """
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -10,15 +11,19 @@ from torch import Tensor
 from crowdloss.ops import box_area, box_intersection
 from crowdloss.modeling.losses import sigmoid_focal_loss
 
-from .base import AssignResult, check_gts, ltrb_min_max
+from ..priors import Priors
+from .base import AssignResult, BaseAssigner, check_gts, ltrb_min_max
 
 __all__ = ["LLAAssigner"]
 
 
-class LLAAssigner:
+class LLAAssigner(BaseAssigner):
     """Each GT takes the points where the detector's own loss for it would be lowest.
 
-    Steps of ``assign`` (ALGORITHMS.md "LLA", per image, all levels' points in one pool):
+    Prediction-aware (``uses_predictions``): the detector passes each image's detached class
+    logits and decoded boxes. Anchor priors are measured from their centres.
+
+    Steps of ``assign`` (docs/algorithms.md "LLA"; per image, all levels' points in one pool):
       1. cls cost (M, R): sigmoid focal loss (``focal_alpha``, ``focal_gamma``) of the point's K
          logits against the one-hot of the GT's class, summed over the K classes. Ignore GTs
          (class -1) use class 0, so they compete for points like a class-0 GT.
@@ -48,6 +53,8 @@ class LLAAssigner:
         chunk_size: GT rows per chunk (B).
         iou_eps: IoU floor inside the log of the reg cost.
     """
+
+    uses_predictions = True
 
     def __init__(
         self,
@@ -104,21 +111,27 @@ class LLAAssigner:
     @torch.no_grad()
     def assign(
         self,
-        cls_logits: Tensor,
-        pred_boxes: Tensor,
-        points: Tensor,
+        priors: Priors,
         gt_boxes: Tensor,
         gt_classes: Tensor,
+        *,
+        pred_logits: Optional[Tensor] = None,
+        pred_boxes: Optional[Tensor] = None,
     ) -> AssignResult:
-        """Assign the points of one image.
+        """Assign the priors of one image (the ``BaseAssigner`` interface).
 
         Args:
-            cls_logits: (R, K) classification logits (detached inside).
-            pred_boxes: (R, 4) predicted xyxy boxes.
-            points: (R, 2) xy, all levels concatenated in the same order.
+            priors: R points (or anchors, measured from their centres), all levels.
             gt_boxes: (M, 4) xyxy.
             gt_classes: long (M,), -1 = ignore region.
+            pred_logits: (R, K) classification logits of this image (detached inside).
+            pred_boxes: (R, 4) its predicted xyxy boxes.
         """
+        if pred_logits is None or pred_boxes is None:
+            raise ValueError("LLAAssigner.assign: needs pred_logits and pred_boxes (the "
+                             "assignment is loss-aware)")
+        cls_logits = pred_logits
+        points = priors.centers()
         num_points = points.shape[0]
         if cls_logits.dim() != 2 or cls_logits.shape[0] != num_points:
             raise ValueError(f"LLAAssigner.assign: cls_logits must be ({num_points}, K), got {tuple(cls_logits.shape)}")

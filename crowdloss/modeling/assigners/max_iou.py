@@ -2,17 +2,20 @@
 
 Shape vocabulary: M gts of one image (V valid ones, G ignore regions), R anchors.
 """
+from typing import Optional
+
 import torch
 from torch import Tensor
 
 from crowdloss.ops import box_ioa, box_iou
 
-from .base import AssignResult, check_gts
+from ..priors import Priors
+from .base import AssignResult, BaseAssigner, check_gts
 
 __all__ = ["MaxIoUAssigner"]
 
 
-class MaxIoUAssigner:
+class MaxIoUAssigner(BaseAssigner):
     """IoU thresholds with low-quality matches and IoA-based ignore regions.
 
     Steps of ``assign``:
@@ -53,16 +56,20 @@ class MaxIoUAssigner:
         self.ignore_ioa_thresh = float(ignore_ioa_thresh)
 
     @torch.no_grad()
-    def assign(self, anchors: Tensor, gt_boxes: Tensor, gt_classes: Tensor) -> AssignResult:
-        """Assign the anchors of one image.
-
-        Args:
-            anchors: (R, 4) xyxy, all levels concatenated.
-            gt_boxes: (M, 4) xyxy.
-            gt_classes: long (M,), -1 = ignore region.
-        """
-        if anchors.dim() != 2 or anchors.shape[-1] != 4:
-            raise ValueError(f"MaxIoUAssigner.assign: anchors must be (R, 4) xyxy, got {tuple(anchors.shape)}")
+    def assign(
+        self,
+        priors: Priors,
+        gt_boxes: Tensor,
+        gt_classes: Tensor,
+        *,
+        pred_logits: Optional[Tensor] = None,
+        pred_boxes: Optional[Tensor] = None,
+    ) -> AssignResult:
+        """Assign the anchors of one image (the ``BaseAssigner`` interface; no predictions)."""
+        if priors.is_points:
+            raise ValueError("MaxIoUAssigner.assign: needs (R, 4) anchor priors, got points "
+                             "(use an AnchorGenerator)")
+        anchors = priors.tensor
         check_gts(gt_boxes, gt_classes, "MaxIoUAssigner.assign")
         num_anchors = anchors.shape[0]
         result = AssignResult.background(num_anchors, device=anchors.device)
