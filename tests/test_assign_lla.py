@@ -185,7 +185,7 @@ def test_matches_slow_reference(seed, m):
 
 
 def test_bad_input_is_named():
-    with pytest.raises(ValueError, match="cls_logits"):
+    with pytest.raises(ValueError, match="pred_logits"):
         _assign(LLAAssigner(), torch.zeros(3, 1), torch.zeros(4, 4), torch.zeros(4, 2), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match="K=1"):
         _assign(LLAAssigner(), torch.zeros(4, 1), torch.zeros(4, 4), torch.zeros(4, 2), torch.ones(1, 4), torch.tensor([3]))

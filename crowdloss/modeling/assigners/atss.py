@@ -11,7 +11,7 @@ from torch import Tensor
 from crowdloss.ops import aligned_iou
 
 from ..priors import Priors
-from .base import AssignResult, BaseAssigner, check_gts, ltrb_min_max
+from .base import AssignResult, BaseAssigner, ltrb_min_max
 
 __all__ = ["ATSSAssigner"]
 
@@ -48,24 +48,11 @@ class ATSSAssigner(BaseAssigner):
         self.topk = int(topk)
         self.anchor_scale = float(anchor_scale)
 
-    @torch.no_grad()
-    def assign(
-        self,
-        priors: Priors,
-        gt_boxes: Tensor,
-        gt_classes: Tensor,
-        *,
-        pred_logits: Optional[Tensor] = None,
-        pred_boxes: Optional[Tensor] = None,
-    ) -> AssignResult:
-        """Assign the priors of one image (the ``BaseAssigner`` interface; no predictions)."""
-        check_gts(gt_boxes, gt_classes, "ATSSAssigner.assign")
+    def _assign(self, priors: Priors, gt_boxes: Tensor, gt_classes: Tensor,
+                pred_logits: Optional[Tensor], pred_boxes: Optional[Tensor]) -> AssignResult:
         points = priors.centers()
         num_points = points.shape[0]
         result = AssignResult.background(num_points, device=points.device)
-        if gt_boxes.shape[0] == 0 or num_points == 0:
-            return result
-        gt_boxes = gt_boxes.to(points.dtype)
         valid_idx = torch.nonzero(gt_classes >= 0).squeeze(1)
         valid = gt_boxes[valid_idx]
 

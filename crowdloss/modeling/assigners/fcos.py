@@ -11,7 +11,7 @@ from torch import Tensor
 from crowdloss.ops import box_area
 
 from ..priors import Priors
-from .base import AssignResult, BaseAssigner, check_gts, ltrb_min_max
+from .base import AssignResult, BaseAssigner, ltrb_min_max
 
 __all__ = ["FCOSAssigner"]
 
@@ -55,28 +55,15 @@ class FCOSAssigner(BaseAssigner):
             raise ValueError(f"FCOSAssigner: chunk_size must be >= 1, got {chunk_size}")
         self.chunk_size = int(chunk_size)
 
-    @torch.no_grad()
-    def assign(
-        self,
-        priors: Priors,
-        gt_boxes: Tensor,
-        gt_classes: Tensor,
-        *,
-        pred_logits: Optional[Tensor] = None,
-        pred_boxes: Optional[Tensor] = None,
-    ) -> AssignResult:
-        """Assign the priors of one image (the ``BaseAssigner`` interface; no predictions)."""
+    def _assign(self, priors: Priors, gt_boxes: Tensor, gt_classes: Tensor,
+                pred_logits: Optional[Tensor], pred_boxes: Optional[Tensor]) -> AssignResult:
         if len(priors.num_per_level) != len(self.object_sizes_of_interest):
             raise ValueError(
                 f"FCOSAssigner.assign: {len(priors.num_per_level)} prior levels but "
                 f"{len(self.object_sizes_of_interest)} size ranges (OBJECT_SIZES_OF_INTEREST)"
             )
-        check_gts(gt_boxes, gt_classes, "FCOSAssigner.assign")
         points = priors.centers()
         num_points = points.shape[0]
-        if gt_boxes.shape[0] == 0 or num_points == 0:
-            return AssignResult.background(num_points, device=points.device)
-        gt_boxes = gt_boxes.to(points.dtype)
 
         # Step 1: per-point size range (and stride for centre sampling).
         lo = priors.level_values([r[0] for r in self.object_sizes_of_interest])

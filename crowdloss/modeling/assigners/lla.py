@@ -12,7 +12,7 @@ from crowdloss.ops import box_area, box_intersection
 from crowdloss.modeling.losses import sigmoid_focal_loss
 
 from ..priors import Priors
-from .base import AssignResult, BaseAssigner, check_gts, ltrb_min_max
+from .base import AssignResult, BaseAssigner, ltrb_min_max
 
 __all__ = ["LLAAssigner"]
 
@@ -108,49 +108,17 @@ class LLAAssigner(BaseAssigner):
         pos = sigmoid_focal_loss(cls_logits, torch.ones_like(cls_logits), **focal)
         return neg.sum(dim=1), (pos - neg).t().contiguous()
 
-    @torch.no_grad()
-    def assign(
-        self,
-        priors: Priors,
-        gt_boxes: Tensor,
-        gt_classes: Tensor,
-        *,
-        pred_logits: Optional[Tensor] = None,
-        pred_boxes: Optional[Tensor] = None,
-    ) -> AssignResult:
-        """Assign the priors of one image (the ``BaseAssigner`` interface).
-
-        Args:
-            priors: R points (or anchors, measured from their centres), all levels.
-            gt_boxes: (M, 4) xyxy.
-            gt_classes: long (M,), -1 = ignore region.
-            pred_logits: (R, K) classification logits of this image (detached inside).
-            pred_boxes: (R, 4) its predicted xyxy boxes.
-        """
-        if pred_logits is None or pred_boxes is None:
-            raise ValueError("LLAAssigner.assign: needs pred_logits and pred_boxes (the "
-                             "assignment is loss-aware)")
-        cls_logits = pred_logits
+    def _assign(self, priors: Priors, gt_boxes: Tensor, gt_classes: Tensor,
+                pred_logits: Optional[Tensor], pred_boxes: Optional[Tensor]) -> AssignResult:
         points = priors.centers()
-        num_points = points.shape[0]
-        if cls_logits.dim() != 2 or cls_logits.shape[0] != num_points:
-            raise ValueError(f"LLAAssigner.assign: cls_logits must be ({num_points}, K), got {tuple(cls_logits.shape)}")
-        if pred_boxes.shape != (num_points, 4) or points.shape != (num_points, 2):
-            raise ValueError(
-                f"LLAAssigner.assign: expected pred_boxes ({num_points}, 4) and points ({num_points}, 2), "
-                f"got {tuple(pred_boxes.shape)} and {tuple(points.shape)}"
-            )
-        check_gts(gt_boxes, gt_classes, "LLAAssigner.assign")
-        num_classes = cls_logits.shape[1]
-        if gt_classes.numel() > 0 and int(gt_classes.max()) >= num_classes:
+        num_points, num_classes = points.shape[0], pred_logits.shape[1]
+        if int(gt_classes.max()) >= num_classes:
             raise ValueError(f"LLAAssigner.assign: gt class {int(gt_classes.max())} >= K={num_classes}")
         result = AssignResult.background(num_points, device=points.device)
         num_gts = gt_boxes.shape[0]
-        if num_gts == 0 or num_points == 0:
-            return result
 
-        logits = cls_logits.detach().float()
-        pred_boxes = pred_boxes.detach().float()
+        logits = pred_logits.float()
+        pred_boxes = pred_boxes.float()
         points = points.float()
         gt_boxes = gt_boxes.float()
         cls_terms = self.cls_cost_terms(logits)

@@ -10,7 +10,7 @@ from torch import Tensor
 from crowdloss.ops import box_ioa, box_iou
 
 from ..priors import Priors
-from .base import AssignResult, BaseAssigner, check_gts
+from .base import AssignResult, BaseAssigner
 
 __all__ = ["MaxIoUAssigner"]
 
@@ -55,27 +55,14 @@ class MaxIoUAssigner(BaseAssigner):
         self.allow_low_quality_matches = bool(allow_low_quality_matches)
         self.ignore_ioa_thresh = float(ignore_ioa_thresh)
 
-    @torch.no_grad()
-    def assign(
-        self,
-        priors: Priors,
-        gt_boxes: Tensor,
-        gt_classes: Tensor,
-        *,
-        pred_logits: Optional[Tensor] = None,
-        pred_boxes: Optional[Tensor] = None,
-    ) -> AssignResult:
-        """Assign the anchors of one image (the ``BaseAssigner`` interface; no predictions)."""
+    def _assign(self, priors: Priors, gt_boxes: Tensor, gt_classes: Tensor,
+                pred_logits: Optional[Tensor], pred_boxes: Optional[Tensor]) -> AssignResult:
         if priors.is_points:
             raise ValueError("MaxIoUAssigner.assign: needs (R, 4) anchor priors, got points "
                              "(use an AnchorGenerator)")
         anchors = priors.tensor
-        check_gts(gt_boxes, gt_classes, "MaxIoUAssigner.assign")
         num_anchors = anchors.shape[0]
         result = AssignResult.background(num_anchors, device=anchors.device)
-        if gt_boxes.shape[0] == 0 or num_anchors == 0:
-            return result
-        gt_boxes = gt_boxes.to(anchors.dtype)
         valid_idx = torch.nonzero(gt_classes >= 0).squeeze(1)
 
         positive = torch.zeros(num_anchors, dtype=torch.bool, device=anchors.device)

@@ -52,22 +52,22 @@ def sigmoid_focal_loss(
     return reduce_loss(loss, reduction)
 
 
-def focal_classification_loss(
-    logits: Tensor, labels: Tensor, *, num_classes: int, alpha: float = 0.25, gamma: float = 2.0
-) -> Tensor:
+def focal_classification_loss(logits: Tensor, labels: Tensor, *, alpha: float = 0.25,
+                              gamma: float = 2.0) -> Tensor:
     """Sigmoid focal loss summed over every prior that is not excluded (the dense detectors'
     classification loss; divide by the detector's normaliser).
 
     Args:
-        logits: (P*, K) class logits of the priors (any number of priors, flattened).
-        labels: (P*,) long: a class in [0, K) for positives, K for background, -1 for priors
+        logits: (..., K) class logits, e.g. (N, R, K) for a batch.
+        labels: (...) long: a class in [0, K) for positives, K for background, -1 for priors
             excluded from the loss (ignore regions, max-IoU grey zone).
-        num_classes: K.
         alpha, gamma: focal loss parameters.
     """
-    if logits.dim() != 2 or logits.shape[1] != num_classes or labels.shape != logits.shape[:1]:
-        raise ValueError(f"focal_classification_loss: expected logits (P, {num_classes}) and "
-                         f"labels (P,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"focal_classification_loss: labels {tuple(labels.shape)} do not match "
+                         f"logits {tuple(logits.shape)} without their class dimension")
+    num_classes = logits.shape[-1]
+    logits, labels = logits.reshape(-1, num_classes), labels.reshape(-1)
     valid = labels >= 0
     fg = valid & (labels != num_classes)
     targets = torch.zeros_like(logits)

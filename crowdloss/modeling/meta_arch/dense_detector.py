@@ -70,11 +70,17 @@ class DenseOutputs:
             return self._decode(self.deltas, prior)
 
 
-def dense_config_kwargs(cfg, node) -> dict:
+def dense_config_kwargs(cfg, node, key: str) -> Tuple[dict, list]:
     """Constructor arguments every dense detector reads the same way from its head's config
-    node (``cfg.MODEL.FCOS``, ``cfg.MODEL.RETINANET``, ...)."""
+    node (``cfg.MODEL.FCOS``, ``cfg.MODEL.RETINANET``, ... named ``key`` in errors), and the
+    ``ShapeSpec`` of each of the head's input levels."""
+    backbone = build_backbone_from_cfg(cfg)
+    shapes = backbone.output_shape()
+    missing = [name for name in node.IN_FEATURES if name not in shapes]
+    if missing:
+        raise ValueError(f"{key}.IN_FEATURES {missing} are not backbone outputs {sorted(shapes)}")
     return dict(
-        backbone=build_backbone_from_cfg(cfg),
+        backbone=backbone,
         head_in_features=node.IN_FEATURES,
         num_classes=node.NUM_CLASSES,
         pixel_mean=cfg.MODEL.PIXEL_MEAN,
@@ -84,7 +90,7 @@ def dense_config_kwargs(cfg, node) -> dict:
         nms_thresh_test=node.NMS_THRESH_TEST,
         max_detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
         norm_sync=node.NORM_SYNC,
-    )
+    ), [shapes[name] for name in node.IN_FEATURES]
 
 
 class DenseDetector(Detector):

@@ -68,16 +68,10 @@ class FCOS(DenseDetector):
     def config_kwargs(cls, cfg) -> dict:
         """Constructor arguments from ``MODEL.FCOS.*`` (FCOSConfig), shared by ATSS and LLA."""
         f = cfg.MODEL.FCOS
-        kwargs = dense_config_kwargs(cfg, f)
-        shapes = kwargs["backbone"].output_shape()
-        missing = [name for name in f.IN_FEATURES if name not in shapes]
-        if missing:
-            raise ValueError(
-                f"MODEL.FCOS.IN_FEATURES {missing} are not backbone outputs {sorted(shapes)}"
-            )
+        kwargs, input_shape = dense_config_kwargs(cfg, f, "MODEL.FCOS")
         kwargs.update(
             head=FCOSHead(
-                input_shape=[shapes[name] for name in f.IN_FEATURES],
+                input_shape=input_shape,
                 num_classes=f.NUM_CLASSES,
                 fpn_strides=f.FPN_STRIDES,
                 num_convs=f.NUM_CONVS,
@@ -111,11 +105,9 @@ class FCOS(DenseDetector):
         num_fg."""
         fg = targets.positive.flatten()
         normalizer = self.normalizer(int(fg.sum()))
-        loss_cls = focal_classification_loss(
-            outputs.logits.reshape(-1, self.num_classes), targets.labels.flatten(),
-            num_classes=self.num_classes, alpha=self.focal_loss_alpha,
-            gamma=self.focal_loss_gamma,
-        ) / normalizer
+        loss_cls = focal_classification_loss(outputs.logits, targets.labels,
+                                             alpha=self.focal_loss_alpha,
+                                             gamma=self.focal_loss_gamma) / normalizer
 
         n = len(targets)
         fg_points = outputs.priors.tensor.expand(n, -1, -1).reshape(-1, 2)[fg]

@@ -53,11 +53,9 @@ class _LLALosses:
         # person): the published normaliser.
         normalizer = self.normalizer(targets.num_matched)
         fg = targets.positive.flatten()
-        loss_cls = focal_classification_loss(
-            outputs.logits.reshape(-1, self.num_classes), targets.labels.flatten(),
-            num_classes=self.num_classes, alpha=self.focal_loss_alpha,
-            gamma=self.focal_loss_gamma,
-        ) / normalizer
+        loss_cls = focal_classification_loss(outputs.logits, targets.labels,
+                                             alpha=self.focal_loss_alpha,
+                                             gamma=self.focal_loss_gamma) / normalizer
         fg_pred = outputs.pred_boxes.reshape(-1, 4)[fg]
         fg_gt = targets.matched_boxes.reshape(-1, 4)[fg]
         loss_box_reg = self.reg_weight * iou_loss(

@@ -96,14 +96,7 @@ class RetinaNet(DenseDetector):
         """Constructor arguments from ``MODEL.RETINANET.*`` / ``MODEL.ANCHOR_GENERATOR.*``
         (shared with ``LLARetinaNet``)."""
         r = cfg.MODEL.RETINANET
-        kwargs = dense_config_kwargs(cfg, r)
-        shapes = kwargs["backbone"].output_shape()
-        missing = [name for name in r.IN_FEATURES if name not in shapes]
-        if missing:
-            raise ValueError(
-                f"MODEL.RETINANET.IN_FEATURES {missing} are not backbone outputs {sorted(shapes)}"
-            )
-        input_shape = [shapes[name] for name in r.IN_FEATURES]
+        kwargs, input_shape = dense_config_kwargs(cfg, r, "MODEL.RETINANET")
         g = cfg.MODEL.ANCHOR_GENERATOR
         anchor_generator = AnchorGenerator(
             sizes=g.SIZES,
@@ -137,11 +130,9 @@ class RetinaNet(DenseDetector):
         """Focal loss over non-ignored anchors and box loss over positives, both / num_pos."""
         fg = targets.positive.flatten()
         normalizer = self.normalizer(int(fg.sum()))
-        loss_cls = focal_classification_loss(
-            outputs.logits.reshape(-1, self.num_classes), targets.labels.flatten(),
-            num_classes=self.num_classes, alpha=self.focal_loss_alpha,
-            gamma=self.focal_loss_gamma,
-        ) / normalizer
+        loss_cls = focal_classification_loss(outputs.logits, targets.labels,
+                                             alpha=self.focal_loss_alpha,
+                                             gamma=self.focal_loss_gamma) / normalizer
 
         fg_gt_boxes = targets.matched_boxes.reshape(-1, 4)[fg]
         if self.bbox_reg_loss_type == "smooth_l1":
