@@ -111,7 +111,7 @@ def test_conflict_goes_to_column_min_over_all_rows():
 
 # ---------------------------------------------------------------- slow reference
 def _reference(logits, pred, points, gts, classes, topk, reg_cost=1.5):
-    """Per-GT Python loop in float64 straight from ALGORITHMS.md steps 1-5."""
+    """Per-GT Python loop in float64 straight from docs/algorithms.md "LLA" steps 1-5."""
     logits, pred, points, gts = (t.double() for t in (logits, pred, points, gts))
     m_count, r = gts.shape[0], points.shape[0]
     p = torch.sigmoid(logits)
