@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from crowdloss.modeling.assigners import ATSSAssigner, FCOSAssigner, LLAAssigner  # noqa: E402
+from crowdloss.modeling.priors import Priors  # noqa: E402
 from crowdloss.modeling.shifts import grid_points  # noqa: E402
 
 STRIDES = (8, 16, 32, 64, 128)
@@ -60,10 +61,11 @@ def make_calls(num_gts: int):
     """{name: zero-argument assign call} on the same image, plus the number of points."""
     levels, boxes, classes, logits, pred, points = make_case(num_gts)
     lla, fcos, atss = LLAAssigner(), FCOSAssigner(), ATSSAssigner()
+    priors = Priors.cat(levels, STRIDES)
     calls = {
-        "fcos": lambda: fcos.assign(levels, STRIDES, boxes, classes),
-        "atss": lambda: atss.assign(levels, STRIDES, boxes, classes),
-        "lla": lambda: lla.assign(logits, pred, points, boxes, classes),
+        "fcos": lambda: fcos.assign(priors, boxes, classes),
+        "atss": lambda: atss.assign(priors, boxes, classes),
+        "lla": lambda: lla.assign(priors, boxes, classes, pred_logits=logits, pred_boxes=pred),
     }
     return calls, int(points.shape[0])
 

@@ -5,7 +5,16 @@ import pytest
 import torch
 
 from crowdloss.modeling.assigners import ATSSAssigner, AssignResult, FCOSAssigner, MaxIoUAssigner
+from crowdloss.modeling.priors import Priors
 from crowdloss.modeling.shifts import grid_points
+
+
+def _priors(levels, strides):
+    return Priors.cat(levels, strides)
+
+
+def _anchors(anchors):
+    return Priors(anchors, [len(anchors)], [8])
 
 
 def _index(points, xy):
@@ -38,10 +47,10 @@ def _fcos_levels():
 def test_fcos_smallest_area_and_order_invariance():
     levels = _fcos_levels()
     pts = torch.cat(levels)
-    assigner = FCOSAssigner(strides=(8, 16), object_sizes_of_interest=((-1, 64), (64, math.inf)))
+    assigner = FCOSAssigner(object_sizes_of_interest=((-1, 64), (64, math.inf)))
     boxes = torch.tensor([[1.0, 1, 17, 17], [5.0, 5, 30, 30]])
     classes = torch.tensor([0, 0])
-    res = assigner.assign(levels, (8, 16), boxes, classes)
+    res = assigner.assign(_priors(levels, (8, 16)), boxes, classes)
     expect = torch.full((20,), -1)
     for x in (8, 16, 24):
         for y in (8, 16, 24):
@@ -50,7 +59,7 @@ def test_fcos_smallest_area_and_order_invariance():
         expect[_index(pts, xy)[0]] = 0  # inside both: A has the smaller area
     assert res.gt_inds.tolist() == expect.tolist()
     assert not res.ignored.any()
-    back, _ = _permuted(lambda b, c: assigner.assign(levels, None, b, c), boxes, classes, torch.tensor([1, 0]))
+    back, _ = _permuted(lambda b, c: assigner.assign(_priors(levels, (8, 16)), b, c), boxes, classes, torch.tensor([1, 0]))
     assert back.tolist() == expect.tolist()
 
 
@@ -58,15 +67,15 @@ def test_fcos_scale_ranges_and_center_sampling():
     levels = _fcos_levels()
     pts = torch.cat(levels)
     big = torch.tensor([[0.0, 0.0, 100.0, 100.0]])
-    res = FCOSAssigner(strides=(8, 16), object_sizes_of_interest=((-1, 64), (64, math.inf))).assign(
-        levels, (8, 16), big, torch.tensor([0])
+    res = FCOSAssigner(object_sizes_of_interest=((-1, 64), (64, math.inf))).assign(
+        _priors(levels, (8, 16)), big, torch.tensor([0])
     )
     # level-0 points have max ltrb > 64; only the level-1 point (16, 16) (max ltrb 84) fits
     assert torch.nonzero(res.gt_inds >= 0).squeeze(1).tolist() == _index(pts, (16, 16))[1:]
     one = [grid_points(8, 8, 8, 0.0)]
     box = torch.tensor([[1.0, 1.0, 63.0, 63.0]])  # centre (32, 32)
-    cs = FCOSAssigner(strides=(8,), object_sizes_of_interest=((-1, math.inf),), center_sampling_radius=1.5)
-    res = cs.assign(one, (8,), box, torch.tensor([0]))
+    cs = FCOSAssigner(object_sizes_of_interest=((-1, math.inf),), center_sampling_radius=1.5)
+    res = cs.assign(_priors(one, (8,)), box, torch.tensor([0]))
     got = {tuple(p) for p in one[0][res.gt_inds >= 0].tolist()}
     # centre box (20, 20, 44, 44): strictly inside are 24, 32, 40 on each axis
     assert got == {(x, y) for x in (24.0, 32.0, 40.0) for y in (24.0, 32.0, 40.0)}
@@ -75,16 +84,16 @@ def test_fcos_scale_ranges_and_center_sampling():
 def test_fcos_ignore_and_empty():
     levels = _fcos_levels()
     pts = torch.cat(levels)
-    assigner = FCOSAssigner(strides=(8, 16), object_sizes_of_interest=((-1, 64), (64, math.inf)))
+    assigner = FCOSAssigner(object_sizes_of_interest=((-1, 64), (64, math.inf)))
     boxes = torch.tensor([[5.0, 5, 30, 30], [20.0, 20, 31, 31]])
     classes = torch.tensor([0, -1])
-    res = assigner.assign(levels, (8, 16), boxes, classes)
+    res = assigner.assign(_priors(levels, (8, 16)), boxes, classes)
     i = _index(pts, (24, 24))[0]
     assert res.gt_inds[i].item() == 1 and res.ignored[i].item()
     assert res.ignored.sum().item() == 1
     labels = res.labels(classes, 1)
     assert labels[i].item() == -1 and (labels == 0).sum().item() == 8
-    empty = assigner.assign(levels, (8, 16), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    empty = assigner.assign(_priors(levels, (8, 16)), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
     assert (empty.gt_inds == -1).all() and not empty.ignored.any() and empty.gt_inds.shape == (20,)
 
 
@@ -96,7 +105,7 @@ def test_atss_toy_threshold_and_conflict():
     a = [12.0, 12, 36, 36]
     b = [8.0, 8, 40, 40]  # same centre; IoU with that anchor 576 / 1024
     assigner = ATSSAssigner(topk=9, anchor_scale=3.0)
-    res = assigner.assign(levels, (8,), torch.tensor([a]), torch.tensor([0]))
+    res = assigner.assign(_priors(levels, (8,)), torch.tensor([a]), torch.tensor([0]))
     # A's candidates: IoU 1 (centre), 0.5 x 4 (edge neighbours), 256/896 x 4 (diagonals);
     # mean + std = 0.689 -> only the centre point is positive.
     ious = [1.0] + [0.5] * 4 + [256 / 896] * 4
@@ -106,11 +115,11 @@ def test_atss_toy_threshold_and_conflict():
     centre = _index(pts, (24, 24))[0]
     assert torch.nonzero(res.gt_inds >= 0).squeeze(1).tolist() == [centre]
     # B alone also takes the centre (0.5625 >= its threshold ~0.478) ...
-    res_b = assigner.assign(levels, (8,), torch.tensor([b]), torch.tensor([0]))
+    res_b = assigner.assign(_priors(levels, (8,)), torch.tensor([b]), torch.tensor([0]))
     assert torch.nonzero(res_b.gt_inds >= 0).squeeze(1).tolist() == [centre]
     # ... but together the higher IoU (A) wins, whatever the GT order.
     for boxes, expect in (([a, b], 0), ([b, a], 1)):
-        both = assigner.assign(levels, (8,), torch.tensor(boxes), torch.tensor([0, 0]))
+        both = assigner.assign(_priors(levels, (8,)), torch.tensor(boxes), torch.tensor([0, 0]))
         assert both.gt_inds[centre].item() == expect and (both.gt_inds >= 0).sum().item() == 1
 
 
@@ -119,15 +128,15 @@ def test_atss_ignore_and_empty():
     pts = levels[0]
     boxes = torch.tensor([[12.0, 12, 36, 36], [10.0, 10, 50, 30]])
     classes = torch.tensor([0, -1])
-    res = ATSSAssigner(topk=9, anchor_scale=3.0).assign(levels, (8,), boxes, classes)
+    res = ATSSAssigner(topk=9, anchor_scale=3.0).assign(_priors(levels, (8,)), boxes, classes)
     centre = _index(pts, (24, 24))[0]
     assert res.gt_inds[centre].item() == 0 and not res.ignored[centre]  # positives stay
     inside_ignore = {(x, y) for x in (16.0, 24.0, 32.0, 40.0, 48.0) for y in (16.0, 24.0)} - {(24.0, 24.0)}
     assert {tuple(p) for p in pts[res.ignored].tolist()} == inside_ignore
     assert (res.gt_inds != 1).all()  # ignore GTs never produce positives
-    only_ignore = ATSSAssigner().assign(levels, (8,), boxes[1:], classes[1:])
+    only_ignore = ATSSAssigner().assign(_priors(levels, (8,)), boxes[1:], classes[1:])
     assert (only_ignore.gt_inds == -1).all() and only_ignore.ignored.sum().item() == 10
-    empty = ATSSAssigner().assign(levels, (8,), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    empty = ATSSAssigner().assign(_priors(levels, (8,)), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
     assert (empty.gt_inds == -1).all() and not empty.ignored.any()
 
 
@@ -138,9 +147,9 @@ def test_atss_order_invariance_random():
     boxes = torch.cat([xy, xy + 10 + torch.rand(6, 2, generator=g) * 40], 1)
     classes = torch.tensor([0, 0, 0, 0, 0, -1])
     assigner = ATSSAssigner()
-    ref = assigner.assign(levels, (8, 16), boxes, classes)
+    ref = assigner.assign(_priors(levels, (8, 16)), boxes, classes)
     assert (ref.gt_inds >= 0).sum() >= 5
-    back, ign = _permuted(lambda b, c: assigner.assign(levels, (8, 16), b, c), boxes, classes, torch.tensor([3, 5, 0, 4, 1, 2]))
+    back, ign = _permuted(lambda b, c: assigner.assign(_priors(levels, (8, 16)), b, c), boxes, classes, torch.tensor([3, 5, 0, 4, 1, 2]))
     assert torch.equal(back, ref.gt_inds) and torch.equal(ign, ref.ignored)
 
 
@@ -161,13 +170,13 @@ def test_max_iou_thresholds_low_quality_ignore():
     )
     boxes = torch.tensor([[0.0, 0, 10, 10], [40.0, 0, 70, 10], [200.0, 200, 300, 300], [250.0, 250, 260, 260]])
     classes = torch.tensor([0, 0, -1, 0])
-    res = MaxIoUAssigner().assign(anchors, boxes, classes)
+    res = MaxIoUAssigner().assign(_anchors(anchors), boxes, classes)
     assert res.gt_inds.tolist() == [0, 0, -1, -1, 1, 1, -1, -1, 3]
     assert res.ignored.tolist() == [False, False, True, False, False, False, True, False, False]
-    strict = MaxIoUAssigner(allow_low_quality_matches=False).assign(anchors, boxes, classes)
+    strict = MaxIoUAssigner(allow_low_quality_matches=False).assign(_anchors(anchors), boxes, classes)
     assert strict.gt_inds.tolist() == [0, 0, -1, -1, -1, -1, -1, -1, 3]
     perm = torch.tensor([2, 3, 1, 0])
-    back, ign = _permuted(lambda b, c: MaxIoUAssigner().assign(anchors, b, c), boxes, classes, perm)
+    back, ign = _permuted(lambda b, c: MaxIoUAssigner().assign(_anchors(anchors), b, c), boxes, classes, perm)
     assert back.tolist() == res.gt_inds.tolist() and torch.equal(ign, res.ignored)
 
 
@@ -176,11 +185,11 @@ def test_max_iou_low_quality_keeps_threshold_match_and_empty():
     # G1's best anchor is anchor 0 (IoU 100/130), already positive for G0 at IoU 1: it stays
     # with G0 and G1 gets no anchor.
     boxes = torch.tensor([[0.0, 0, 10, 10], [-3.0, 0, 10, 10]])
-    res = MaxIoUAssigner().assign(anchors, boxes, torch.tensor([0, 0]))
+    res = MaxIoUAssigner().assign(_anchors(anchors), boxes, torch.tensor([0, 0]))
     assert res.gt_inds.tolist() == [0, -1]
-    empty = MaxIoUAssigner().assign(anchors, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    empty = MaxIoUAssigner().assign(_anchors(anchors), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
     assert empty.gt_inds.tolist() == [-1, -1] and not empty.ignored.any()
-    only_ignore = MaxIoUAssigner().assign(anchors, boxes[:1], torch.tensor([-1]))
+    only_ignore = MaxIoUAssigner().assign(_anchors(anchors), boxes[:1], torch.tensor([-1]))
     assert only_ignore.gt_inds.tolist() == [-1, -1] and only_ignore.ignored.tolist() == [True, False]
 
 
@@ -222,8 +231,8 @@ def _fcos_reference(levels, strides, ranges, boxes, classes, radius):
 def test_fcos_matches_reference_and_chunks(seed, radius):
     levels, boxes, classes = _scene(seed, 30)
     ranges = ((-1, 64), (64, 128), (128, math.inf))
-    assigner = FCOSAssigner(strides=(8, 16, 32), object_sizes_of_interest=ranges, center_sampling_radius=radius, chunk_size=7)
-    res = assigner.assign(levels, None, boxes, classes)
+    assigner = FCOSAssigner(object_sizes_of_interest=ranges, center_sampling_radius=radius, chunk_size=7)
+    res = assigner.assign(_priors(levels, (8, 16, 32)), boxes, classes)
     assert res.gt_inds.tolist() == _fcos_reference(levels, (8, 16, 32), ranges, boxes, classes, radius)
     assert torch.equal(res.ignored, (res.gt_inds >= 0) & (classes[res.gt_inds.clamp(min=0)] < 0))
     assert res.positive.sum() > 20
@@ -264,7 +273,7 @@ def test_atss_matches_reference():
     levels, boxes, classes = _scene(3, 25)
     # offset the points by half a cell so no two are equally distant from a centre by symmetry
     levels = [p + torch.tensor([0.37, 0.21]) for p in levels]
-    res = ATSSAssigner().assign(levels, (8, 16, 32), boxes, classes)
+    res = ATSSAssigner().assign(_priors(levels, (8, 16, 32)), boxes, classes)
     expect = _atss_reference(levels, (8, 16, 32), boxes, classes)
     got = res.gt_inds.tolist()
     assert sum(g != e for g, e in zip(got, expect)) == 0

@@ -5,10 +5,17 @@ import pytest
 import torch
 
 from crowdloss.modeling.assigners import LLAAssigner
+from crowdloss.modeling.priors import Priors
 
 
 def _row_points(n):
     return torch.tensor([[10.0 * i + 5, 5.0] for i in range(n)])
+
+
+def _assign(assigner, logits, pred, points, gts, classes):
+    """The assigner interface with one level of points (stride unused by LLA)."""
+    return assigner.assign(Priors(points, [len(points)], [8]), gts, classes,
+                           pred_logits=logits, pred_boxes=pred)
 
 
 def _tiny(points):
@@ -51,13 +58,13 @@ def test_two_gts_compete_for_shared_points():
     logits = torch.zeros(6, 1)
     gts = torch.tensor([a, b])
     # topk 3: each GT takes its three perfect predictions, no conflict
-    res = LLAAssigner(topk=3).assign(logits, pred, pts, gts, torch.tensor([0, 0]))
+    res = _assign(LLAAssigner(topk=3), logits, pred, pts, gts, torch.tensor([0, 0]))
     assert res.gt_inds.tolist() == [0, 0, 0, 1, 1, 1]
     # topk 4: A also takes point 3 and B point 2; each shared point goes to its cheaper GT
-    res = LLAAssigner(topk=4).assign(logits, pred, pts, gts, torch.tensor([0, 0]))
+    res = _assign(LLAAssigner(topk=4), logits, pred, pts, gts, torch.tensor([0, 0]))
     assert res.gt_inds.tolist() == [0, 0, 0, 1, 1, 1]
     # order invariance up to the permutation of indices
-    res = LLAAssigner(topk=4).assign(logits, pred, pts, gts.flip(0), torch.tensor([0, 0]))
+    res = _assign(LLAAssigner(topk=4), logits, pred, pts, gts.flip(0), torch.tensor([0, 0]))
     assert res.gt_inds.tolist() == [1, 1, 1, 0, 0, 0]
     assert not res.ignored.any()
 
@@ -68,11 +75,11 @@ def test_gt_with_fewer_than_k_inside_points_still_takes_k():
     # each point predicts a box from the image's left edge to just past itself: IoU with the GT
     # falls as the point moves away, so the two nearest outside points are the cheapest ones
     pred = torch.stack([torch.zeros(8), torch.zeros(8), pts[:, 0] + 1, torch.full((8,), 10.0)], 1)
-    res = LLAAssigner(topk=3).assign(torch.zeros(8, 1), pred, pts, gt, torch.tensor([0]))
+    res = _assign(LLAAssigner(topk=3), torch.zeros(8, 1), pred, pts, gt, torch.tensor([0]))
     assert res.gt_inds.tolist() == [0, 0, 0, -1, -1, -1, -1, -1]
-    zero = LLAAssigner().assign(torch.zeros(8, 1), _tiny(pts), pts, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    zero = _assign(LLAAssigner(), torch.zeros(8, 1), _tiny(pts), pts, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
     assert (zero.gt_inds == -1).all() and not zero.ignored.any()
-    few = LLAAssigner(topk=10).assign(torch.zeros(8, 1), _tiny(pts), pts, gt, torch.tensor([0]))
+    few = _assign(LLAAssigner(topk=10), torch.zeros(8, 1), _tiny(pts), pts, gt, torch.tensor([0]))
     assert (few.gt_inds == 0).all()  # K > R: every point
 
 
@@ -81,7 +88,7 @@ def test_ignore_gt_wins_points():
     a, b = [0.0, 0, 40, 10], [20.0, 0, 60, 10]
     pred = torch.tensor([a, a, a, b, b, b])
     classes = torch.tensor([0, -1])
-    res = LLAAssigner(topk=3).assign(torch.zeros(6, 1), pred, pts, torch.tensor([a, b]), classes)
+    res = _assign(LLAAssigner(topk=3), torch.zeros(6, 1), pred, pts, torch.tensor([a, b]), classes)
     assert res.gt_inds.tolist() == [0, 0, 0, 1, 1, 1]
     assert res.ignored.tolist() == [False, False, False, True, True, True]
     assert res.labels(classes, 1).tolist() == [0, 0, 0, -1, -1, -1]
@@ -96,7 +103,7 @@ def test_conflict_goes_to_column_min_over_all_rows():
     pred = _tiny(pts)
     pred[0] = pred[1] = torch.tensor(x)  # X's two perfect points
     pred[5] = torch.tensor([0.0, 0, 95, 10])  # point 5 predicts (almost) X
-    res = LLAAssigner(topk=2).assign(torch.zeros(10, 1), pred, pts, torch.tensor([x, y, z]), torch.zeros(3, dtype=torch.long))
+    res = _assign(LLAAssigner(topk=2), torch.zeros(10, 1), pred, pts, torch.tensor([x, y, z]), torch.zeros(3, dtype=torch.long))
     # X takes {0, 1}; Y takes {4, 5}; Z takes {5, 6}. Point 5 is taken twice; its column minimum
     # is X (IoU 0.95), a GT that did not take it, and the text says it goes there.
     assert res.gt_inds.tolist() == [0, 0, -1, -1, 1, 0, 2, -1, -1, -1]
@@ -104,7 +111,7 @@ def test_conflict_goes_to_column_min_over_all_rows():
 
 # ---------------------------------------------------------------- slow reference
 def _reference(logits, pred, points, gts, classes, topk, reg_cost=1.5):
-    """Per-GT Python loop in float64 straight from ALGORITHMS.md steps 1-5."""
+    """Per-GT Python loop in float64 straight from docs/algorithms.md "LLA" steps 1-5."""
     logits, pred, points, gts = (t.double() for t in (logits, pred, points, gts))
     m_count, r = gts.shape[0], points.shape[0]
     p = torch.sigmoid(logits)
@@ -164,21 +171,21 @@ def _crowded_scene(seed, m, r, k=2):
 def test_matches_slow_reference(seed, m):
     logits, pred, points, gts, classes = _crowded_scene(seed, m, 2025)
     assigner = LLAAssigner(topk=10, chunk_size=7)  # chunks force the cross-chunk merge
-    res = assigner.assign(logits, pred, points, gts, classes)
+    res = _assign(assigner, logits, pred, points, gts, classes)
     expect = _reference(logits, pred, points, gts, classes, topk=10)
     assert res.gt_inds.tolist() == expect
     assert torch.equal(res.ignored, (res.gt_inds >= 0) & (classes[res.gt_inds.clamp(min=0)] < 0))
     # a single chunk gives the same answer
-    assert torch.equal(LLAAssigner(topk=10, chunk_size=1000).assign(logits, pred, points, gts, classes).gt_inds, res.gt_inds)
+    assert torch.equal(_assign(LLAAssigner(topk=10, chunk_size=1000), logits, pred, points, gts, classes).gt_inds, res.gt_inds)
     # GT order invariance up to the permutation
     perm = torch.randperm(m, generator=torch.Generator().manual_seed(seed))
-    res_p = assigner.assign(logits, pred, points, gts[perm], classes[perm])
+    res_p = _assign(assigner, logits, pred, points, gts[perm], classes[perm])
     back = torch.where(res_p.gt_inds >= 0, perm[res_p.gt_inds.clamp(min=0)], res_p.gt_inds)
     assert torch.equal(back, res.gt_inds)
 
 
 def test_bad_input_is_named():
-    with pytest.raises(ValueError, match="cls_logits"):
-        LLAAssigner().assign(torch.zeros(3, 1), torch.zeros(4, 4), torch.zeros(4, 2), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="pred_logits"):
+        _assign(LLAAssigner(), torch.zeros(3, 1), torch.zeros(4, 4), torch.zeros(4, 2), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match="K=1"):
-        LLAAssigner().assign(torch.zeros(4, 1), torch.zeros(4, 4), torch.zeros(4, 2), torch.ones(1, 4), torch.tensor([3]))
+        _assign(LLAAssigner(), torch.zeros(4, 1), torch.zeros(4, 4), torch.zeros(4, 2), torch.ones(1, 4), torch.tensor([3]))

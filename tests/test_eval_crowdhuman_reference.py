@@ -1,4 +1,4 @@
-"""The vectorised evaluator equals a plain-Python, per-detection transcription of METRICS.md
+"""The vectorised evaluator equals a plain-Python, per-detection transcription of docs/metrics.md
 on random crowded inputs (ties in scores and IoUs, ignore regions, boxes off the image,
 empty images, images without detections). JI "cardinality" is checked against a
 transcription of mmdetection's procedure (dense float32 overlaps, scipy Hopcroft-Karp)."""

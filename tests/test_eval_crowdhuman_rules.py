@@ -1,4 +1,4 @@
-"""Hand-computed toy cases, one per METRICS.md rule, for the CrowdHuman evaluator."""
+"""Hand-computed toy cases, one per docs/metrics.md rule, for the CrowdHuman evaluator."""
 import math
 import warnings
 

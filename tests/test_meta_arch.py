@@ -166,7 +166,7 @@ def test_lla_num_fg_counts_ignore_matches():
     with torch.no_grad():
         alone = model(batch[:1])
         with_ignore = model([batch[0], batch[2]])
-    topk = model.lla_assigner.topk
+    topk = model.assigner.topk
     # Image 0 has 3 GTs (one ignore) x TOPK points, minus points claimed twice.
     assert 2 * topk < seen[0] <= 3 * topk
     assert seen[1] == seen[0] + topk

@@ -1,6 +1,6 @@
 """crowdloss configs: cvpods-style config classes, overrides, rescaling and output helpers.
 
-See DESIGN.md section 3 "Config": a playground ``config.py`` subclasses one of these classes,
+See docs/config.md: a playground ``config.py`` subclasses one of these classes,
 registers its nested dict, and exports ``config``; the CLI applies ``KEY VALUE`` overrides with
 ``merge_from_list``, rescales with ``rescale_for_world_size`` and records the result with
 ``dump_config``.

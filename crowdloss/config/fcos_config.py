@@ -14,7 +14,6 @@ _config_dict: Dict[str, Any] = dict(
         RESNETS=dict(OUT_FEATURES=["res3", "res4", "res5"]),
         FPN=dict(IN_FEATURES=["res3", "res4", "res5"], TOP_BLOCK_IN_FEATURE="p5"),
         SHIFT_GENERATOR=dict(
-            NUM_SHIFTS=1,
             # Points at (x * stride, y * stride) as cvpods; 0.5 puts them at cell centres.
             OFFSET=0.0,
         ),
@@ -22,6 +21,8 @@ _config_dict: Dict[str, Any] = dict(
             NUM_CLASSES=80,
             IN_FEATURES=["p3", "p4", "p5", "p6", "p7"],
             NUM_CONVS=4,
+            # Tower norm: "GN" (published), "BN", "SyncBN" or "" (none).
+            NORM="GN",
             FPN_STRIDES=[8, 16, 32, 64, 128],
             PRIOR_PROB=0.01,
             CENTERNESS_ON_REG=False,

@@ -23,6 +23,8 @@ _config_dict: Dict[str, Any] = dict(
             NUM_CLASSES=80,
             IN_FEATURES=["p3", "p4", "p5", "p6", "p7"],
             NUM_CONVS=4,
+            # Tower norm: "" (none, published), "GN", "BN".
+            NORM="",
             # IoU < 0.4 negative, >= 0.5 positive, in between ignored.
             IOU_THRESHOLDS=[0.4, 0.5],
             IOU_LABELS=[0, -1, 1],
@@ -38,6 +40,8 @@ _config_dict: Dict[str, Any] = dict(
             FOCAL_LOSS_ALPHA=0.25,
             SMOOTH_L1_LOSS_BETA=0.1,
             BBOX_REG_LOSS_TYPE="smooth_l1",
+            # Multiplier of the box loss (LLA.RetinaNet uses 2.0, as LLA.FCOS).
+            REG_WEIGHT=1.0,
             NORM_SYNC=True,
             HEAD_CHANNELS=256,
         ),

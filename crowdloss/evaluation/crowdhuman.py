@@ -1,7 +1,7 @@
 """CrowdHuman (arXiv 1805.00123) AP, MR^-2, Recall and JI (CrowdDet, arXiv 2003.09163),
 numerically identical to the public toolkits.
 
-The rules (METRICS.md) are those of CrowdDet's ``lib/evaluate`` / cvpods' crowdhumantools:
+The rules (docs/metrics.md) are those of CrowdDet's ``lib/evaluate`` / cvpods' crowdhumantools:
 boxes clipped with W - 1 / W, IoU with +1e-6 in the union, IoA relative to the detection,
 greedy Caltech matching with strict > 0.5, curves over the score-sorted detections of all
 images, MR^-2 at nine rounded FPPI anchors. Those toolkits loop over every detection and GT

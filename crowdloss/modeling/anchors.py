@@ -1,18 +1,31 @@
-"""Anchor generator for anchor-based heads (RetinaNet, arXiv 1708.02002), cvpods semantics.
+"""Anchor generators: RetinaNet's size x aspect-ratio grids and SSD's default boxes.
 
-Shape vocabulary: L levels, A anchors per location, H_l x W_l cells of level l.
-Aspect ratio is h / w (cvpods / detectron2); anchors of one location are contiguous, ordered
-sizes outer, aspect ratios inner.
+Two ways to describe the anchors of a location, one generator:
+
+- cvpods / detectron2 (RetinaNet, arXiv 1708.02002): per level a list of sizes (sqrt of the
+  area) and of aspect ratios h / w; anchors of a location are ordered sizes outer, ratios
+  inner. One list may be broadcast to every level.
+- SSD (arXiv 1512.02325, ssd.pytorch's ``PriorBox``): per level a ``min_size``, an optional
+  ``max_size`` and aspect ratios; a location holds the square of side min_size, the square of
+  side sqrt(min_size * max_size), then for each ratio r the pair (w, h) = (s sqrt r, s / sqrt r)
+  and its transpose; centres at cell centres ((x + 0.5) * step); centre, width and height
+  clamped to [0, image_size] (ssd.pytorch clamps cx, cy, w, h, not the corners).
+
+Levels may hold different anchor counts (SSD300: 4 / 6 / 6 / 6 / 4 / 4); a head with weights
+shared across levels needs one count, which ``num_anchors`` checks.
+
+Shape vocabulary: L levels, A_l anchors per location of level l, H_l x W_l cells, R anchors.
 """
 import math
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
+from .priors import Priors
 from .shifts import grid_points
 
-__all__ = ["AnchorGenerator"]
+__all__ = ["AnchorGenerator", "ssd_cell_sizes"]
 
 Param = Union[Sequence[float], Sequence[Sequence[float]]]
 
@@ -35,17 +48,39 @@ def _per_level(param: Param, num_levels: int, name: str) -> List[List[float]]:
     return [[float(p) for p in level] for level in param]
 
 
-def _cell_anchors(sizes: List[float], aspect_ratios: List[float]) -> Tensor:
-    # (A, 4) anchors centred on (0, 0): area size^2, h / w = ratio.
-    anchors = []
+def _size_ratio_cell(sizes: List[float], aspect_ratios: List[float]) -> List[List[float]]:
+    """(w, h) of each anchor of a location: area size^2, h / w = ratio, sizes outer."""
+    cell = []
     for size in sizes:
         for ratio in aspect_ratios:
             if size <= 0 or ratio <= 0:
                 raise ValueError(f"AnchorGenerator: sizes and aspect ratios must be > 0, got {size}, {ratio}")
             w = math.sqrt(size * size / ratio)
-            h = ratio * w
-            anchors.append([-w / 2, -h / 2, w / 2, h / 2])
-    return torch.tensor(anchors, dtype=torch.float32)
+            cell.append([w, ratio * w])
+    return cell
+
+
+def ssd_cell_sizes(min_size: float, max_size: Optional[float],
+                   aspect_ratios: Sequence[float]) -> List[List[float]]:
+    """(w, h) of SSD's default boxes of one location, in ssd.pytorch's order.
+
+    Args:
+        min_size: side s of the first square.
+        max_size: the second square has side sqrt(s * max_size); None or 0 = no second square.
+        aspect_ratios: each r adds (s sqrt r, s / sqrt r) and (s / sqrt r, s sqrt r).
+    """
+    if min_size <= 0 or (max_size is not None and max_size < 0):
+        raise ValueError(f"SSD anchors: need min_size > 0 and max_size >= 0, got {min_size}, {max_size}")
+    cell = [[min_size, min_size]]
+    if max_size:
+        side = math.sqrt(min_size * max_size)
+        cell.append([side, side])
+    for r in aspect_ratios:
+        if r <= 0:
+            raise ValueError(f"SSD anchors: aspect ratios must be > 0, got {r}")
+        cell += [[min_size * math.sqrt(r), min_size / math.sqrt(r)],
+                 [min_size / math.sqrt(r), min_size * math.sqrt(r)]]
+    return cell
 
 
 class AnchorGenerator(nn.Module):
@@ -56,9 +91,16 @@ class AnchorGenerator(nn.Module):
         aspect_ratios: h / w ratios, same broadcasting rule.
         strides: one stride per level.
         offset: anchor centre at ((x + offset) * stride, (y + offset) * stride).
+        cell_sizes: instead of sizes x aspect ratios, the explicit (w, h) of every anchor of a
+            location, one list per level (``from_ssd`` builds these).
+        clip_size: clamp each anchor's centre, width and height to [0, clip_size] (SSD's fixed
+            square input); None = no clamping.
     """
 
-    def __init__(self, *, sizes: Param, aspect_ratios: Param, strides: Sequence[int], offset: float = 0.0):
+    def __init__(self, *, sizes: Param = (), aspect_ratios: Param = (1.0,),
+                 strides: Sequence[int], offset: float = 0.0,
+                 cell_sizes: Optional[Sequence[Sequence[Sequence[float]]]] = None,
+                 clip_size: Optional[float] = None):
         super().__init__()
         if len(strides) == 0:
             raise ValueError("AnchorGenerator: strides must list at least one level")
@@ -66,33 +108,76 @@ class AnchorGenerator(nn.Module):
             raise ValueError(f"AnchorGenerator: offset must be in [0, 1), got {offset}")
         self.strides = [int(s) for s in strides]
         self.offset = float(offset)
-        sizes = _per_level(sizes, len(self.strides), "sizes")
-        ratios = _per_level(aspect_ratios, len(self.strides), "aspect_ratios")
-        cells = [_cell_anchors(s, r) for s, r in zip(sizes, ratios)]
-        counts = {c.shape[0] for c in cells}
-        if len(counts) != 1:
-            # A shared head predicts the same A per location on every level.
-            raise ValueError(f"AnchorGenerator: every level needs the same anchor count, got {[c.shape[0] for c in cells]}")
-        self._num_anchors = counts.pop()
-        for i, c in enumerate(cells):
-            self.register_buffer(f"cell_anchors_{i}", c, persistent=False)
+        self.clip_size = None if clip_size is None else float(clip_size)
+        if cell_sizes is None:
+            level_sizes = _per_level(sizes, len(self.strides), "sizes")
+            ratios = _per_level(aspect_ratios, len(self.strides), "aspect_ratios")
+            cell_sizes = [_size_ratio_cell(s, r) for s, r in zip(level_sizes, ratios)]
+        elif len(cell_sizes) != len(self.strides):
+            raise ValueError(f"AnchorGenerator: {len(cell_sizes)} cell_sizes lists for "
+                             f"{len(self.strides)} strides")
+        self.num_anchors_per_level = [len(c) for c in cell_sizes]
+        for i, cell in enumerate(cell_sizes):
+            wh = torch.tensor(cell, dtype=torch.float32).reshape(-1, 2)
+            if wh.shape[0] == 0 or bool((wh <= 0).any()):
+                raise ValueError(f"AnchorGenerator: level {i} needs anchors of positive size, got {cell}")
+            self.register_buffer(f"cell_wh_{i}", wh, persistent=False)
+
+    @classmethod
+    def from_ssd(cls, *, steps: Sequence[int], min_sizes: Sequence[float],
+                 max_sizes: Sequence[float], aspect_ratios: Sequence[Sequence[float]],
+                 image_size: float = 300, clip: bool = True) -> "AnchorGenerator":
+        """SSD's default boxes (ssd.pytorch ``PriorBox``) in input pixels.
+
+        Args:
+            steps: per-level step (the stride; 8, 16, 32, 64, 100, 300 for SSD300).
+            min_sizes, max_sizes: per-level square sides (max 0 = no second square).
+            aspect_ratios: per-level extra ratios, e.g. [[2], [2, 3], [2, 3], [2, 3], [2], [2]].
+            image_size: the square input side the boxes are defined for.
+            clip: clamp centre and size to [0, image_size] as ssd.pytorch does.
+        """
+        n = len(steps)
+        if not (len(min_sizes) == len(max_sizes) == len(aspect_ratios) == n):
+            raise ValueError(f"SSD anchors: steps, min_sizes, max_sizes and aspect_ratios need "
+                             f"one entry per level, got {n}, {len(min_sizes)}, {len(max_sizes)}, "
+                             f"{len(aspect_ratios)}")
+        cells = [ssd_cell_sizes(float(lo), float(hi), r)
+                 for lo, hi, r in zip(min_sizes, max_sizes, aspect_ratios)]
+        return cls(strides=steps, offset=0.5, cell_sizes=cells,
+                   clip_size=float(image_size) if clip else None)
 
     @property
     def num_anchors(self) -> int:
-        """A: anchors per location (same on every level)."""
-        return self._num_anchors
+        """A, the anchors per location, when every level has the same count (shared heads)."""
+        counts = set(self.num_anchors_per_level)
+        if len(counts) != 1:
+            raise ValueError(f"AnchorGenerator: levels hold different anchor counts "
+                             f"{self.num_anchors_per_level}; a head shared across levels "
+                             "needs one count (use a per-level head)")
+        return counts.pop()
 
     @property
     def cell_anchors(self) -> List[Tensor]:
-        return [getattr(self, f"cell_anchors_{i}") for i in range(len(self.strides))]
+        """Per level (A_l, 4) xyxy anchors centred on (0, 0)."""
+        return [torch.cat([-wh / 2, wh / 2], dim=1) for wh in self._cell_wh()]
 
-    def forward(self, features: List[Tensor]) -> List[Tensor]:
-        """``features``: L tensors (N, C, H_l, W_l) -> L tensors (H_l * W_l * A, 4) xyxy."""
+    def _cell_wh(self) -> List[Tensor]:
+        return [getattr(self, f"cell_wh_{i}") for i in range(len(self.strides))]
+
+    def forward(self, features: List[Tensor]) -> Priors:
+        """``features``: L tensors (N, C, H_l, W_l) -> ``Priors`` of (R, 4) xyxy anchors."""
         if len(features) != len(self.strides):
             raise ValueError(f"AnchorGenerator: got {len(features)} feature levels for {len(self.strides)} strides")
         out = []
-        for f, stride, cell in zip(features, self.strides, self.cell_anchors):
+        for f, stride, wh in zip(features, self.strides, self._cell_wh()):
             points = grid_points(f.shape[-2], f.shape[-1], stride, self.offset, device=f.device)
-            shifts = torch.cat([points, points], dim=1)
-            out.append((shifts[:, None, :] + cell.to(f.device)[None, :, :]).reshape(-1, 4))
-        return out
+            wh = wh.to(f.device)
+            if self.clip_size is None:
+                shifts = torch.cat([points, points], dim=1)
+                cell = torch.cat([-wh / 2, wh / 2], dim=1)
+                out.append((shifts[:, None, :] + cell[None, :, :]).reshape(-1, 4))
+                continue
+            centres = points[:, None, :].expand(-1, wh.shape[0], 2).clamp(0, self.clip_size)
+            sizes = wh[None].expand(points.shape[0], -1, 2).clamp(0, self.clip_size)
+            out.append(torch.cat([centres - sizes / 2, centres + sizes / 2], dim=-1).reshape(-1, 4))
+        return Priors.cat(out, self.strides)

@@ -1,6 +1,6 @@
 """Dense prediction heads shared by the one-stage detectors.
 
-Two heads, each applied with shared weights to every FPN level:
+Three heads. Two are applied with shared weights to every FPN level:
 
 - ``FCOSHead`` (FCOS, arXiv 1904.01355; reused by ATSS and LLA): a classification tower and a
   box tower of ``num_convs`` x (conv3x3 + norm + ReLU), K class logits, 4 ltrb distances with a
@@ -10,8 +10,14 @@ Two heads, each applied with shared weights to every FPN level:
   A x K class logits and A x 4 box deltas per location, plus an optional A x 1 quality
   branch on the box tower (LLA on RetinaNet).
 
-Shape vocabulary: N images, C channels, H_l x W_l the size of level l, K classes,
-A anchors per location.
+and one keeps separate weights per level, so that levels may differ in channels and in
+anchors per location:
+
+- ``PerLevelHead`` (SSD's multibox head, arXiv 1512.02325): on level l one 3x3 conv to
+  A_l x C class logits and one to A_l x 4 box deltas, C = K + 1 for a softmax with background.
+
+Shape vocabulary: N images, C_l channels of level l, H_l x W_l its size, K classes, C class
+outputs per anchor, A (A_l) anchors per location.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from torch import nn
 
 from crowdloss.structures import ShapeSpec
 
-__all__ = ["Scale", "build_tower", "FCOSHead", "RetinaNetHead"]
+__all__ = ["Scale", "build_tower", "FCOSHead", "RetinaNetHead", "PerLevelHead"]
 
 
 class Scale(nn.Module):
@@ -209,3 +215,42 @@ class RetinaNetHead(nn.Module):
         if self.quality is None:
             return logits, deltas
         return logits, deltas, quality
+
+
+class PerLevelHead(nn.Module):
+    """Separate class / box predictors on every level (SSD's multibox head).
+
+    Args:
+        input_shape: one ShapeSpec per level; the channels may differ (SSD300: 512, 1024,
+            512, 256, 256, 256).
+        num_anchors: A_l anchors per location of each level (SSD300: 4, 6, 6, 6, 4, 4).
+        num_logits: C class outputs per anchor (K + 1 with a softmax background class).
+        kernel_size: predictor kernel (3 in SSD).
+    """
+
+    def __init__(self, *, input_shape: List[ShapeSpec], num_anchors: Sequence[int],
+                 num_logits: int, kernel_size: int = 3):
+        super().__init__()
+        if len(num_anchors) != len(input_shape):
+            raise ValueError(f"PerLevelHead: {len(num_anchors)} anchor counts for "
+                             f"{len(input_shape)} levels")
+        pad = kernel_size // 2
+        self.num_logits = int(num_logits)
+        self.cls_score = nn.ModuleList(
+            nn.Conv2d(s.channels, a * num_logits, kernel_size, padding=pad)
+            for s, a in zip(input_shape, num_anchors))
+        self.bbox_pred = nn.ModuleList(
+            nn.Conv2d(s.channels, a * 4, kernel_size, padding=pad)
+            for s, a in zip(input_shape, num_anchors))
+        # Xavier-uniform weights and zero biases, as ssd.pytorch initialises its multibox head.
+        for conv in list(self.cls_score) + list(self.bbox_pred):
+            nn.init.xavier_uniform_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, features: List[torch.Tensor]):
+        """Returns two lists over levels: logits (N, A_l*C, H_l, W_l), deltas (N, A_l*4, ...)."""
+        if len(features) != len(self.cls_score):
+            raise ValueError(f"PerLevelHead: got {len(features)} levels, built for "
+                             f"{len(self.cls_score)}")
+        return ([conv(f) for conv, f in zip(self.cls_score, features)],
+                [conv(f) for conv, f in zip(self.bbox_pred, features)])

@@ -1,11 +1,13 @@
 """Point (shift) generator for anchor-free heads: one point per feature-map cell and level.
 
-Shape vocabulary: L levels, H_l x W_l cells of level l, N images, C channels.
+Shape vocabulary: L levels, H_l x W_l cells of level l, N images, C channels, R points.
 """
 from typing import List, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from .priors import Priors
 
 __all__ = ["ShiftGenerator", "grid_points"]
 
@@ -38,17 +40,14 @@ class ShiftGenerator(nn.Module):
         self.strides = [int(s) for s in strides]
         self.offset = float(offset)
 
-    @property
-    def num_cell_shifts(self) -> int:
-        return 1
-
-    def forward(self, features: List[Tensor]) -> List[Tensor]:
-        """``features``: L tensors (N, C, H_l, W_l) -> L tensors (H_l * W_l, 2) of xy points."""
+    def forward(self, features: List[Tensor]) -> Priors:
+        """``features``: L tensors (N, C, H_l, W_l) -> ``Priors`` of R = sum H_l * W_l xy points."""
         if len(features) != len(self.strides):
             raise ValueError(
                 f"ShiftGenerator: got {len(features)} feature levels for {len(self.strides)} strides"
             )
-        return [
-            grid_points(f.shape[-2], f.shape[-1], stride, self.offset, device=f.device)
-            for f, stride in zip(features, self.strides)
-        ]
+        return Priors.cat(
+            [grid_points(f.shape[-2], f.shape[-1], stride, self.offset, device=f.device)
+             for f, stride in zip(features, self.strides)],
+            self.strides,
+        )

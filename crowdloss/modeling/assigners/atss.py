@@ -3,15 +3,15 @@
 Shape vocabulary: M gts of one image (V of them valid, i.e. not ignore regions), R points (all
 levels concatenated), L levels, C = sum over levels of min(topk, R_l) candidates per GT.
 """
-from typing import List, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from crowdloss.ops import aligned_iou
 
-from .base import AssignResult, check_gts, ltrb_min_max
-from .fcos import level_columns
+from ..priors import Priors
+from .base import AssignResult, BaseAssigner, ltrb_min_max
 
 __all__ = ["ATSSAssigner"]
 
@@ -19,12 +19,13 @@ __all__ = ["ATSSAssigner"]
 _INSIDE_EPS = 0.01
 
 
-class ATSSAssigner:
+class ATSSAssigner(BaseAssigner):
     """Statistics-based positive selection around each GT centre.
 
     Steps of ``assign``:
       1. Each point stands for a square anchor of side ``anchor_scale`` x its level's stride,
-         centred on it; IoU between valid GTs and these anchors is only ever needed at the
+         centred on it (anchor priors stand for themselves, as in mmdetection, with their
+         centres as points); IoU between valid GTs and these anchors is only ever needed at the
          candidates of step 2, so it is computed there: (V, C), not (V, R).
       2. Per level, take the ``topk`` points nearest (L2) to each GT's centre: C candidates per GT.
       3. Per GT, threshold = mean + std (unbiased) of the candidates' IoUs.
@@ -47,43 +48,27 @@ class ATSSAssigner:
         self.topk = int(topk)
         self.anchor_scale = float(anchor_scale)
 
-    @torch.no_grad()
-    def assign(
-        self,
-        points_per_level: List[Tensor],
-        strides: Sequence[int],
-        gt_boxes: Tensor,
-        gt_classes: Tensor,
-    ) -> AssignResult:
-        """Assign the points of one image.
-
-        Args:
-            points_per_level: L tensors (R_l, 2) xy.
-            strides: L strides.
-            gt_boxes: (M, 4) xyxy.
-            gt_classes: long (M,), -1 = ignore region.
-        """
-        if len(points_per_level) != len(strides):
-            raise ValueError(f"ATSSAssigner.assign: {len(points_per_level)} point levels but {len(strides)} strides")
-        check_gts(gt_boxes, gt_classes, "ATSSAssigner.assign")
-        points = torch.cat(points_per_level, dim=0)
+    def _assign(self, priors: Priors, gt_boxes: Tensor, gt_classes: Tensor,
+                pred_logits: Optional[Tensor], pred_boxes: Optional[Tensor]) -> AssignResult:
+        points = priors.centers()
         num_points = points.shape[0]
         result = AssignResult.background(num_points, device=points.device)
-        if gt_boxes.shape[0] == 0 or num_points == 0:
-            return result
-        gt_boxes = gt_boxes.to(points.dtype)
         valid_idx = torch.nonzero(gt_classes >= 0).squeeze(1)
         valid = gt_boxes[valid_idx]
 
         if valid.shape[0] > 0:
-            # Step 1 (only at the candidates of step 2): the point's virtual square anchor.
-            half = level_columns(points_per_level, [(s * self.anchor_scale / 2,) for s in strides])[:, 0]
+            # Step 1 (only at the candidates of step 2): the prior's (virtual) anchor.
+            if priors.is_points:
+                half = priors.level_values([s * self.anchor_scale / 2 for s in priors.strides])
+                anchors = torch.cat([points - half[:, None], points + half[:, None]], dim=1)
+            else:
+                anchors = priors.tensor
 
             # Step 2: per-level nearest points to each GT centre.
             centres = (valid[:, :2] + valid[:, 2:]) / 2
             candidates = []
             start = 0
-            for level_points in points_per_level:
+            for level_points in points.split(priors.num_per_level):
                 end = start + level_points.shape[0]
                 if end > start:
                     # Squared L2 written out: cdist's matmul path loses precision and
@@ -95,8 +80,7 @@ class ATSSAssigner:
                 start = end
             candidates = torch.cat(candidates, dim=1)  # (V, C)
             cand_points = points[candidates]  # (V, C, 2)
-            cand_half = half[candidates][..., None]
-            cand_anchors = torch.cat([cand_points - cand_half, cand_points + cand_half], dim=-1)
+            cand_anchors = anchors[candidates]  # (V, C, 4)
             gts = valid[:, None, :].expand_as(cand_anchors)
             cand_iou = aligned_iou(gts, cand_anchors)  # (V, C)
 

@@ -1,14 +1,30 @@
-"""What every assigner returns, plus the point-in-box geometry the point assigners share.
+"""The assigner interface, what every assigner returns, and the geometry they share.
+
+Every assigner (max-IoU, FCOS, ATSS, LLA, and the SSD / RPN matchers) is called the same way,
+mmdetection-style, on one image::
+
+    result = assigner.assign(priors, gt_boxes, gt_classes,
+                             pred_logits=None, pred_boxes=None)
+
+- ``priors``: the ``Priors`` of the batch: (R, 2) points or (R, 4) anchors of all levels, with
+  the per-level counts and strides;
+- ``gt_boxes`` (M, 4) xyxy and ``gt_classes`` (M,) long, -1 = ignore region;
+- ``pred_logits`` (R, C) / ``pred_boxes`` (R, 4): the image's detached predictions, passed only
+  to assigners whose ``uses_predictions`` is True (prediction-aware rules such as LLA).
+
+It returns one ``AssignResult`` with the same ignore semantics everywhere.
 
 Shape vocabulary: M gts of one image, R points/anchors (all levels concatenated), K classes.
 """
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["AssignResult", "ltrb_min_max", "check_gts"]
+from ..priors import Priors
+
+__all__ = ["AssignResult", "BaseAssigner", "ltrb_min_max", "check_gts"]
 
 
 @dataclass
@@ -58,6 +74,59 @@ class AssignResult:
             torch.full((num_points,), -1, dtype=torch.long, device=device),
             torch.zeros(num_points, dtype=torch.bool, device=device),
         )
+
+
+class BaseAssigner:
+    """Base class of the assigners: one ``assign`` per image (see the module docstring).
+
+    ``assign`` checks its inputs once for every rule, answers "all background" when the image
+    has no GT or there are no priors, and otherwise calls the subclass's ``_assign`` with
+    ``gt_boxes`` cast to the priors' dtype (and the predictions detached, where used).
+    """
+
+    #: True when ``assign`` needs ``pred_logits`` / ``pred_boxes`` (the detector then passes
+    #: the image's detached predictions).
+    uses_predictions = False
+
+    @torch.no_grad()
+    def assign(self, priors: Priors, gt_boxes: Tensor, gt_classes: Tensor, *,
+               pred_logits: Optional[Tensor] = None,
+               pred_boxes: Optional[Tensor] = None) -> AssignResult:
+        """Assign the R priors of one image.
+
+        Args:
+            priors: points or anchors of all levels, with per-level counts and strides.
+            gt_boxes: (M, 4) xyxy.
+            gt_classes: long (M,), -1 = ignore region.
+            pred_logits: (R, C) class logits of this image (prediction-aware assigners only).
+            pred_boxes: (R, 4) its decoded xyxy boxes (prediction-aware assigners only).
+        """
+        who = f"{type(self).__name__}.assign"
+        check_gts(gt_boxes, gt_classes, who)
+        num = len(priors)
+        if self.uses_predictions:
+            if pred_logits is None or pred_boxes is None:
+                raise ValueError(f"{who}: needs pred_logits and pred_boxes (the assignment "
+                                 "depends on the predictions)")
+            if pred_logits.dim() != 2 or pred_logits.shape[0] != num or pred_boxes.shape != (num, 4):
+                raise ValueError(f"{who}: expected pred_logits ({num}, C) and pred_boxes "
+                                 f"({num}, 4), got {tuple(pred_logits.shape)} and "
+                                 f"{tuple(pred_boxes.shape)}")
+            pred_logits, pred_boxes = pred_logits.detach(), pred_boxes.detach()
+        if gt_boxes.shape[0] == 0 or num == 0:
+            return AssignResult.background(num, device=priors.device)
+        return self._assign(priors, gt_boxes.to(priors.tensor.dtype), gt_classes,
+                            pred_logits, pred_boxes)
+
+    def _assign(self, priors: Priors, gt_boxes: Tensor, gt_classes: Tensor,
+                pred_logits: Optional[Tensor], pred_boxes: Optional[Tensor]
+                ) -> AssignResult:  # pragma: no cover
+        """The rule itself, for M >= 1 GTs and R >= 1 priors."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
 
 
 def check_gts(gt_boxes: Tensor, gt_classes: Tensor, who: str) -> None:

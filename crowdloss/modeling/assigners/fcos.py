@@ -3,34 +3,26 @@
 Shape vocabulary: M gts of one image, R points (all levels concatenated), L levels.
 """
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from crowdloss.ops import box_area
 
-from .base import AssignResult, check_gts, ltrb_min_max
+from ..priors import Priors
+from .base import AssignResult, BaseAssigner, ltrb_min_max
 
 __all__ = ["FCOSAssigner"]
 
 _SIZES = ((-1, 64), (64, 128), (128, 256), (256, 512), (512, math.inf))
 
 
-def level_columns(points_per_level: List[Tensor], values: Sequence[Tuple[float, ...]]) -> Tensor:
-    """(R, len(v)) tensor repeating ``values[l]`` for every point of level l."""
-    rows = [
-        torch.tensor(v, dtype=torch.float32, device=p.device).expand(p.shape[0], len(v))
-        for p, v in zip(points_per_level, values)
-    ]
-    return torch.cat(rows, dim=0)
-
-
-class FCOSAssigner:
+class FCOSAssigner(BaseAssigner):
     """Inside-box (or centre-sampling) + per-level scale-range assignment.
 
     Steps of ``assign``:
-      1. Concatenate the points of all levels; give each its level's stride and size range.
+      1. Give each point (anchors: their centres) its level's stride and size range.
       2. A (GT, point) pair is a candidate when the point is strictly inside the GT (all ltrb > 0)
          or, with ``center_sampling_radius`` r > 0, inside the GT's centre box
          (centre +- r * stride, clipped to the GT).
@@ -43,7 +35,6 @@ class FCOSAssigner:
          not foreground.
 
     Args:
-        strides: default per-level strides (used when ``assign`` gets ``strides=None``).
         object_sizes_of_interest: per-level (lo, hi) range of the max ltrb distance.
         center_sampling_radius: in strides; 0 = plain inside-box (the cvpods CrowdHuman default).
         chunk_size: GTs per chunk: bounds memory to a few (chunk_size, R) matrices.
@@ -52,59 +43,32 @@ class FCOSAssigner:
     def __init__(
         self,
         *,
-        strides: Sequence[int] = (8, 16, 32, 64, 128),
         object_sizes_of_interest: Sequence[Tuple[float, float]] = _SIZES,
         center_sampling_radius: float = 0.0,
         chunk_size: int = 128,
     ):
-        if len(strides) != len(object_sizes_of_interest):
-            raise ValueError(
-                f"FCOSAssigner: {len(strides)} strides but {len(object_sizes_of_interest)} size ranges"
-            )
         if center_sampling_radius < 0:
             raise ValueError(f"FCOSAssigner: center_sampling_radius must be >= 0, got {center_sampling_radius}")
-        self.strides = tuple(int(s) for s in strides)
         self.object_sizes_of_interest = tuple((float(lo), float(hi)) for lo, hi in object_sizes_of_interest)
         self.center_sampling_radius = float(center_sampling_radius)
         if chunk_size < 1:
             raise ValueError(f"FCOSAssigner: chunk_size must be >= 1, got {chunk_size}")
         self.chunk_size = int(chunk_size)
 
-    @torch.no_grad()
-    def assign(
-        self,
-        points_per_level: List[Tensor],
-        strides: Optional[Sequence[int]],
-        gt_boxes: Tensor,
-        gt_classes: Tensor,
-    ) -> AssignResult:
-        """Assign the points of one image.
-
-        Args:
-            points_per_level: L tensors (R_l, 2) xy.
-            strides: L strides (None = the constructor's).
-            gt_boxes: (M, 4) xyxy.
-            gt_classes: long (M,), -1 = ignore region.
-        """
-        strides = self.strides if strides is None else tuple(strides)
-        if len(points_per_level) != len(strides) or len(strides) != len(self.object_sizes_of_interest):
+    def _assign(self, priors: Priors, gt_boxes: Tensor, gt_classes: Tensor,
+                pred_logits: Optional[Tensor], pred_boxes: Optional[Tensor]) -> AssignResult:
+        if len(priors.num_per_level) != len(self.object_sizes_of_interest):
             raise ValueError(
-                f"FCOSAssigner.assign: {len(points_per_level)} point levels, {len(strides)} strides and "
-                f"{len(self.object_sizes_of_interest)} size ranges must agree"
+                f"FCOSAssigner.assign: {len(priors.num_per_level)} prior levels but "
+                f"{len(self.object_sizes_of_interest)} size ranges (OBJECT_SIZES_OF_INTEREST)"
             )
-        check_gts(gt_boxes, gt_classes, "FCOSAssigner.assign")
-        points = torch.cat(points_per_level, dim=0)
+        points = priors.centers()
         num_points = points.shape[0]
-        if gt_boxes.shape[0] == 0 or num_points == 0:
-            return AssignResult.background(num_points, device=points.device)
-        gt_boxes = gt_boxes.to(points.dtype)
 
         # Step 1: per-point size range (and stride for centre sampling).
-        ranges = level_columns(points_per_level, self.object_sizes_of_interest)  # (R, 2)
-        lo, hi = ranges[:, 0].contiguous(), ranges[:, 1].contiguous()
-        point_stride = None
-        if self.center_sampling_radius > 0:
-            point_stride = level_columns(points_per_level, [(float(s),) for s in strides])[:, 0]
+        lo = priors.level_values([r[0] for r in self.object_sizes_of_interest])
+        hi = priors.level_values([r[1] for r in self.object_sizes_of_interest])
+        point_stride = priors.level_stride() if self.center_sampling_radius > 0 else None
         areas = box_area(gt_boxes)
         # Steps 2-4 over chunks of GTs, keeping a running per-point (min area, argmin): strict <
         # lets earlier (lower-index) GTs keep ties, exactly like one argmin over all M rows.

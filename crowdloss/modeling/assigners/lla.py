@@ -3,6 +3,7 @@
 Shape vocabulary: M gts of one image, R points (all levels jointly), K classes, B gts per chunk.
 """
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -10,15 +11,19 @@ from torch import Tensor
 from crowdloss.ops import box_area, box_intersection
 from crowdloss.modeling.losses import sigmoid_focal_loss
 
-from .base import AssignResult, check_gts, ltrb_min_max
+from ..priors import Priors
+from .base import AssignResult, BaseAssigner, ltrb_min_max
 
 __all__ = ["LLAAssigner"]
 
 
-class LLAAssigner:
+class LLAAssigner(BaseAssigner):
     """Each GT takes the points where the detector's own loss for it would be lowest.
 
-    Steps of ``assign`` (ALGORITHMS.md "LLA", per image, all levels' points in one pool):
+    Prediction-aware (``uses_predictions``): the detector passes each image's detached class
+    logits and decoded boxes. Anchor priors are measured from their centres.
+
+    Steps of ``assign`` (docs/algorithms.md "LLA"; per image, all levels' points in one pool):
       1. cls cost (M, R): sigmoid focal loss (``focal_alpha``, ``focal_gamma``) of the point's K
          logits against the one-hot of the GT's class, summed over the K classes. Ignore GTs
          (class -1) use class 0, so they compete for points like a class-0 GT.
@@ -48,6 +53,8 @@ class LLAAssigner:
         chunk_size: GT rows per chunk (B).
         iou_eps: IoU floor inside the log of the reg cost.
     """
+
+    uses_predictions = True
 
     def __init__(
         self,
@@ -101,43 +108,17 @@ class LLAAssigner:
         pos = sigmoid_focal_loss(cls_logits, torch.ones_like(cls_logits), **focal)
         return neg.sum(dim=1), (pos - neg).t().contiguous()
 
-    @torch.no_grad()
-    def assign(
-        self,
-        cls_logits: Tensor,
-        pred_boxes: Tensor,
-        points: Tensor,
-        gt_boxes: Tensor,
-        gt_classes: Tensor,
-    ) -> AssignResult:
-        """Assign the points of one image.
-
-        Args:
-            cls_logits: (R, K) classification logits (detached inside).
-            pred_boxes: (R, 4) predicted xyxy boxes.
-            points: (R, 2) xy, all levels concatenated in the same order.
-            gt_boxes: (M, 4) xyxy.
-            gt_classes: long (M,), -1 = ignore region.
-        """
-        num_points = points.shape[0]
-        if cls_logits.dim() != 2 or cls_logits.shape[0] != num_points:
-            raise ValueError(f"LLAAssigner.assign: cls_logits must be ({num_points}, K), got {tuple(cls_logits.shape)}")
-        if pred_boxes.shape != (num_points, 4) or points.shape != (num_points, 2):
-            raise ValueError(
-                f"LLAAssigner.assign: expected pred_boxes ({num_points}, 4) and points ({num_points}, 2), "
-                f"got {tuple(pred_boxes.shape)} and {tuple(points.shape)}"
-            )
-        check_gts(gt_boxes, gt_classes, "LLAAssigner.assign")
-        num_classes = cls_logits.shape[1]
-        if gt_classes.numel() > 0 and int(gt_classes.max()) >= num_classes:
+    def _assign(self, priors: Priors, gt_boxes: Tensor, gt_classes: Tensor,
+                pred_logits: Optional[Tensor], pred_boxes: Optional[Tensor]) -> AssignResult:
+        points = priors.centers()
+        num_points, num_classes = points.shape[0], pred_logits.shape[1]
+        if int(gt_classes.max()) >= num_classes:
             raise ValueError(f"LLAAssigner.assign: gt class {int(gt_classes.max())} >= K={num_classes}")
         result = AssignResult.background(num_points, device=points.device)
         num_gts = gt_boxes.shape[0]
-        if num_gts == 0 or num_points == 0:
-            return result
 
-        logits = cls_logits.detach().float()
-        pred_boxes = pred_boxes.detach().float()
+        logits = pred_logits.float()
+        pred_boxes = pred_boxes.float()
         points = points.float()
         gt_boxes = gt_boxes.float()
         cls_terms = self.cls_cost_terms(logits)

@@ -2,17 +2,20 @@
 
 Shape vocabulary: M gts of one image (V valid ones, G ignore regions), R anchors.
 """
+from typing import Optional
+
 import torch
 from torch import Tensor
 
 from crowdloss.ops import box_ioa, box_iou
 
-from .base import AssignResult, check_gts
+from ..priors import Priors
+from .base import AssignResult, BaseAssigner
 
 __all__ = ["MaxIoUAssigner"]
 
 
-class MaxIoUAssigner:
+class MaxIoUAssigner(BaseAssigner):
     """IoU thresholds with low-quality matches and IoA-based ignore regions.
 
     Steps of ``assign``:
@@ -52,23 +55,14 @@ class MaxIoUAssigner:
         self.allow_low_quality_matches = bool(allow_low_quality_matches)
         self.ignore_ioa_thresh = float(ignore_ioa_thresh)
 
-    @torch.no_grad()
-    def assign(self, anchors: Tensor, gt_boxes: Tensor, gt_classes: Tensor) -> AssignResult:
-        """Assign the anchors of one image.
-
-        Args:
-            anchors: (R, 4) xyxy, all levels concatenated.
-            gt_boxes: (M, 4) xyxy.
-            gt_classes: long (M,), -1 = ignore region.
-        """
-        if anchors.dim() != 2 or anchors.shape[-1] != 4:
-            raise ValueError(f"MaxIoUAssigner.assign: anchors must be (R, 4) xyxy, got {tuple(anchors.shape)}")
-        check_gts(gt_boxes, gt_classes, "MaxIoUAssigner.assign")
+    def _assign(self, priors: Priors, gt_boxes: Tensor, gt_classes: Tensor,
+                pred_logits: Optional[Tensor], pred_boxes: Optional[Tensor]) -> AssignResult:
+        if priors.is_points:
+            raise ValueError("MaxIoUAssigner.assign: needs (R, 4) anchor priors, got points "
+                             "(use an AnchorGenerator)")
+        anchors = priors.tensor
         num_anchors = anchors.shape[0]
         result = AssignResult.background(num_anchors, device=anchors.device)
-        if gt_boxes.shape[0] == 0 or num_anchors == 0:
-            return result
-        gt_boxes = gt_boxes.to(anchors.dtype)
         valid_idx = torch.nonzero(gt_classes >= 0).squeeze(1)
 
         positive = torch.zeros(num_anchors, dtype=torch.bool, device=anchors.device)

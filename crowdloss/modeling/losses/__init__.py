@@ -1,6 +1,10 @@
-"""Detection losses: focal, IoU family, smooth L1."""
-from .focal import reduce_loss, sigmoid_focal_loss
-from .iou import iou_loss
+"""Detection losses: small functions of the predictions and the per-image targets.
+
+Focal (arXiv 1708.02002), IoU family (UnitBox / GIoU), smooth L1. Each returns a sum (or the
+requested reduction); the detector divides by its normaliser (num_fg, rank-averaged).
+"""
+from .focal import focal_classification_loss, reduce_loss, sigmoid_focal_loss
+from .iou import iou_loss, iou_quality_loss
 from .smooth_l1 import smooth_l1_loss
 
-__all__ = ["reduce_loss", "sigmoid_focal_loss", "iou_loss", "smooth_l1_loss"]
+__all__ = ["reduce_loss", "sigmoid_focal_loss", "focal_classification_loss", "iou_loss", "iou_quality_loss", "smooth_l1_loss"]

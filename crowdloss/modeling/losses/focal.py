@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["sigmoid_focal_loss", "reduce_loss"]
+__all__ = ["sigmoid_focal_loss", "focal_classification_loss", "reduce_loss"]
 
 
 def reduce_loss(loss: Tensor, reduction: str) -> Tensor:
@@ -50,3 +50,27 @@ def sigmoid_focal_loss(
     if alpha >= 0:
         loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
     return reduce_loss(loss, reduction)
+
+
+def focal_classification_loss(logits: Tensor, labels: Tensor, *, alpha: float = 0.25,
+                              gamma: float = 2.0) -> Tensor:
+    """Sigmoid focal loss summed over every prior that is not excluded (the dense detectors'
+    classification loss; divide by the detector's normaliser).
+
+    Args:
+        logits: (..., K) class logits, e.g. (N, R, K) for a batch.
+        labels: (...) long: a class in [0, K) for positives, K for background, -1 for priors
+            excluded from the loss (ignore regions, max-IoU grey zone).
+        alpha, gamma: focal loss parameters.
+    """
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"focal_classification_loss: labels {tuple(labels.shape)} do not match "
+                         f"logits {tuple(logits.shape)} without their class dimension")
+    num_classes = logits.shape[-1]
+    logits, labels = logits.reshape(-1, num_classes), labels.reshape(-1)
+    valid = labels >= 0
+    fg = valid & (labels != num_classes)
+    targets = torch.zeros_like(logits)
+    targets[fg, labels[fg]] = 1.0
+    return sigmoid_focal_loss(logits[valid], targets[valid], alpha=alpha, gamma=gamma,
+                              reduction="sum")

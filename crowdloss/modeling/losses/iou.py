@@ -7,11 +7,14 @@ Shape vocabulary: P positive pairs.
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from crowdloss.ops import aligned_iou
 
 from .focal import reduce_loss
 
-__all__ = ["iou_loss"]
+__all__ = ["iou_loss", "iou_quality_loss"]
 
 _TYPES = ("iou", "linear_iou", "giou")
 
@@ -66,3 +69,17 @@ def iou_loss(
     if weight is not None:
         loss = loss * weight.to(loss.dtype)
     return reduce_loss(loss, reduction)
+
+
+def iou_quality_loss(quality_logits: Tensor, pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
+    """BCE-with-logits of an IoU branch against the IoU of the predicted box with its target,
+    summed over the P positives (LLA, arXiv 2101.04307). The target is computed without
+    gradient: the branch learns to predict the box quality, it does not move the box.
+
+    Args:
+        quality_logits: (P,) logits of the IoU branch.
+        pred_boxes, target_boxes: (P, 4) xyxy.
+    """
+    with torch.no_grad():
+        target = aligned_iou(pred_boxes.detach(), target_boxes)
+    return F.binary_cross_entropy_with_logits(quality_logits, target, reduction="sum")

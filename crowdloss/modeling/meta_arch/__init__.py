@@ -1,8 +1,11 @@
-"""Meta-architectures: the dense detectors (cvpods names)."""
+"""Meta-architectures: ``Detector`` (shared by one- and two-stage), ``DenseDetector`` and the
+dense detectors (cvpods names)."""
 from .atss import ATSS
-from .dense_detector import DenseDetector
+from .base import Detector
+from .dense_detector import DenseDetector, DenseOutputs
 from .fcos import FCOS
 from .lla import LLAFCOS, LLARetinaNet
 from .retinanet import RetinaNet
 
-__all__ = ["DenseDetector", "FCOS", "ATSS", "RetinaNet", "LLAFCOS", "LLARetinaNet"]
+__all__ = ["Detector", "DenseDetector", "DenseOutputs", "FCOS", "ATSS", "RetinaNet", "LLAFCOS",
+           "LLARetinaNet"]

@@ -1,71 +1,120 @@
-"""Plumbing shared by the one-stage detectors (FCOS, ATSS, RetinaNet, LLA).
+"""``DenseDetector``: the plumbing of the one-stage detectors (FCOS, ATSS, RetinaNet, LLA, SSD).
 
-A subclass provides the head, how to decode its box output (``decode``) and the training
-losses (``forward_training``); this base does the rest: pixel normalisation and padding,
-train/eval dispatch, flattening the per-level outputs, the num_fg normaliser, and inference
-(per-level top-k above a score threshold, decode, clip to the input, class-aware NMS, top
-detections, rescale to the original image).
+A dense detector is a backbone, a head that predicts at every prior of every level, a prior
+generator (points or anchors), a box coder, one assigner and its losses. This base does the
+shared part; a subclass writes ``losses(outputs, targets)`` (the small functions of
+``modeling/losses`` it combines) and its ``from_config``:
 
-Shape vocabulary: N images, R points/anchors of one image (all levels concatenated, level
-order, row-major inside a level, anchor fastest), R_l those of level l, K classes, A anchors per
-location, D detections.
+    features -> head -> ``DenseOutputs`` (priors + flattened predictions, boxes decoded on demand)
+    training:  ``label_batch`` (the assigner on every image) -> ``BatchTargets``
+               -> ``losses`` + any ``extra_losses`` (e.g. repulsion terms switched on by config)
+    inference: per image, scores (sigmoid, or softmax with a background class) -> candidates
+               above a threshold (top-k per level, or per class) -> decode -> clip -> NMS -> top D
+
+Shape vocabulary: N images, R priors of one image (all levels concatenated, level order,
+row-major inside a level, anchors of a location fastest), R_l those of level l, K classes,
+C = K (sigmoid scoring) or K + 1 (softmax; background is the last column), D detections.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from functools import cached_property
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from crowdloss.modeling.losses import sigmoid_focal_loss
 from crowdloss.ops import batched_nms, clip_boxes, nonempty_boxes
-from crowdloss.structures import Instances, ShapeSpec
+from crowdloss.structures import Instances
 from crowdloss.utils import comm
 
-from ..postprocess import detector_postprocess
+from ..priors import Priors
+from ..targets import BatchTargets, ImageTargets
+from .base import Detector, build_backbone_from_cfg
 
-__all__ = ["DenseDetector", "permute_to_N_R_K", "cfg_get", "build_backbone_from_cfg"]
+__all__ = ["DenseDetector", "DenseOutputs", "permute_to_N_R_K", "dense_config_kwargs"]
 
-
-def cfg_get(node, key: str, default):
-    """``node[key]`` if the config node has it, else ``default`` (for keys newer than the
-    config class, e.g. ``HEAD_CHANNELS``)."""
-    try:
-        return node[key]
-    except (KeyError, AttributeError, TypeError):
-        return getattr(node, key, default)
-
-
-def build_backbone_from_cfg(cfg) -> nn.Module:
-    """``cfg.build_backbone(cfg, input_shape)`` as attached by an experiment's net.py (cvpods
-    convention); the ResNet-FPN-P7 backbone when net.py attached none."""
-    builder = cfg_get(cfg, "build_backbone", None)
-    if builder is None:
-        from crowdloss.modeling.backbone import build_resnet_fpn_p7_backbone as builder
-    return builder(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+_SCORINGS = ("sigmoid", "softmax")
+_CANDIDATES = ("level", "class")
 
 
 def permute_to_N_R_K(tensor: torch.Tensor, K: int) -> torch.Tensor:
-    """(N, A*K, H, W) -> (N, H*W*A, K): the layout the points/anchors are generated in."""
+    """(N, A*K, H, W) -> (N, H*W*A, K): the layout the priors are generated in."""
     n, _, h, w = tensor.shape
     return tensor.view(n, -1, K, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, K)
 
 
-class DenseDetector(nn.Module):
-    """Base class of the dense detectors.
+class DenseOutputs:
+    """The head's output over the batch, flattened to the priors' layout.
 
     Args:
-        backbone: module with ``forward(x) -> {name: (N, C, H_l, W_l)}`` and
-            ``size_divisibility``.
-        head: module mapping the list of ``head_in_features`` maps to a tuple of per-level lists.
+        priors: the batch's ``Priors`` (R of them).
+        logits: (N, R, C) class logits.
+        deltas: (N, R, 4) box outputs (ltrb distances or anchor deltas: the box coder's input).
+        quality: (N, R, 1) quality logits (centerness / IoU branch) or None.
+        decode: ``(deltas, priors_tensor) -> xyxy boxes`` (the detector's box coder).
+    """
+
+    def __init__(self, priors: Priors, logits: torch.Tensor, deltas: torch.Tensor,
+                 quality: Optional[torch.Tensor], decode: Callable):
+        self.priors, self.logits, self.deltas, self.quality = priors, logits, deltas, quality
+        self._decode = decode
+
+    @cached_property
+    def pred_boxes(self) -> torch.Tensor:
+        """(N, R, 4) decoded xyxy boxes, computed once. Decoded with grad enabled even when
+        first asked for inside the no-grad assignment (LLA), so the losses that reuse the cache
+        still backpropagate into the box branch; under a global no_grad the deltas carry no
+        graph and neither does the result."""
+        prior = self.priors.tensor.expand(self.deltas.shape[0], -1, -1)
+        with torch.enable_grad():
+            return self._decode(self.deltas, prior)
+
+
+def dense_config_kwargs(cfg, node, key: str) -> Tuple[dict, list]:
+    """Constructor arguments every dense detector reads the same way from its head's config
+    node (``cfg.MODEL.FCOS``, ``cfg.MODEL.RETINANET``, ... named ``key`` in errors), and the
+    ``ShapeSpec`` of each of the head's input levels."""
+    backbone = build_backbone_from_cfg(cfg)
+    shapes = backbone.output_shape()
+    missing = [name for name in node.IN_FEATURES if name not in shapes]
+    if missing:
+        raise ValueError(f"{key}.IN_FEATURES {missing} are not backbone outputs {sorted(shapes)}")
+    return dict(
+        backbone=backbone,
+        head_in_features=node.IN_FEATURES,
+        num_classes=node.NUM_CLASSES,
+        pixel_mean=cfg.MODEL.PIXEL_MEAN,
+        pixel_std=cfg.MODEL.PIXEL_STD,
+        score_thresh_test=node.SCORE_THRESH_TEST,
+        topk_candidates_test=node.TOPK_CANDIDATES_TEST,
+        nms_thresh_test=node.NMS_THRESH_TEST,
+        max_detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+        norm_sync=node.NORM_SYNC,
+    ), [shapes[name] for name in node.IN_FEATURES]
+
+
+class DenseDetector(Detector):
+    """Base class of the dense (one-stage) detectors.
+
+    Args:
+        backbone, pixel_mean, pixel_std: see ``Detector``.
+        head: module mapping the list of ``head_in_features`` maps to a tuple of per-level lists
+            ``(logits (N, A_l*C, H_l, W_l), deltas (N, A_l*4, ...)[, quality (N, A_l, ...)])``.
         head_in_features: backbone outputs fed to the head, in level order.
-        pixel_mean, pixel_std: per-channel normalisation of the input (its channel order).
+        prior_generator: ``features -> Priors`` (``ShiftGenerator`` / ``AnchorGenerator``).
+        box_coder: object with ``apply_deltas(deltas, priors)`` / ``get_deltas(priors, boxes)``.
+        assigner: a ``BaseAssigner``; prediction-aware ones get the detached logits and boxes.
         num_classes: K.
+        scoring: "sigmoid" (K independent logits) or "softmax" (K + 1, background last).
         score_thresh_test: class probability a candidate must exceed at inference.
-        topk_candidates_test: candidates kept per level before NMS.
+        topk_candidates_test: candidates kept before NMS, per level or per class.
+        candidates_per: "level" (top-k over a level's R_l x K scores: FCOS, RetinaNet) or
+            "class" (top-k of each class over all priors: SSD).
         nms_thresh_test: IoU threshold of the class-aware NMS.
         max_detections_per_image: detections kept per image after NMS.
-        norm_sync: average num_fg over ranks (the loss normaliser) instead of the local count.
+        norm_sync: average the loss normaliser over ranks instead of the local count.
+        extra_losses: callables ``(outputs, targets, normalizer) -> {name: loss}`` added to the
+            detector's own losses (terms switched on by config, e.g. repulsion).
     """
 
     def __init__(
@@ -74,122 +123,90 @@ class DenseDetector(nn.Module):
         backbone: nn.Module,
         head: nn.Module,
         head_in_features: Sequence[str],
+        prior_generator: nn.Module,
+        box_coder,
+        assigner,
+        num_classes: int,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
-        num_classes: int,
+        scoring: str = "sigmoid",
         score_thresh_test: float = 0.05,
         topk_candidates_test: int = 1000,
+        candidates_per: str = "level",
         nms_thresh_test: float = 0.6,
         max_detections_per_image: int = 100,
         norm_sync: bool = True,
+        extra_losses: Sequence[Callable] = (),
     ):
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone=backbone, pixel_mean=pixel_mean, pixel_std=pixel_std)
+        if scoring not in _SCORINGS or candidates_per not in _CANDIDATES:
+            raise ValueError(f"DenseDetector: scoring must be one of {_SCORINGS} and "
+                             f"candidates_per one of {_CANDIDATES}, got {scoring!r}, "
+                             f"{candidates_per!r}")
         self.head = head
         self.head_in_features = list(head_in_features)
-        missing = set(self.head_in_features) - set(backbone.output_shape())
-        if missing:
-            raise ValueError(
-                f"IN_FEATURES {sorted(missing)} are not backbone outputs "
-                f"{sorted(backbone.output_shape())}"
-            )
-        if len(pixel_mean) != len(pixel_std):
-            raise ValueError(
-                f"MODEL.PIXEL_MEAN has {len(pixel_mean)} values but MODEL.PIXEL_STD "
-                f"{len(pixel_std)}"
-            )
+        self.check_in_features(self.head_in_features, "head IN_FEATURES")
+        self.prior_generator = prior_generator
+        self.box_coder = box_coder
+        self.assigner = assigner
         self.num_classes = int(num_classes)
+        self.scoring = scoring
         self.score_thresh_test = float(score_thresh_test)
         self.topk_candidates_test = int(topk_candidates_test)
+        self.candidates_per = candidates_per
         self.nms_thresh_test = float(nms_thresh_test)
         self.max_detections_per_image = int(max_detections_per_image)
         self.norm_sync = bool(norm_sync)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.extra_losses = list(extra_losses)
 
     @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
+    def num_logits(self) -> int:
+        """C: class outputs per prior (K, or K + 1 with a softmax background)."""
+        return self.num_classes + (self.scoring == "softmax")
 
-    # ------------------------------------------------------------------ input
-    def preprocess_image(self, batched_inputs: List[dict]) -> Tuple[torch.Tensor, List[Tuple]]:
-        """Normalise each image and pad the batch (bottom/right, zeros after normalisation) to
-        a common size divisible by ``backbone.size_divisibility``.
-
-        Returns:
-            images (N, 3, H, W) and the unpadded (h, w) of each image.
-        """
-        images = []
-        for i, x in enumerate(batched_inputs):
-            image = x.get("image") if isinstance(x, dict) else None
-            if not isinstance(image, torch.Tensor) or image.dim() != 3:
-                raise ValueError(
-                    f"input {i}: 'image' must be a (C, H, W) tensor, got "
-                    f"{type(image).__name__}{tuple(getattr(image, 'shape', ()))}"
-                )
-            if image.shape[0] != self.pixel_mean.shape[0]:
-                raise ValueError(
-                    f"input {i}: image has {image.shape[0]} channels, MODEL.PIXEL_MEAN has "
-                    f"{self.pixel_mean.shape[0]}"
-                )
-            image = image.to(self.device, non_blocking=True).float()
-            images.append((image - self.pixel_mean) / self.pixel_std)
-        image_sizes = [tuple(im.shape[-2:]) for im in images]
-        div = int(getattr(self.backbone, "size_divisibility", 0) or 0)
-        max_h = max(s[0] for s in image_sizes)
-        max_w = max(s[1] for s in image_sizes)
-        if div > 1:
-            max_h = (max_h + div - 1) // div * div
-            max_w = (max_w + div - 1) // div * div
-        batch = images[0].new_zeros((len(images), images[0].shape[0], max_h, max_w))
-        for im, pad in zip(images, batch):
-            pad[:, : im.shape[1], : im.shape[2]].copy_(im)
-        return batch, image_sizes
-
-    # ---------------------------------------------------------------- forward
-    def forward(self, batched_inputs: List[dict]):
-        """Training: dict of scalar ``loss_*``. Eval: ``[{"instances": Instances}]`` in
-        original-image coordinates (the dict's height/width, else the input size)."""
-        images, image_sizes = self.preprocess_image(batched_inputs)
+    # ---------------------------------------------------------------- outputs
+    def dense_outputs(self, images: torch.Tensor) -> DenseOutputs:
+        """Backbone + head + priors for a padded batch."""
         features = self.backbone(images)
         features = [features[f] for f in self.head_in_features]
         predictions = self.head(features)
-        if self.training:
-            gt_instances = []
-            for i, x in enumerate(batched_inputs):
-                if "instances" not in x:
-                    raise ValueError(f"input {i} has no 'instances': training needs targets")
-                gt_instances.append(x["instances"].to(self.device))
-            return self.forward_training(images, image_sizes, features, predictions, gt_instances)
-        results = self.forward_inference(image_sizes, features, predictions)
-        processed = []
-        for result, x, size in zip(results, batched_inputs, image_sizes):
-            height = x.get("height", size[0])
-            width = x.get("width", size[1])
-            processed.append({"instances": detector_postprocess(result, height, width)})
-        return processed
+        priors = self.prior_generator(features)
+        dims = [self.num_logits, 4, 1][: len(predictions)]
+        # float32 so that losses and prediction-aware assignment stay exact under AMP.
+        flat = [torch.cat([permute_to_N_R_K(x, d) for x in per_level], dim=1).float()
+                for per_level, d in zip(predictions, dims)]
+        quality = flat[2] if len(flat) > 2 else None
+        return DenseOutputs(priors, flat[0], flat[1], quality, self.box_coder.apply_deltas)
 
-    def forward_training(self, images, image_sizes, features, predictions, gt_instances):
+    # --------------------------------------------------------------- training
+    def forward_train(self, images, image_sizes, gt_instances) -> Dict[str, torch.Tensor]:
+        outputs = self.dense_outputs(images)
+        targets = self.label_batch(outputs, gt_instances)
+        losses = self.losses(outputs, targets)
+        if self.extra_losses:
+            normalizer = self.normalizer(targets.num_pos)
+            for term in self.extra_losses:
+                losses.update(term(outputs, targets, normalizer))
+        return losses
+
+    @torch.no_grad()
+    def label_batch(self, outputs: DenseOutputs, gt_instances: List[Instances]) -> BatchTargets:
+        """Run the assigner on every image; prediction-aware assigners get that image's
+        detached logits and decoded boxes."""
+        images = []
+        for i, gt in enumerate(gt_instances):
+            preds = {}
+            if getattr(self.assigner, "uses_predictions", False):
+                preds = dict(pred_logits=outputs.logits[i].detach(),
+                             pred_boxes=outputs.pred_boxes[i].detach())
+            result = self.assigner.assign(outputs.priors, gt.gt_boxes, gt.gt_classes, **preds)
+            images.append(ImageTargets.from_assignment(result, gt.gt_boxes, gt.gt_classes,
+                                                       self.num_classes))
+        return BatchTargets(images, self.num_classes)
+
+    def losses(self, outputs: DenseOutputs, targets: BatchTargets) -> Dict[str, torch.Tensor]:
+        """The detector's own losses (flat dict of ``loss_*`` scalars)."""
         raise NotImplementedError
-
-    def forward_inference(self, image_sizes, features, predictions) -> List[Instances]:
-        raise NotImplementedError
-
-    def decode(self, deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-        """(R, 4) box output + (R, 2) points or (R, 4) anchors -> (R, 4) xyxy boxes."""
-        raise NotImplementedError
-
-    # ---------------------------------------------------------------- helpers
-    @staticmethod
-    def transpose_dense_predictions(
-        predictions: Sequence[List[torch.Tensor]], dims_per_anchor: Sequence[int]
-    ) -> List[torch.Tensor]:
-        """Per-level (N, A*D, H_l, W_l) lists -> (N, R, D) float32 with levels concatenated
-        (float32 so that losses and the LLA cost stay exact under AMP)."""
-        return [
-            torch.cat([permute_to_N_R_K(x, d) for x in per_level], dim=1).float()
-            for per_level, d in zip(predictions, dims_per_anchor)
-        ]
 
     def normalizer(self, num_fg: float, min_value: float = 1.0) -> float:
         """Loss normaliser ``max(num_fg averaged over ranks, min_value)`` (NORM_SYNC) or the
@@ -200,68 +217,49 @@ class DenseDetector(nn.Module):
             value = comm.all_reduce_mean(value)
         return max(float(value.item()), float(min_value))
 
-    def focal_classification_loss(
-        self, logits: torch.Tensor, gt_labels: torch.Tensor, normalizer: float
-    ) -> torch.Tensor:
-        """Sigmoid focal loss (arXiv 1708.02002) summed over every non-ignored point / anchor.
+    # -------------------------------------------------------------- inference
+    def forward_test(self, images, image_sizes) -> List[Instances]:
+        outputs = self.dense_outputs(images)
+        return [self.inference_single_image(outputs, i, size)
+                for i, size in enumerate(image_sizes)]
 
-        Args:
-            logits: (N * R, K) class logits; gt_labels: (N * R,) with a class in [0, K) for
-                positives, K for background and -1 for points excluded from the loss.
-            normalizer: the divisor (``self.normalizer(num_fg)``).
+    def class_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """(R, C) logits -> (R, K) class probabilities (background column dropped)."""
+        if self.scoring == "softmax":
+            return logits.softmax(dim=-1)[:, : self.num_classes]
+        return logits.sigmoid()
 
-        Subclasses set ``focal_loss_alpha`` / ``focal_loss_gamma`` (their config's values).
+    def inference_single_image(self, outputs: DenseOutputs, i: int,
+                               image_size: Tuple[int, int]) -> Instances:
+        """Detections of image ``i`` at its network-input size ``image_size`` (h, w).
+
+        With a quality branch the score becomes sqrt(prob x sigmoid(quality)), applied after
+        the threshold (cvpods).
         """
-        valid = gt_labels >= 0
-        fg = valid & (gt_labels != self.num_classes)
-        targets = torch.zeros_like(logits)
-        targets[fg, gt_labels[fg]] = 1.0
-        loss = sigmoid_focal_loss(logits[valid], targets[valid], alpha=self.focal_loss_alpha,
-                                  gamma=self.focal_loss_gamma, reduction="sum")
-        return loss / normalizer
-
-    def inference_single_image(
-        self,
-        anchors_per_level: List[torch.Tensor],
-        logits_per_level: List[torch.Tensor],
-        deltas_per_level: List[torch.Tensor],
-        quality_per_level: Optional[List[torch.Tensor]],
-        image_size: Tuple[int, int],
-    ) -> Instances:
-        """Detections of one image.
-
-        Args:
-            anchors_per_level: (R_l, 2) points or (R_l, 4) anchors.
-            logits_per_level: (R_l, K) class logits.
-            deltas_per_level: (R_l, 4) box outputs.
-            quality_per_level: (R_l, 1) quality logits or None; the score becomes
-                sqrt(prob * sigmoid(quality)) (applied after the threshold, as in cvpods).
-            image_size: (h, w) of the network input.
-        """
+        sizes = outputs.priors.num_per_level
+        scores = self.class_scores(outputs.logits[i])
+        deltas = outputs.deltas[i]
+        quality = None if outputs.quality is None else outputs.quality[i, :, 0].sigmoid()
+        if self.candidates_per == "level":
+            chunks = list(zip(scores.split(sizes), torch.arange(len(scores), device=scores.device)
+                              .split(sizes)))
+        else:
+            chunks = [(scores, torch.arange(len(scores), device=scores.device))]
         boxes_all, scores_all, classes_all = [], [], []
-        for level, (anchors, logits, deltas) in enumerate(
-            zip(anchors_per_level, logits_per_level, deltas_per_level)
-        ):
-            prob = logits.sigmoid().flatten()  # (R_l * K,)
-            candidates = torch.nonzero(prob > self.score_thresh_test).squeeze(1)
-            prob = prob[candidates]
-            num_topk = min(self.topk_candidates_test, candidates.numel())
-            prob, order = prob.topk(num_topk)
-            candidates = candidates[order]
-            anchor_idxs = candidates // self.num_classes
-            classes = candidates % self.num_classes
-            boxes = self.decode(deltas[anchor_idxs], anchors[anchor_idxs])
-            if quality_per_level is not None:
-                quality = quality_per_level[level][anchor_idxs, 0].sigmoid()
-                prob = torch.sqrt(prob * quality)
-            boxes_all.append(boxes)
+        for chunk_scores, prior_ids in chunks:
+            prob, prior_idx, classes = self._top_candidates(chunk_scores)
+            prior_idx = prior_ids[prior_idx]
+            prior = outputs.priors.tensor[prior_idx]
+            boxes_all.append(self.box_coder.apply_deltas(deltas[prior_idx], prior))
+            if quality is not None:
+                prob = torch.sqrt(prob * quality[prior_idx])
             scores_all.append(prob)
             classes_all.append(classes)
         boxes = clip_boxes(torch.cat(boxes_all), image_size)
         scores = torch.cat(scores_all)
         classes = torch.cat(classes_all)
         # Clip to the unpadded input before NMS (as mmdetection's decoders do) so that boxes
-        # of points in the padding, empty once clipped, never take a place of the top D.
+        # of priors in the padding, empty once clipped, never take a place of the top D.
         nonempty = nonempty_boxes(boxes)
         boxes, scores, classes = boxes[nonempty], scores[nonempty], classes[nonempty]
         keep = batched_nms(boxes, scores, classes, self.nms_thresh_test)
@@ -270,25 +268,18 @@ class DenseDetector(nn.Module):
             image_size, pred_boxes=boxes[keep], scores=scores[keep], pred_classes=classes[keep]
         )
 
-    def split_and_infer(
-        self,
-        anchors_per_level: List[torch.Tensor],
-        image_sizes: List[Tuple[int, int]],
-        logits: torch.Tensor,
-        deltas: torch.Tensor,
-        quality: Optional[torch.Tensor],
-    ) -> List[Instances]:
-        """Inference over a batch from the concatenated (N, R, *) outputs."""
-        sizes = [len(a) for a in anchors_per_level]
-        results = []
-        for i, image_size in enumerate(image_sizes):
-            results.append(
-                self.inference_single_image(
-                    anchors_per_level,
-                    list(logits[i].split(sizes)),
-                    list(deltas[i].split(sizes)),
-                    None if quality is None else list(quality[i].split(sizes)),
-                    image_size,
-                )
-            )
-        return results
+    def _top_candidates(self, scores: torch.Tensor):
+        """(P, K) probabilities -> (prob, prior index, class) of the candidates above the
+        threshold: the top-k of all P x K entries ("level") or of each class ("class")."""
+        k = self.num_classes
+        if self.candidates_per == "level":
+            prob = scores.flatten()
+            candidates = torch.nonzero(prob > self.score_thresh_test).squeeze(1)
+            prob, order = prob[candidates].topk(min(self.topk_candidates_test, candidates.numel()))
+            candidates = candidates[order]
+            return prob, candidates // k, candidates % k
+        num = min(self.topk_candidates_test, scores.shape[0])
+        prob, prior_idx = scores.topk(num, dim=0)  # (num, K), per class
+        classes = torch.arange(k, device=scores.device).expand_as(prob)
+        keep = prob > self.score_thresh_test
+        return prob[keep], prior_idx[keep], classes[keep]

@@ -8,7 +8,7 @@ _config_dict = dict(
     MODEL=dict(
         WEIGHTS="detectron2://ImageNetPretrained/MSRA/R-50.pkl",
         RESNETS=dict(DEPTH=50),
-        SHIFT_GENERATOR=dict(NUM_SHIFTS=1, OFFSET=0.0),
+        SHIFT_GENERATOR=dict(OFFSET=0.0),
         FCOS=dict(
             NUM_CLASSES=1,
             CENTERNESS_ON_REG=True,

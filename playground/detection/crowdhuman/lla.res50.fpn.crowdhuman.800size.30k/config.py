@@ -8,7 +8,7 @@ _config_dict = dict(
     MODEL=dict(
         WEIGHTS="detectron2://ImageNetPretrained/MSRA/R-50.pkl",
         RESNETS=dict(DEPTH=50),
-        SHIFT_GENERATOR=dict(NUM_SHIFTS=1, OFFSET=0.0),
+        SHIFT_GENERATOR=dict(OFFSET=0.0),
         FCOS=dict(
             NUM_CLASSES=1,
             CENTERNESS_ON_REG=True,
@@ -17,7 +17,6 @@ _config_dict = dict(
             BBOX_REG_WEIGHTS=(1.0, 1.0, 1.0, 1.0),
             FOCAL_LOSS_GAMMA=2.0,
             FOCAL_LOSS_ALPHA=0.25,
-            IOU_LOSS_TYPE="giou",
             REG_WEIGHT=2.0,
         ),
         LLA=dict(TOPK=10, REG_COST=1.5, IOU_WEIGHT=0.5),

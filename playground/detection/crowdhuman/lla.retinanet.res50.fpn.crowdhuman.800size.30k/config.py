@@ -20,7 +20,8 @@ _config_dict = dict(
             BBOX_REG_WEIGHTS=(1.0, 1.0, 1.0, 1.0),
             FOCAL_LOSS_GAMMA=2.0,
             FOCAL_LOSS_ALPHA=0.25,
-            BBOX_REG_LOSS_TYPE="giou",
+            # LLA always uses GIoU on the decoded boxes, weighted as in LLA.FCOS.
+            REG_WEIGHT=2.0,
         ),
         LLA=dict(TOPK=10, REG_COST=1.5, IOU_WEIGHT=0.5),
     ),

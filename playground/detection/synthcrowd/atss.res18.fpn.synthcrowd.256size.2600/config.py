@@ -14,7 +14,7 @@ _config_dict = dict(
         BACKBONE=dict(FREEZE_AT=0),
         RESNETS=dict(DEPTH=18, NORM="BN", STEM_OUT_CHANNELS=32, RES2_OUT_CHANNELS=32),
         FPN=dict(OUT_CHANNELS=64),
-        SHIFT_GENERATOR=dict(NUM_SHIFTS=1, OFFSET=0.0),
+        SHIFT_GENERATOR=dict(OFFSET=0.0),
         FCOS=dict(
             NUM_CLASSES=1,
             # A narrow head for the CPU: 2 convs of 64 channels per tower.

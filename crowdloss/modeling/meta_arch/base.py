@@ -1,0 +1,138 @@
+"""``Detector``: what every meta-architecture shares, one-stage or two-stage.
+
+Pixel normalisation, padding and batching of the inputs; the train / eval split; mapping the
+detections back to the original image (rescale, clip, drop empty boxes). A subclass writes
+``forward_train`` (losses) and ``forward_test`` (detections at the network's input size) and
+nothing else: a dense detector adds priors, a dense head and dense inference
+(``DenseDetector``); a two-stage detector adds proposals and ROI heads without inheriting any
+of that.
+
+Shape vocabulary: N images, C channels, H x W the padded batch size, D detections.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from crowdloss.config import cfg_get
+from crowdloss.structures import Instances, ShapeSpec
+
+from ..postprocess import detector_postprocess
+
+__all__ = ["Detector", "build_backbone_from_cfg"]
+
+
+def build_backbone_from_cfg(cfg) -> nn.Module:
+    """``cfg.build_backbone(cfg, input_shape)`` as attached by an experiment's net.py (cvpods
+    convention); the ResNet-FPN-P7 backbone when net.py attached none."""
+    builder = cfg_get(cfg, "build_backbone", None)
+    if builder is None:
+        from crowdloss.modeling.backbone import build_resnet_fpn_p7_backbone as builder
+    return builder(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+
+
+class Detector(nn.Module):
+    """Base class of the meta-architectures.
+
+    Args:
+        backbone: module with ``forward(x) -> {name: (N, C_l, H_l, W_l)}``,
+            ``output_shape()`` and ``size_divisibility``.
+        pixel_mean, pixel_std: per-channel normalisation of the input (its channel order).
+    """
+
+    def __init__(self, *, backbone: nn.Module, pixel_mean: Sequence[float],
+                 pixel_std: Sequence[float]):
+        super().__init__()
+        if len(pixel_mean) != len(pixel_std):
+            raise ValueError(
+                f"MODEL.PIXEL_MEAN has {len(pixel_mean)} values but MODEL.PIXEL_STD "
+                f"{len(pixel_std)}"
+            )
+        self.backbone = backbone
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def check_in_features(self, in_features: Sequence[str], key: str) -> None:
+        """Clear error when ``in_features`` (config ``key``) names no backbone output."""
+        shapes = self.backbone.output_shape()
+        missing = [name for name in in_features if name not in shapes]
+        if missing:
+            raise ValueError(f"{key} {missing} are not backbone outputs {sorted(shapes)}")
+
+    # ------------------------------------------------------------------ input
+    def preprocess_image(self, batched_inputs: List[dict]) -> Tuple[torch.Tensor, List[Tuple]]:
+        """Normalise each image and pad the batch (bottom/right, zeros after normalisation) to
+        a common size divisible by ``backbone.size_divisibility``.
+
+        Returns:
+            images (N, C, H, W) and the unpadded (h, w) of each image.
+        """
+        images = []
+        for i, x in enumerate(batched_inputs):
+            image = x.get("image") if isinstance(x, dict) else None
+            if not isinstance(image, torch.Tensor) or image.dim() != 3:
+                raise ValueError(
+                    f"input {i}: 'image' must be a (C, H, W) tensor, got "
+                    f"{type(image).__name__}{tuple(getattr(image, 'shape', ()))}"
+                )
+            if image.shape[0] != self.pixel_mean.shape[0]:
+                raise ValueError(
+                    f"input {i}: image has {image.shape[0]} channels, MODEL.PIXEL_MEAN has "
+                    f"{self.pixel_mean.shape[0]}"
+                )
+            image = image.to(self.device, non_blocking=True).float()
+            images.append((image - self.pixel_mean) / self.pixel_std)
+        image_sizes = [tuple(im.shape[-2:]) for im in images]
+        div = int(getattr(self.backbone, "size_divisibility", 0) or 0)
+        max_h = max(s[0] for s in image_sizes)
+        max_w = max(s[1] for s in image_sizes)
+        if div > 1:
+            max_h = (max_h + div - 1) // div * div
+            max_w = (max_w + div - 1) // div * div
+        batch = images[0].new_zeros((len(images), images[0].shape[0], max_h, max_w))
+        for im, pad in zip(images, batch):
+            pad[:, : im.shape[1], : im.shape[2]].copy_(im)
+        return batch, image_sizes
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, batched_inputs: List[dict]):
+        """Training: dict of scalar ``loss_*``. Eval: ``[{"instances": Instances}]`` in
+        original-image coordinates (the dict's height/width, else the input size)."""
+        images, image_sizes = self.preprocess_image(batched_inputs)
+        if self.training:
+            gt_instances = []
+            for i, x in enumerate(batched_inputs):
+                if "instances" not in x:
+                    raise ValueError(f"input {i} has no 'instances': training needs targets")
+                gt_instances.append(x["instances"].to(self.device))
+            return self.forward_train(images, image_sizes, gt_instances)
+        results = self.forward_test(images, image_sizes)
+        return self.postprocess(results, batched_inputs, image_sizes)
+
+    def forward_train(self, images: torch.Tensor, image_sizes: List[Tuple[int, int]],
+                      gt_instances: List[Instances]) -> Dict[str, torch.Tensor]:
+        """Losses of a padded batch (N, C, H, W) with per-image GT ``Instances``."""
+        raise NotImplementedError
+
+    def forward_test(self, images: torch.Tensor,
+                     image_sizes: List[Tuple[int, int]]) -> List[Instances]:
+        """Detections (``pred_boxes``, ``scores``, ``pred_classes``) of each image at its
+        network-input size (``Instances.image_size`` = the unpadded (h, w))."""
+        raise NotImplementedError
+
+    @staticmethod
+    def postprocess(results: List[Instances], batched_inputs: List[dict],
+                    image_sizes: List[Tuple[int, int]]) -> List[Dict[str, Instances]]:
+        """Rescale each image's detections to its original size, clip, drop empty boxes."""
+        processed = []
+        for result, x, size in zip(results, batched_inputs, image_sizes):
+            height = x.get("height", size[0])
+            width = x.get("width", size[1])
+            processed.append({"instances": detector_postprocess(result, height, width)})
+        return processed
