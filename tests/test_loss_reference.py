@@ -274,7 +274,7 @@ def test_lla_fcos_matches_reference():
 
 
 def test_lla_retinanet_matches_reference():
-    model = build(LLARetinaNet, retinanet_cfg(BBOX_REG_LOSS_TYPE="giou"))
+    model = build(LLARetinaNet, retinanet_cfg(REG_WEIGHT=2.0))
     got = run(model, ("logits", "deltas", "quality"))
     want = reference(got[1], ref.lla_reference, strides=STRIDES, k=K, alpha=0.25, gamma=2.0,
                      topk=10, reg_cost=1.5, reg_weight=2.0, iou_weight=0.5,

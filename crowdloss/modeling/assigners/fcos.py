@@ -36,7 +36,8 @@ class FCOSAssigner(BaseAssigner):
 
     Args:
         object_sizes_of_interest: per-level (lo, hi) range of the max ltrb distance.
-        center_sampling_radius: in strides; 0 = plain inside-box (the cvpods CrowdHuman default).
+        center_sampling_radius: in strides; 0 = plain inside-box (the FCOSConfig default; the
+            CrowdHuman FCOS baseline uses 1.5).
         chunk_size: GTs per chunk: bounds memory to a few (chunk_size, R) matrices.
     """
 
