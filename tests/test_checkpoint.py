@@ -3,8 +3,6 @@ import io
 import logging
 import os
 import pickle
-import sys
-import types
 from contextlib import contextmanager
 
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-import crowdloss.engine.checkpoint as ckpt_mod
+import crowdloss.engine.weight_files as files_mod
 from crowdloss.engine.checkpoint import Checkpointer, DetectionCheckpointer
 
 
@@ -157,39 +155,6 @@ def test_pkl_is_read_with_a_restricted_unpickler(tmp_path, monkeypatch):
     assert not (tmp_path / "pwned_marker").exists()
 
 
-def fake_weights_module(monkeypatch, calls):
-    fake = types.ModuleType("crowdloss.modeling.backbone.weights")
-
-    def convert_weights(state_dict, source="auto", model_keys=None):
-        calls.append((source, sorted(state_dict), model_keys))
-        return {"conv.weight": torch.full((4, 3, 1, 1), 7.0)}
-
-    fake.convert_weights = convert_weights
-    fake.load_pkl_safely = lambda path: pickle.load(open(path, "rb"))
-    import crowdloss.modeling.backbone as backbone_pkg
-
-    monkeypatch.setitem(sys.modules, "crowdloss.modeling.backbone.weights", fake)
-    monkeypatch.setattr(backbone_pkg, "weights", fake, raising=False)
-
-
-def test_torchvision_and_msra_files_go_through_the_converter(tmp_path, monkeypatch):
-    calls = []
-    fake_weights_module(monkeypatch, calls)
-    tv = {"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.weight": torch.ones(64),
-          "layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1)}
-    torch.save(tv, tmp_path / "resnet50-tv.pth")
-    model = Net()
-    DetectionCheckpointer(model, "").load_model_weights(str(tmp_path / "resnet50-tv.pth"))
-    assert calls[-1][0] == "torchvision" and "layer1.0.conv1.weight" in calls[-1][1]
-    assert calls[-1][2] == list(Net().state_dict())
-    assert (model.conv.weight == 7).all()
-
-    with open(tmp_path / "R-50.pkl", "wb") as f:
-        pickle.dump({"blobs": {"conv1_w": np.zeros((64, 3, 7, 7), np.float32)}}, f)
-    DetectionCheckpointer(Net(), "").load_model_weights(str(tmp_path / "R-50.pkl"))
-    assert calls[-1][:2] == ("auto", ["conv1_w"])
-
-
 def test_url_download_into_cache_file_scheme(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("CROWDLOSS_CACHE", str(cache))
@@ -199,7 +164,7 @@ def test_url_download_into_cache_file_scheme(tmp_path, monkeypatch):
     model = Net()
     DetectionCheckpointer(model, "").load_model_weights(url)
     assert torch.equal(model.head.weight, src.head.weight)
-    cached = ckpt_mod.resolve_weights_path(url)
+    cached = files_mod.resolve_weights_path(url)
     assert cached.startswith(str(cache)) and os.path.isfile(cached)
     os.remove(tmp_path / "remote.pth")  # served from the cache from now on
     DetectionCheckpointer(Net(), "").load_model_weights(url)
@@ -220,11 +185,11 @@ def test_detectron2_url_and_clear_error_without_network(tmp_path, monkeypatch):
         return io.BytesIO(payload.getvalue())
 
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
-    path = ckpt_mod.resolve_weights_path("detectron2://ImageNetPretrained/X/model.pth")
+    path = files_mod.resolve_weights_path("detectron2://ImageNetPretrained/X/model.pth")
     assert requested == ["https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/X/model.pth"]
     assert path == str(tmp_path / "cache" / "dl.fbaipublicfiles.com" / "detectron2"
                        / "ImageNetPretrained" / "X" / "model.pth")
-    assert ckpt_mod.resolve_weights_path("detectron2://ImageNetPretrained/X/model.pth") == path
+    assert files_mod.resolve_weights_path("detectron2://ImageNetPretrained/X/model.pth") == path
     assert len(requested) == 1  # cached: downloaded once
 
     def refuse(url, timeout=None):
@@ -232,7 +197,7 @@ def test_detectron2_url_and_clear_error_without_network(tmp_path, monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     with pytest.raises(RuntimeError) as err:
-        ckpt_mod.resolve_weights_path("detectron2://ImageNetPretrained/MSRA/R-50.pkl")
+        files_mod.resolve_weights_path("detectron2://ImageNetPretrained/MSRA/R-50.pkl")
     msg = str(err.value)
     assert "https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/MSRA/R-50.pkl" in msg
     assert str(tmp_path / "cache" / "dl.fbaipublicfiles.com" / "detectron2" / "ImageNetPretrained"

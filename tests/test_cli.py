@@ -1,4 +1,5 @@
 """pods_train / pods_test end to end on the tiny experiment (subprocesses, CPU, gloo)."""
+import json
 import os
 import shutil
 import subprocess
@@ -87,7 +88,7 @@ def test_train_in_experiment_dir_is_not_shadowed(trained):
     root, exp, out = trained
     names = sorted(p.name for p in out.iterdir())
     for expected in ("config.yaml", "config_diff.yaml", "log.txt", "last_checkpoint",
-                     "model_iter_0000001.pth", "model_iter_0000003.pth", "model_final.pth"):
+                     "model_iter_0000002.pth", "model_iter_0000004.pth", "model_final.pth"):
         assert expected in names, names
     assert (exp / "log").resolve() == out.resolve()
     log = (out / "log.txt").read_text()
@@ -185,10 +186,15 @@ def _result_rows(stdout: str):
 
 def test_pods_test_with_explicit_weights(trained):
     root, exp, out = trained
-    proc = _cli("test", ["OUTPUT_DIR", out, "MODEL.WEIGHTS", out / "model_iter_0000001.pth"],
+    proc = _cli("test", ["OUTPUT_DIR", out, "MODEL.WEIGHTS", out / "model_iter_0000002.pth"],
                 cwd=exp, env=_env(root))
     rows = _result_rows(proc.stdout)
-    assert len(rows) == 1 and rows[0].split()[:2] == ["model_iter_0000001.pth", "1"]
+    assert len(rows) == 1 and rows[0].split()[:2] == ["model_iter_0000002.pth", "2"]
+    # The load is always summarised, and the file's origin matches this run: no warning.
+    assert f"Loaded weights from {out / 'model_iter_0000002.pth'} (format crowdloss)" in proc.stdout
+    assert "Weights: 2/2 model tensors matched (100.0% of values), 0 missing, 0 skipped " \
+           "(shape), 0 unexpected" in proc.stdout
+    assert "WARNING" not in proc.stdout, proc.stdout
 
 
 def test_pods_test_newest_checkpoint(trained):
@@ -200,13 +206,53 @@ def test_pods_test_newest_checkpoint(trained):
 
 def test_pods_test_iteration_range(trained):
     root, exp, out = trained
-    proc = _cli("test", ["--start-iter", 2, "--end-iter", 6, "OUTPUT_DIR", out], cwd=exp,
+    config_before = (out / "config.yaml").read_bytes()
+    # Names, --start-iter and the table count iterations done: 4 includes model_iter_0000004.
+    proc = _cli("test", ["--start-iter", 4, "--end-iter", 6, "OUTPUT_DIR", out], cwd=exp,
                 env=_env(root))
     rows = _result_rows(proc.stdout)
-    assert [r.split()[:2] for r in rows] == [["model_iter_0000003.pth", "3"],
+    assert [r.split()[:2] for r in rows] == [["model_iter_0000004.pth", "4"],
                                              ["model_final.pth", "6"]]
     mses = [float(r.split()[3]) for r in rows]  # columns: checkpoint iter count mse
     assert all(m >= 0 for m in mses)
+    # pods_test keeps its own config copy; the training run's config.yaml is untouched.
+    assert (out / "config.yaml").read_bytes() == config_before
+    assert (out / "inference" / "config.yaml").is_file()
+    # Each checkpoint's result files in their own folder (not one inference/ overwritten).
+    errors = [json.loads((out / "inference" / name / "tiny_regression_val" / "errors.json")
+                         .read_text()) for name in ("model_iter_0000004", "model_final")]
+    assert [sum(e) / len(e) for e in errors] == pytest.approx(mses, abs=1e-4)
+
+
+def test_pods_test_rejects_weights_of_another_model(trained, tmp_path):
+    """0 of the model's tensors in the file, or all of the wrong shape: no row, exit status 1."""
+    root, exp, out = trained
+    torch.save({"model": {"backbone.conv.weight": torch.zeros(4, 3)}}, tmp_path / "other.pth")
+    proc = _cli("test", ["OUTPUT_DIR", out, "MODEL.WEIGHTS", tmp_path / "other.pth"], cwd=exp,
+                env=_env(root), check=False)
+    assert proc.returncode == 1, proc.stdout
+    assert f"Loaded weights from {tmp_path / 'other.pth'} (format crowdloss)" in proc.stdout
+    assert "Weights: 0/2 model tensors matched (0.0% of values), 2 missing" in proc.stdout
+    assert "fills only 0.0% of the model's values" in proc.stderr
+    assert "MODEL.WEIGHTS_MIN_COVERAGE.TEST = 1" in proc.stderr and "Traceback" not in proc.stderr
+    rows = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith("other.pth ")]
+    assert rows == [["other.pth", "-", "FAILED"]]  # the table still comes, with no number
+
+
+def test_pods_test_range_reports_every_checkpoint_even_when_one_fails(trained, tmp_path):
+    root, exp, out = trained
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    broken = copy / "model_iter_0000004.pth"
+    broken.write_bytes(broken.read_bytes()[:100])  # cut short
+    proc = _cli("test", ["--start-iter", 1, "OUTPUT_DIR", copy], cwd=exp, env=_env(root),
+                check=False)
+    assert proc.returncode == 1
+    rows = [r.split() for r in _result_rows(proc.stdout)]
+    assert [r[:2] for r in rows] == [["model_iter_0000002.pth", "2"],
+                                     ["model_iter_0000004.pth", "4"], ["model_final.pth", "6"]]
+    assert rows[1][2:] == ["FAILED", "FAILED"] and "FAILED" not in rows[0] + rows[2]
+    assert "1 of 3 checkpoint(s) could not be evaluated: model_iter_0000004.pth" in proc.stderr
 
 
 def test_pods_test_without_checkpoint_fails_cleanly(tmp_path):

@@ -39,7 +39,7 @@ def test_demo_experiment_trains_and_evaluates(tmp_path):
 
     names = {p.name for p in out.iterdir()}
     assert {"config.yaml", "config_diff.yaml", "log.txt", "metrics.json", "last_checkpoint",
-            "model_iter_0000011.pth", "model_final.pth"} <= names, names
+            "model_iter_0000012.pth", "model_final.pth"} <= names, names
     assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
     rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     losses = [r["total_loss"] for r in rows if "total_loss" in r]

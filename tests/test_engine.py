@@ -82,7 +82,7 @@ class TinyModel(nn.Module):
 
 def make_cfg(out, *, max_iter=10, batch=2, sub=1, period=4, loader=None, **solver):
     cfg = Cfg(
-        MODEL={"DEVICE": "cpu", "WEIGHTS": ""},
+        MODEL={"DEVICE": "cpu", "WEIGHTS": "", "WEIGHTS_MIN_COVERAGE": {"TRAIN": 0.5, "TEST": 1.0}},
         SOLVER={
             "LR_SCHEDULER": {"NAME": "WarmupMultiStepLR", "MAX_ITER": max_iter, "STEPS": (6,),
                              "WARMUP_FACTOR": 0.1, "WARMUP_ITERS": 3, "WARMUP_METHOD": "linear",
@@ -119,12 +119,12 @@ def test_resume_equals_uninterrupted(tmp_path):
     full = train(make_cfg(tmp_path / "full"))
     assert sorted(os.listdir(tmp_path / "full")) == [
         "last_checkpoint", "metrics.json", "model_final.pth",
-        "model_iter_0000003.pth", "model_iter_0000007.pth",
+        "model_iter_0000004.pth", "model_iter_0000008.pth",
     ]
     crash_dir = tmp_path / "crash"
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(make_cfg(crash_dir, loader=make_loader(2, crash_at=6)))
-    assert (crash_dir / "last_checkpoint").read_text() == "model_iter_0000003.pth"
+    assert (crash_dir / "last_checkpoint").read_text() == "model_iter_0000004.pth"
     # A different seed: the resumed run must get everything (RNG included) from the checkpoint.
     starts = []
     build = make_loader(2)
@@ -323,7 +323,7 @@ def test_runner_with_the_real_config_class(tmp_path):
     assert runner.train() == {}
     assert runner.model.calls == 8
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth")) == [
-        "model_final.pth", "model_iter_0000001.pth"]
+        "model_final.pth", "model_iter_0000002.pth"]
     assert runner.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.1)  # past STEPS[0]
 
 

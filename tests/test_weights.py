@@ -1,5 +1,5 @@
 """Pretrained-weight conversion: MSRA Caffe2 and torchvision R-50 names, suffix matching,
-restricted unpickling, input-convention warnings."""
+restricted unpickling, input-convention warnings, the format registry."""
 import functools
 import os
 import pickle
@@ -11,10 +11,18 @@ import pytest
 import torch
 from torch import nn
 
+from crowdloss.engine import weights as EW
+from crowdloss.engine.weight_files import load_pkl_safely
 from crowdloss.modeling.backbone import FPN, LastLevelP6P7, ResNet
 from crowdloss.modeling.backbone import weights as W
 
 R50_STAGES = ((2, 3, 64), (3, 4, 128), (4, 6, 256), (5, 3, 512))  # (stage, blocks, width)
+
+
+def convert(data, weight_format="auto"):
+    """Steps 2-4 of the loading path: unwrap, detect, rename."""
+    state, _ = EW.split_checkpoint(data, source="test")
+    return EW.convert_weights(state, weight_format)[0]
 
 
 @functools.lru_cache(maxsize=None)
@@ -159,7 +167,7 @@ def test_suffix_matching_into_prefixed_detector():
         model.head = nn.Conv2d(16, 2, 3)
     model_state = model.state_dict()
     blobs = {"blobs": msra_r50_blobs()}
-    aligned, report = W.convert_weights(blobs, model_keys=model_state, return_report=True)
+    aligned, report = EW.align_to_model(convert(blobs), model_state)
     bottom = {k for k in model_state if k.startswith("backbone.bottom_up.")}
     assert set(aligned) == bottom and len(bottom) == 265
     assert set(report.unmatched_model_keys) == set(model_state) - bottom
@@ -170,7 +178,7 @@ def test_suffix_matching_into_prefixed_detector():
     assert set(result.missing_keys) == set(model_state) - bottom
     assert result.unexpected_keys == []
     # torchvision names align the same way; a plain key list works too.
-    tv = W.convert_weights(torchvision_r50_state_dict(), model_keys=list(model_state))
+    tv, _ = EW.align_to_model(convert(torchvision_r50_state_dict()), list(model_state))
     assert set(tv) == bottom
 
 
@@ -180,7 +188,7 @@ def test_align_prefers_longest_and_refuses_ambiguous_or_misshapen():
     model = {"x.a.conv.weight": torch.empty(2), "b.conv.weight": torch.empty(2),
              "p.norm.bias": torch.empty(3), "q.norm.bias": torch.empty(3),
              "fc.weight": torch.empty(5)}
-    aligned, rep = W.align_to_model(ckpt, model)
+    aligned, rep = EW.align_to_model(ckpt, model)
     assert torch.all(aligned["x.a.conv.weight"] == 1)  # the longer match wins
     assert torch.all(aligned["b.conv.weight"] == 0)
     assert rep.ambiguous == {"norm.bias": ["p.norm.bias", "q.norm.bias"]}
@@ -188,24 +196,71 @@ def test_align_prefers_longest_and_refuses_ambiguous_or_misshapen():
     assert set(rep.unmatched_model_keys) == {"p.norm.bias", "q.norm.bias", "fc.weight"}
     assert set(rep.unused_checkpoint_keys) == {"norm.bias", "fc.weight"}
     # A dotted suffix only: "xconv.weight" must not take "conv.weight".
-    assert W.align_to_model(ckpt, ["xconv.weight"])[0] == {}
+    assert EW.align_to_model(ckpt, ["xconv.weight"])[0] == {}
+    # An exact name wins and is not also offered to the keys it is a suffix of.
+    aligned, rep = EW.align_to_model({"conv.weight": torch.ones(2)},
+                                     {"conv.weight": torch.empty(2), "a.conv.weight": torch.empty(2)})
+    assert list(aligned) == ["conv.weight"] and rep.ambiguous == {}
+    assert rep.unmatched_model_keys == ["a.conv.weight"]
 
 
 def test_detect_format_and_crowdloss_passthrough():
-    assert W.detect_weight_format({"conv1_w": 0, "res_conv1_bn_s": 0}) == "msra"
-    assert W.detect_weight_format(torchvision_r50_state_dict()) == "torchvision"
-    assert W.detect_weight_format({"backbone.bottom_up.res2.0.conv1.weight": 0}) == "crowdloss"
-    assert W.detect_weight_format({"stem.conv1.weight": 0}) == "crowdloss"
-    with pytest.raises(ValueError, match="cannot tell the weight format"):
-        W.detect_weight_format({"encoder.blocks.0.attn": 0})
+    assert EW.detect_weight_format({"conv1_w": 0, "res_conv1_bn_s": 0}) == "msra"
+    assert EW.detect_weight_format(torchvision_r50_state_dict()) == "torchvision"
+    assert EW.detect_weight_format({"backbone.bottom_up.res2.0.conv1.weight": 0}) == "crowdloss"
+    assert EW.detect_weight_format({"stem.conv1.weight": 0}) == "crowdloss"
+    # A detector built on a torchvision ResNet (pytorch-retinanet) is not a torchvision ResNet.
+    detector = dict(torchvision_r50_state_dict(), **{"fpn.P5_1.weight": torch.zeros(1)})
+    assert EW.detect_weight_format(detector) == "crowdloss"
     # detectron2 model-zoo .pkl: {"model": {name: ndarray}}; DDP "module." prefixes removed.
     d2 = {"model": {"module.backbone.bottom_up.stem.conv1.weight": np.ones((4, 3, 7, 7), "f4")},
           "__author__": "someone"}
-    out = W.convert_weights(d2)
-    assert list(out) == ["backbone.bottom_up.stem.conv1.weight"]
-    assert isinstance(out["backbone.bottom_up.stem.conv1.weight"], torch.Tensor)
-    with pytest.raises(ValueError, match="weight source"):
-        W.convert_weights({"stem.conv1.weight": 0}, source="caffe")
+    state, extras = EW.split_checkpoint(d2, source="d2.pkl")
+    assert list(state) == ["backbone.bottom_up.stem.conv1.weight"] and extras == {
+        "__author__": "someone"}
+    assert isinstance(state["backbone.bottom_up.stem.conv1.weight"], torch.Tensor)
+    with pytest.raises(EW.WeightsError, match="unknown weight format 'caffe'"):
+        EW.convert_weights({"stem.conv1.weight": torch.zeros(1)}, "caffe")
+
+
+def test_registering_a_format_plugs_it_into_the_loading_path(tmp_path):
+    """What the pytorch-retinanet / ssd.pytorch converters do: one function + one registration."""
+    def detect(sd):
+        return "regressionModel.output.weight" in sd
+
+    def convert_fn(sd):
+        renamed = {k.replace("regressionModel.output", "head.bbox_pred"): v for k, v in sd.items()
+                   if not k.startswith("anchors")}
+        return renamed, [k for k in sd if k.startswith("anchors")]
+
+    model = nn.Module()
+    model.head = nn.Module()
+    model.head.bbox_pred = nn.Conv2d(2, 4, 1)
+    foreign = {"regressionModel.output.weight": torch.full((4, 2, 1, 1), 3.0),
+               "regressionModel.output.bias": torch.full((4,), 5.0),
+               "anchors.cache": torch.zeros(1)}
+    torch.save(foreign, tmp_path / "retinanet.pt")
+    try:
+        EW.register_weight_format("test_yhenon", detect, convert_fn,
+                                  input_convention=W.PRETRAINED_PIXEL_STATS["torchvision"])
+        EW.register_weight_format("test_yhenon", detect, convert_fn,  # a net.py run twice
+                                  input_convention=W.PRETRAINED_PIXEL_STATS["torchvision"])
+        with pytest.raises(ValueError, match="already registered"):
+            EW.register_weight_format("test_yhenon", lambda sd: False, convert_fn)
+        cfg = NS(MODEL=NS(PIXEL_MEAN=[1.0, 2.0, 3.0], PIXEL_STD=[58.395, 57.12, 57.375]),
+                 INPUT=NS(FORMAT="RGB"))
+        with pytest.warns(UserWarning, match="PIXEL_MEAN"):
+            summary = EW.load_weights(model, str(tmp_path / "retinanet.pt"), cfg=cfg)
+        assert summary.weight_format == "test_yhenon" and summary.dropped == ["anchors.cache"]
+        assert (summary.matched, summary.total, summary.coverage) == (2, 2, 1.0)
+        assert torch.all(model.head.bbox_pred.bias == 5.0)
+        # A second format claiming the same file is a bug in a detect(): said, not guessed.
+        EW.register_weight_format("test_greedy", lambda sd: True, convert_fn)
+        with pytest.raises(EW.WeightsError, match="test_yhenon.*test_greedy"):
+            EW.load_weights(model, str(tmp_path / "retinanet.pt"))
+    finally:
+        EW._FORMATS.pop("test_yhenon", None)
+        EW._FORMATS.pop("test_greedy", None)
 
 
 class _Exploit:
@@ -221,13 +276,13 @@ def test_restricted_unpickler(tmp_path):
     bad = tmp_path / "bad.pkl"
     bad.write_bytes(pickle.dumps({"blobs": {"conv1_w": _Exploit(marker)}}, protocol=2))
     with pytest.raises(pickle.UnpicklingError, match=r"bad\.pkl.*(posix|os)\.system"):
-        W.load_pkl_safely(str(bad))
+        load_pkl_safely(str(bad))
     assert not marker.exists()
     good = tmp_path / "good.pkl"
     blobs = {"conv1_w": np.arange(6, dtype=np.float32).reshape(1, 6), "s": np.float32(2.5)}
     for protocol in (2, 5):
         good.write_bytes(pickle.dumps({"blobs": blobs}, protocol=protocol))
-        loaded = W.load_pkl_safely(str(good))
+        loaded = load_pkl_safely(str(good))
         np.testing.assert_array_equal(loaded["blobs"]["conv1_w"], blobs["conv1_w"])
         assert loaded["blobs"]["s"] == np.float32(2.5)
 
@@ -247,10 +302,9 @@ def test_restricted_unpickler_reads_python2_pickle(tmp_path):
     path.write_bytes(raw)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no numpy.core deprecation warning either
-        loaded = W.load_pkl_safely(str(path))
+        loaded = load_pkl_safely(str(path))
     np.testing.assert_array_equal(loaded["res_conv1_bn_s"], np.array([0, 1, 2], "f4"))
-    assert W.convert_weights(loaded, source="msra")["stem.conv1.norm.weight"].tolist() == \
-        [0, 1, 2]
+    assert convert(loaded)["stem.conv1.norm.weight"].tolist() == [0, 1, 2]
 
 
 def test_pixel_stats_warnings():
@@ -314,8 +368,8 @@ def torchvision_shapes(depth, groups=1, width_per_group=64):
                                       (34, dict(res2_out_channels=64)),
                                       (101, dict(num_groups=32, width_per_group=8))])
 def test_torchvision_resnet18_34_and_resnext_names(depth, kw):
-    converted = W.convert_weights(torchvision_shapes(depth, kw.get("num_groups", 1),
-                                                     kw.get("width_per_group", 64)))
+    converted = convert(torchvision_shapes(depth, kw.get("num_groups", 1),
+                                           kw.get("width_per_group", 64)))
     with torch.device("meta"):
         ours = ResNet(depth=depth, norm="FrozenBN", stride_in_1x1=False, **kw).state_dict()
     assert set(converted) == set(ours)

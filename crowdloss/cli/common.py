@@ -164,12 +164,14 @@ def load_experiment(exp_dir: str) -> Experiment:
 _PRELOADED: Dict[str, Experiment] = {}  # dir -> experiment loaded by run_cli in this process
 
 
-def setup(args: argparse.Namespace):
+def setup(args: argparse.Namespace, *, config_subdir: str = ""):
     """Per-process setup; returns ``(cfg, build_model)``.
 
     Overrides, world-size rescaling, CUDA -> CPU fallback, OUTPUT_DIR, logging (rank-aware),
-    environment + config diff in the log, ``config.yaml`` / ``config_diff.yaml`` / the ``log``
-    link on rank 0, and seeding (``SEED -1`` = one random seed shared by every rank).
+    environment + config diff in the log, ``config.yaml`` / ``config_diff.yaml`` (in
+    ``OUTPUT_DIR/config_subdir``: pods_test writes its own under ``inference/`` and leaves the
+    training run's alone) / the ``log`` link on rank 0, and seeding (``SEED -1`` = one random
+    seed shared by every rank).
     """
     from crowdloss.config import (config_diff, default_output_dir, dump_config, link_log,
                                   rescale_for_world_size)
@@ -215,7 +217,7 @@ def setup(args: argparse.Namespace):
     seed_all_rng(cfg.SEED + rank)
 
     if comm.is_main_process():
-        diff = dump_config(cfg, cfg.OUTPUT_DIR)
+        diff = dump_config(cfg, os.path.join(cfg.OUTPUT_DIR, config_subdir))
         link_log(exp.dir, cfg.OUTPUT_DIR)
     else:
         diff = config_diff(cfg)
@@ -261,6 +263,7 @@ def run_cli(args: argparse.Namespace, worker: Callable[[argparse.Namespace], Any
     """
     from crowdloss.config.config_dict import ConfigKeyError
     from crowdloss.engine.launch import LaunchError, check_layout, launch
+    from crowdloss.engine.weights import UnreadableWeightsError, WeightsError
 
     def fail(exc: BaseException):
         print(f"{args.prog}: error: {exc}", file=sys.stderr)
@@ -280,5 +283,5 @@ def run_cli(args: argparse.Namespace, worker: Callable[[argparse.Namespace], Any
         return launch(worker, args.num_gpus, num_machines=args.num_machines,
                       machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,),
                       timeout=timeout)
-    except (LaunchError, CLIError) as exc:
+    except (LaunchError, CLIError, WeightsError, UnreadableWeightsError) as exc:
         fail(exc)

@@ -2,12 +2,18 @@
 
 Which weights (first match):
 
-- ``--start-iter A`` / ``--end-iter B``: every ``model_iter_XXXXXXX.pth`` in OUTPUT_DIR with
-  A <= iteration <= B (``model_final.pth`` counts as ``MAX_ITER``), one result row each;
+- ``--start-iter A`` / ``--end-iter B``: every checkpoint in OUTPUT_DIR with
+  A <= iterations done <= B, one result row each, each checkpoint's result files in
+  ``inference/<checkpoint name>/<dataset>/``;
 - ``MODEL.WEIGHTS path``: that file;
-- else the newest checkpoint of OUTPUT_DIR (``last_checkpoint``, else the newest ``.pth``).
+- else the newest checkpoint of OUTPUT_DIR (``last_checkpoint``, else the most iterations).
 
-The rows (checkpoint, iteration, every metric) are printed together at the end.
+Iteration numbers are iterations done, read from each file (``model_iter_0005000.pth`` and
+``model_final.pth`` of a 30000-iteration run are 5000 and 30000). Each checkpoint must fill
+``MODEL.WEIGHTS_MIN_COVERAGE.TEST`` of the model (all of it by default). The rows are printed
+together at the end, including those of checkpoints that failed; any failure makes the exit
+status non-zero. This run's config goes to ``inference/config.yaml`` (the training run's
+``config.yaml`` is left alone).
 """
 from __future__ import annotations
 
@@ -15,11 +21,9 @@ import argparse
 import logging
 import math
 import os
-import re
+import pickle
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
-
-import torch
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from crowdloss.cli.common import CLIError, parse_args, run_cli, setup
 
@@ -27,35 +31,14 @@ __all__ = ["main", "run", "eval_worker", "select_checkpoints", "format_rows", "N
 
 logger = logging.getLogger(__name__)
 
+
 class NoCheckpointError(CLIError, FileNotFoundError):
     """Nothing to evaluate."""
 
 
-_ITER_NAME = re.compile(r"model_iter_(\d+)\.pth$")
-
-
-def checkpoint_iteration(path: str, max_iter: int) -> Optional[int]:
-    """Iteration a checkpoint name encodes; else None.
-
-    ``model_final.pth`` -> the number of iterations it was trained for, read from the file
-    (its 0-based ``iteration`` + 1), because a config override of ``MAX_ITER`` at train time
-    is not in the config pods_test sees; ``max_iter`` only when the file does not say.
-    """
-    name = os.path.basename(path)
-    if name == "model_final.pth":
-        try:
-            # mmap: only the small "iteration" entry is read, not the weights
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            return int(data["iteration"]) + 1
-        except Exception:  # a bare state dict, or not readable here (load reports that)
-            return max_iter
-    match = _ITER_NAME.fullmatch(name)
-    return int(match.group(1)) if match else None
-
-
 def select_checkpoints(cfg, finder, start_iter: Optional[int] = None,
                        end_iter: Optional[int] = None) -> List[Tuple[Optional[int], str]]:
-    """``[(iteration or None, path)]`` to evaluate, oldest first (see the module docstring).
+    """``[(iterations done or None, path)]`` to evaluate, oldest first (see the module docstring).
 
     Args:
         finder: a ``Checkpointer`` over OUTPUT_DIR (its ``get_all_checkpoint_files`` /
@@ -64,29 +47,30 @@ def select_checkpoints(cfg, finder, start_iter: Optional[int] = None,
     Raises:
         NoCheckpointError: nothing to evaluate, naming the directory and what was looked for.
     """
+    from crowdloss.engine.checkpoint import checkpoint_iteration
+
     out = cfg.OUTPUT_DIR
-    max_iter = int(cfg.SOLVER.LR_SCHEDULER.MAX_ITER)
     if start_iter is not None or end_iter is not None:
         lo = -math.inf if start_iter is None else start_iter
         hi = math.inf if end_iter is None else end_iter
         found = []
         for path in finder.get_all_checkpoint_files():
-            it = checkpoint_iteration(path, max_iter)
+            it = checkpoint_iteration(path)
             if it is not None and lo <= it <= hi:
                 found.append((it, path))
         if not found:
             raise NoCheckpointError(
-                f"no checkpoint in {out} with {start_iter} <= iteration <= {end_iter} "
-                f"(looked for model_iter_XXXXXXX.pth and model_final.pth = iteration {max_iter})")
+                f"no checkpoint in {out} with {start_iter} <= iterations done <= {end_iter} "
+                f"(looked at every *.pth: model_iter_0005000.pth is iteration 5000)")
         return sorted(found)
     if cfg.MODEL.WEIGHTS:
-        return [(checkpoint_iteration(cfg.MODEL.WEIGHTS, max_iter), cfg.MODEL.WEIGHTS)]
+        return [(checkpoint_iteration(cfg.MODEL.WEIGHTS), cfg.MODEL.WEIGHTS)]
     newest = finder.get_checkpoint_file()
     if newest is None:
         raise NoCheckpointError(
             f"no checkpoint to evaluate: {out} has no last_checkpoint file and no model_*.pth; "
             f"train first or pass MODEL.WEIGHTS /path/to/model.pth")
-    return [(checkpoint_iteration(newest, max_iter), newest)]
+    return [(checkpoint_iteration(newest), newest)]
 
 
 def _flatten(results: Any, prefix: str = "") -> Dict[str, Any]:
@@ -98,41 +82,85 @@ def _flatten(results: Any, prefix: str = "") -> Dict[str, Any]:
     return flat
 
 
-def format_rows(rows: List[Tuple[Optional[int], str, Dict[str, Any]]]) -> str:
-    """A text table: one row per checkpoint, columns ``checkpoint iter <dataset/task/metric>...``."""
-    flats = [_flatten(results) for _, _, results in rows]
-    columns = sorted({key for flat in flats for key in flat})
-    header = ["checkpoint", "iter"] + columns
+Row = Tuple[Optional[int], str, Union[Dict[str, Any], BaseException]]
+
+
+def format_rows(rows: List[Row]) -> str:
+    """A text table: one row per checkpoint, columns ``checkpoint iter <dataset/task/metric>...``;
+    a checkpoint that failed gets ``FAILED`` cells and its error on a line below the table."""
+    flats = [_flatten(r) if not isinstance(r, BaseException) else None for _, _, r in rows]
+    columns = sorted({key for flat in flats if flat for key in flat})
+    header = ["checkpoint", "iter"] + (columns or ["result"])
     table = [header]
-    for (iteration, path, _), flat in zip(rows, flats):
+    notes = []
+    for (iteration, path, result), flat in zip(rows, flats):
         cells = [os.path.basename(path), "-" if iteration is None else str(iteration)]
-        for col in columns:
-            value = flat.get(col, "")
-            cells.append(f"{value:.4f}" if isinstance(value, float) else str(value))
+        if flat is None:
+            cells += ["FAILED"] * (len(header) - 2)
+            notes.append(f"FAILED {os.path.basename(path)}: {type(result).__name__}: {result}")
+        else:
+            for col in header[2:]:
+                value = flat.get(col, "")
+                cells.append(f"{value:.4f}" if isinstance(value, float) else str(value))
         table.append(cells)
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
+    return "\n".join(lines + notes)
 
 
-def eval_worker(args: argparse.Namespace) -> List[Tuple[Optional[int], str, Dict[str, Any]]]:
+# Failures of loading are the same on every rank (same file, same model), so the others may
+# go on; a failure inside distributed inference is not, and ends the run (ranks would wait).
+_LOAD_ERRORS = (FileNotFoundError, ValueError, RuntimeError, pickle.UnpicklingError)
+
+
+def eval_worker(args: argparse.Namespace) -> List[Row]:
     """One rank: build the model once, then load + evaluate each selected checkpoint."""
+    from crowdloss.config.access import cfg_get
     from crowdloss.engine.checkpoint import DetectionCheckpointer
+    from crowdloss.engine.provenance import run_provenance
     from crowdloss.engine.runner import DefaultRunner
     from crowdloss.utils import comm
 
-    cfg, build_model = setup(args)
+    cfg, build_model = setup(args, config_subdir="inference")
     model = build_model(cfg).to(cfg.MODEL.DEVICE)
     model.eval()
-    checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR)
-    rows = []
+    checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR,
+                                         provenance=run_provenance(cfg, model, build_model))
+    coverage_key = "MODEL.WEIGHTS_MIN_COVERAGE.TEST"
+    min_coverage = float(cfg_get(cfg, coverage_key))
+    per_checkpoint = args.start_iter is not None or args.end_iter is not None
+    rows: List[Row] = []
     for iteration, path in select_checkpoints(cfg, checkpointer, args.start_iter, args.end_iter):
         logger.info("Evaluating %s (iteration %s)", path, iteration)
-        checkpointer.load_model_weights(path)
-        rows.append((iteration, path, DefaultRunner.test(cfg, model)))
+        try:
+            # SOLVER keys are rescaled by the world size and unused by inference.
+            checkpointer.load_model_weights(path, min_coverage=min_coverage, cfg=cfg,
+                                            requirement=f"{coverage_key} = {min_coverage:g}",
+                                            ignore_config=("SOLVER.",))
+        except _LOAD_ERRORS as exc:
+            logger.error("Cannot evaluate %s: %s", path, exc)
+            rows.append((iteration, path, exc))
+            continue
+        evaluators = None
+        if per_checkpoint:  # one folder per checkpoint, else each would overwrite the last
+            folder = os.path.join(cfg.OUTPUT_DIR, "inference",
+                                  os.path.splitext(os.path.basename(path))[0])
+            evaluators = [DefaultRunner.build_evaluator(cfg, name, os.path.join(folder, name))
+                          for name in cfg.DATASETS.TEST]
+        try:
+            rows.append((iteration, path, DefaultRunner.test(cfg, model, evaluators=evaluators)))
+        except Exception as exc:
+            if comm.get_world_size() > 1:
+                raise
+            logger.exception("Evaluating %s failed", path)
+            rows.append((iteration, path, exc))
+    failed = [(path, r) for _, path, r in rows if isinstance(r, BaseException)]
     if comm.is_main_process():
-        table = format_rows(rows)
         # The rank-0 console handler prints it too (and log.txt keeps it): no extra print.
-        logger.info("Results per checkpoint:\n%s", table)
+        logger.info("Results per checkpoint:\n%s", format_rows(rows))
+    if failed:
+        raise CLIError(f"{len(failed)} of {len(rows)} checkpoint(s) could not be evaluated: "
+                       + "; ".join(f"{os.path.basename(p)}: {e}" for p, e in failed))
     return rows
 
 

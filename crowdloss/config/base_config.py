@@ -40,6 +40,11 @@ _config_dict: Dict[str, Any] = dict(
         DEVICE="cuda",
         # Checkpoint or backbone weights to load ("" = none): .pth, MSRA .pkl, detectron2://...
         WEIGHTS="",
+        # Least fraction of the model's values (parameters and buffers) a weights file must
+        # fill, else the run stops with an error naming what is missing. TRAIN: loading
+        # MODEL.WEIGHTS to start training (an ImageNet backbone fills 73-89% of our detectors;
+        # a checkpoint of another model ~0%). TEST: pods_test (a random head gives garbage).
+        WEIGHTS_MIN_COVERAGE=dict(TRAIN=0.5, TEST=1.0),
         # BGR order (INPUT.FORMAT) in 0-255; std 1 because MSRA weights absorbed it in conv1.
         PIXEL_MEAN=[103.530, 116.280, 123.675],
         PIXEL_STD=[1.0, 1.0, 1.0],

@@ -1,33 +1,49 @@
-"""Crash-safe checkpoints and pretrained-weight loading.
+"""Crash-safe training checkpoints: saving, finding, resuming, and ``MODEL.WEIGHTS`` loads.
 
-Shape of a training checkpoint (read back with ``torch.load(weights_only=True)``)::
+A training checkpoint (read back with ``torch.load(weights_only=True)``)::
 
     {"model": state_dict, "optimizer": ..., "scheduler": ..., "scaler": ... | None,
-     "iteration": int (0-based, the last finished iteration),
-     "rng": utils.env.get_rng_state() (a list with one per rank in distributed runs)}
+     "iteration": int (0-based index of the last finished iteration, as in detectron2),
+     "rng": utils.env.get_rng_state() (a list with one per rank in distributed runs),
+     "metrics": [{"iteration": i, scalar: value}] not yet in metrics.json when it was saved,
+     "meta": engine.provenance.run_provenance(...) (experiment, model class, config, versions)}
 
-Files are written to a hidden temp file in the same directory, fsynced and ``os.replace``d, so
-a crash mid-write never leaves a truncated ``model_*.pth`` nor a ``last_checkpoint`` pointing at
-one; the temp names (``.name.tmp.<pid>``) never match ``*.pth`` listings.
+Names count iterations done: the checkpoint after 5000 iterations is ``model_iter_0005000.pth``
+(``iteration`` 4999 inside), the last one ``model_final.pth``. Anything that needs a
+checkpoint's number reads it from the file (:func:`checkpoint_iteration`), so files named by
+the older 0-based rule (``model_iter_0004999.pth`` after 5000 iterations) resume and list
+correctly too.
+
+Files go through ``crowdloss.utils.io.atomic_write`` (hidden temp file, fsync, rename), so a
+crash never leaves a half-written ``model_*.pth`` nor a ``last_checkpoint`` naming one; the temp
+files a hard kill leaves behind are removed by :meth:`Checkpointer.remove_stale_temp_files`.
+Every model load goes through ``crowdloss.engine.weights`` (one path, one summary line).
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Optional
+import re
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from crowdloss.utils import comm
 from crowdloss.utils.env import get_rng_state
-from crowdloss.utils.io import atomic_write
+from crowdloss.utils.io import TEMP_MARKER, atomic_write
 
-__all__ = ["Checkpointer", "DetectionCheckpointer", "atomic_write", "unwrap_model"]
+from .weight_files import UnreadableWeightsError, read_weights_file
+from .weights import NATIVE_FORMAT, LoadSummary, WeightsError, load_state, load_weights
+
+__all__ = ["Checkpointer", "DetectionCheckpointer", "unwrap_model", "checkpoint_iteration",
+           "LAST_CHECKPOINT"]
 
 logger = logging.getLogger("crowdloss.engine")
 
 LAST_CHECKPOINT = "last_checkpoint"
+_ITER_NAME = re.compile(r"model_iter_(\d+)\.pth")
+_TEMP_NAME = re.compile(r"\..+" + re.escape(TEMP_MARKER) + r"(\d+)")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -37,6 +53,30 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def checkpoint_iteration(path: str) -> Optional[int]:
+    """Iterations done when ``path`` was saved: its ``iteration`` + 1, else the number in a
+    ``model_iter_N.pth`` name, else None (a bare state dict named otherwise)."""
+    try:
+        # mmap: the tensors are not read, only the small entries
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if isinstance(data, dict) and isinstance(data.get("iteration"), int):
+            return data["iteration"] + 1
+    except Exception:  # unreadable here: loading it reports why
+        pass
+    match = _ITER_NAME.fullmatch(os.path.basename(path))
+    return int(match.group(1)) if match else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 class Checkpointer:
     """Saves / restores a model and any objects with ``state_dict`` / ``load_state_dict``.
 
@@ -44,15 +84,18 @@ class Checkpointer:
         model: the model (DDP wrappers are unwrapped).
         save_dir: where checkpoints and ``last_checkpoint`` live.
         save_to_disk: write files; defaults to "this is rank 0".
+        provenance: this run's ``run_provenance(...)``: written into each checkpoint as
+            ``meta`` and compared with the ``meta`` of each file loaded.
         **checkpointables: e.g. ``optimizer=..., scheduler=..., scaler=...``; ``None`` values are
             stored as ``None`` so every checkpoint has the same keys.
     """
 
     def __init__(self, model: nn.Module, save_dir: str = "", *, save_to_disk: Optional[bool] = None,
-                 **checkpointables: Any) -> None:
+                 provenance: Optional[Dict[str, Any]] = None, **checkpointables: Any) -> None:
         self.model = unwrap_model(model)
         self.save_dir = save_dir
         self.save_to_disk = comm.is_main_process() if save_to_disk is None else save_to_disk
+        self.provenance = provenance
         self.checkpointables = checkpointables
 
     # ------------------------------------------------------------------ saving
@@ -65,33 +108,75 @@ class Checkpointer:
             data[key] = obj.state_dict() if obj is not None else None
         data.setdefault("scaler", None)
         data["rng"] = get_rng_state()
+        if self.provenance is not None:
+            data["meta"] = self.provenance
         data.update(extra)
         os.makedirs(self.save_dir, exist_ok=True)
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         atomic_write(path, lambda f: torch.save(data, f))
-        atomic_write(os.path.join(self.save_dir, LAST_CHECKPOINT),
-                     basename)
+        atomic_write(os.path.join(self.save_dir, LAST_CHECKPOINT), basename)
         logger.info("Saved checkpoint to %s", path)
         return path
+
+    def remove_stale_temp_files(self) -> List[str]:
+        """Delete the temp files (``.<name>.tmp.<pid>``) of writers that are no longer alive.
+
+        A hard kill during ``atomic_write`` leaves one behind (a whole checkpoint's worth of
+        bytes). Files of a live process (another run writing here) are left alone.
+        """
+        if not self.save_dir or not self.save_to_disk or not os.path.isdir(self.save_dir):
+            return []
+        removed, size = [], 0
+        for name in sorted(os.listdir(self.save_dir)):
+            match = _TEMP_NAME.fullmatch(name)
+            if not match or int(match.group(1)) == os.getpid() or _pid_alive(int(match.group(1))):
+                continue
+            path = os.path.join(self.save_dir, name)
+            try:
+                size += os.path.getsize(path)
+                os.remove(path)
+            except FileNotFoundError:  # removed by someone else meanwhile
+                continue
+            removed.append(name)
+        if removed:
+            logger.warning("Removed %d temp file(s) (%.1f MB) left in %s by killed writers: %s",
+                           len(removed), size / 2**20, self.save_dir, ", ".join(removed))
+        return removed
 
     # ------------------------------------------------------------------ finding
     def has_checkpoint(self) -> bool:
         return self.get_checkpoint_file() is not None
 
     def get_checkpoint_file(self) -> Optional[str]:
-        """Newest checkpoint: the one ``last_checkpoint`` names, else the newest ``model_*.pth``."""
+        """Newest checkpoint: the one ``last_checkpoint`` names, else the one with the most
+        iterations done (never the newest mtime: a copied or touched old file must not win)."""
+        candidates = self.resume_candidates()
+        return candidates[0] if candidates else None
+
+    def resume_candidates(self) -> List[str]:
+        """Checkpoints to resume from, best first: the ``last_checkpoint`` target, then every
+        other ``*.pth`` by iterations done, most first (unreadable counts by its name)."""
+        files = self.get_all_checkpoint_files()
         pointer = os.path.join(self.save_dir, LAST_CHECKPOINT)
+        first: List[str] = []
         if os.path.isfile(pointer):
             with open(pointer, encoding="utf-8") as f:
                 name = f.read().strip()
             path = os.path.join(self.save_dir, name)
             if name and os.path.isfile(path):
-                return path
-            logger.warning("%s names %r, which does not exist; falling back to a listing",
-                           pointer, name)
-        files = self.get_all_checkpoint_files()
-        return max(files, key=os.path.getmtime) if files else None
+                first = [path]
+            else:
+                logger.warning("%s names %r, which does not exist; taking the checkpoint with "
+                               "the most iterations instead", pointer, name)
+
+        def rank(path: str):
+            done = checkpoint_iteration(path)
+            final = os.path.basename(path) == "model_final.pth"
+            return (done if done is not None else (float("inf") if final else -1), final)
+
+        rest = sorted((p for p in files if p not in first), key=rank, reverse=True)
+        return first + rest
 
     def get_all_checkpoint_files(self) -> List[str]:
         """Every finished ``*.pth`` in ``save_dir`` (temp files are hidden and excluded), sorted."""
@@ -108,186 +193,83 @@ class Checkpointer:
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
         """Restore the model and the checkpointables from a training checkpoint.
 
+        The checkpoint must fill every tensor of the model (a resume continues *this* model).
+
         Args:
             path: a file written by :meth:`save`.
             checkpointables: names to restore (default: all that the file has).
 
         Returns:
-            What was not consumed: ``iteration``, ``rng`` and any extras.
+            What was not consumed: ``iteration``, ``rng``, ``metrics``, ``meta`` and extras.
+
+        Raises:
+            UnreadableWeightsError: truncated / foreign file (nothing was changed).
+            WeightsError: the file does not fill the whole model (nothing was changed).
         """
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Checkpoint {path} does not exist")
         logger.info("Loading checkpoint from %s", path)
-        data = _safe_torch_load(path)
+        data = read_weights_file(path)
         if not isinstance(data, dict) or "model" not in data:
-            raise ValueError(
-                f"{path}: expected a dict with a 'model' key, got {type(data).__name__}"
-            )
-        self._load_model(data.pop("model"), source=path)
+            raise WeightsError(
+                f"{path}: expected a training checkpoint (a dict with a 'model' key), got "
+                f"{type(data).__name__}{' with keys ' + str(sorted(data)[:8]) if isinstance(data, dict) else ''}")
+        summary = load_state(self.model, data, source=path, weight_format=NATIVE_FORMAT,
+                             min_coverage=1.0, requirement="a resume needs every tensor",
+                             provenance=self.provenance)
+        extras = dict(summary.extras)
         names = self.checkpointables.keys() if checkpointables is None else checkpointables
         for key in names:
-            state = data.pop(key, None)
+            state = extras.pop(key, None)
             obj = self.checkpointables.get(key)
             if obj is None or state is None:
                 if obj is not None:
                     logger.warning("%s has no %r state; keeping the fresh one", path, key)
                 continue
             obj.load_state_dict(state)
-        return data
+        return extras
 
-    def _load_model(self, state_dict: Dict[str, torch.Tensor], *, source: str) -> None:
-        """Load ``state_dict`` into the model, skipping shape mismatches with a warning."""
-        state_dict = {_strip_module(k): v for k, v in state_dict.items()}
-        own = self.model.state_dict()
-        for key in list(state_dict):
-            if key in own and tuple(own[key].shape) != tuple(state_dict[key].shape):
-                logger.warning(
-                    "Skip loading %s from %s: shape %s in the checkpoint, %s in the model",
-                    key, source, tuple(state_dict[key].shape), tuple(own[key].shape),
-                )
-                del state_dict[key]
-        result = self.model.load_state_dict(state_dict, strict=False)
-        # BN's num_batches_tracked is absent from converted weights and of no consequence.
-        missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-        if missing:
-            logger.info("Keys missing from %s (left as initialised): %s",
-                        source, ", ".join(missing))
-        if result.unexpected_keys:
-            logger.info("Keys in %s not used by the model: %s",
-                        source, ", ".join(result.unexpected_keys))
+    def resume(self) -> Optional[Dict[str, Any]]:
+        """Load the best of :meth:`resume_candidates` that can be read; None when there is none.
 
+        A truncated or foreign newest file (a copy cut short, a full disk outside our atomic
+        writes) is reported and the next one is tried. The returned dict is :meth:`load`'s plus
+        ``path``, the file used.
 
-def _safe_torch_load(path: str) -> Any:
-    """``torch.load(weights_only=True)`` with an error that names the file and the likely cause."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RuntimeError(
-            f"Cannot read {path} as a weights-only torch checkpoint ({type(e).__name__}: {e}). "
-            "Either the file is truncated / not a torch file, or it pickles Python objects "
-            "besides tensors and plain containers, which are refused because unpickling can "
-            "run code; re-save it as a plain state dict."
-        ) from e
-
-
-def _strip_module(key: str) -> str:
-    while key.startswith("module."):
-        key = key[len("module."):]
-    return key
-
-
-# ---------------------------------------------------------------------- pretrained weights
-D2_PREFIX = "detectron2://"
-D2_BASE_URL = "https://dl.fbaipublicfiles.com/detectron2/"
-
-
-def cache_dir() -> str:
-    """``$CROWDLOSS_CACHE`` or ``~/.cache/crowdloss``."""
-    default = os.path.join(os.path.expanduser("~"), ".cache", "crowdloss")
-    return os.environ.get("CROWDLOSS_CACHE") or default
-
-
-def resolve_weights_path(path_or_url: str) -> str:
-    """A local file for ``path_or_url``, downloading ``http(s)://``, ``file://`` and
-    ``detectron2://X`` (= https://dl.fbaipublicfiles.com/detectron2/X) once into :func:`cache_dir`.
-
-    Raises:
-        RuntimeError: when the download fails; the message names the URL and the cache path
-            where the file can be put by hand (machines without network access).
-    """
-    import urllib.parse
-    import urllib.request
-
-    url = path_or_url
-    if url.startswith(D2_PREFIX):
-        url = D2_BASE_URL + url[len(D2_PREFIX):]
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme not in ("http", "https", "file"):
-        return os.path.expanduser(path_or_url)
-    relative = (parsed.netloc + parsed.path).lstrip("/")
-    parts = [p for p in relative.split("/") if p not in ("", ".", "..")]  # stay inside the cache
-    target = os.path.join(cache_dir(), *parts)
-    if os.path.isfile(target):
-        return target
-    # No barrier: ranks may not share a filesystem, and the pid-named temp file keeps
-    # concurrent downloads of the same file from clobbering each other.
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    logger.info("Downloading %s to %s", url, target)
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            atomic_write(target, lambda f: _copy_stream(response, f))
-    except Exception as e:
-        raise RuntimeError(
-            f"Could not download {url} ({type(e).__name__}: {e}). Without network access, fetch "
-            f"it elsewhere and put it at {target} (set CROWDLOSS_CACHE to move the cache)."
-        ) from e
-    return target
-
-
-def _copy_stream(src, dst, chunk: int = 1 << 20) -> None:
-    while True:
-        block = src.read(chunk)
-        if not block:
-            return
-        dst.write(block)
-
-
-def _looks_torchvision(state_dict: Dict[str, Any]) -> bool:
-    return "conv1.weight" in state_dict and any(k.startswith("layer1.") for k in state_dict)
-
-
-def _import_weights():
-    try:
-        from crowdloss.modeling.backbone import weights
-    except ImportError as e:
-        raise ImportError(
-            "Loading MSRA .pkl / torchvision weights needs crowdloss.modeling.backbone.weights, "
-            f"which failed to import: {e}"
-        ) from e
-    return weights
-
-
-class DetectionCheckpointer(Checkpointer):
-    """A :class:`Checkpointer` that also reads pretrained weights from many sources."""
-
-    def load_model_weights(self, path: str) -> None:
-        """Load model weights only (``MODEL.WEIGHTS``) from a path or URL.
-
-        Accepts our / cvpods / detectron2 ``.pth`` (bare state dict or ``{"model": ...}``,
-        ``module.`` prefixes stripped), torchvision ResNet ``.pth`` (recognised by its key names)
-        and MSRA Caffe2 / detectron2 ``.pkl`` (read by a restricted unpickler that only rebuilds
-        numpy arrays). Foreign names go through ``crowdloss.modeling.backbone.weights``.
+        Raises:
+            UnreadableWeightsError: every candidate is unreadable.
         """
-        local = resolve_weights_path(path)
-        if not os.path.isfile(local):
-            raise FileNotFoundError(f"MODEL.WEIGHTS = {path!r}: no such file ({local})")
-        model_keys = list(self.model.state_dict())
-        if local.endswith(".pkl"):
-            weights = _import_weights()
-            data = weights.load_pkl_safely(local)
-            if isinstance(data, dict) and "blobs" in data:
-                data = data["blobs"]
-            elif isinstance(data, dict) and isinstance(data.get("model"), dict):
-                data = data["model"]
-            state = self._convert(weights, data, "auto", model_keys)
-        else:
-            data = _safe_torch_load(local)
-            if isinstance(data, dict) and isinstance(data.get("model"), dict):
-                data = data["model"]
-            if not isinstance(data, dict):
-                raise ValueError(f"{local}: expected a state dict or {{'model': state_dict}}, "
-                                 f"got {type(data).__name__}")
-            data = {_strip_module(k): v for k, v in data.items()}
-            if _looks_torchvision(data):
-                logger.info("%s looks like a torchvision ResNet; converting its names", local)
-                state = self._convert(_import_weights(), data, "torchvision", model_keys)
-            else:
-                state = data
-        self._load_model(state, source=local)
+        candidates = self.resume_candidates()
+        failures = []
+        for path in candidates:
+            try:
+                extras = self.load(path)
+            except UnreadableWeightsError as e:
+                failures.append(path)
+                later = candidates[len(failures):]
+                logger.warning("Cannot resume from %s (%s); %s", path, e,
+                               f"falling back to {later[0]}" if later else "no other checkpoint")
+                continue
+            if failures:
+                logger.warning("Resuming from %s: the newer %s could not be read", path,
+                               ", ".join(failures))
+            extras["path"] = path
+            return extras
+        if failures:
+            raise UnreadableWeightsError(f"no checkpoint in {self.save_dir} can be read: "
+                                         f"{', '.join(failures)}")
+        return None
 
-    @staticmethod
-    def _convert(weights, data, source: str, model_keys: List[str]) -> Dict[str, torch.Tensor]:
-        converted = weights.convert_weights(data, source=source, model_keys=model_keys)
-        if isinstance(converted, tuple):  # (state_dict, report) flavours
-            converted = converted[0]
-        return {k: torch.as_tensor(v) for k, v in converted.items()}
+    def load_model_weights(self, path: str, *, min_coverage: float = 0.0, requirement: str = "",
+                           cfg: Any = None, ignore_config: Sequence[str] = ()) -> LoadSummary:
+        """Load model weights only (``MODEL.WEIGHTS``) from any accepted format, path or URL.
+
+        See ``crowdloss.engine.weights`` for the formats, the summary and ``min_coverage``.
+        """
+        return load_weights(self.model, path, min_coverage=min_coverage, requirement=requirement,
+                            cfg=cfg, provenance=self.provenance, ignore_config=ignore_config)
+
+
+# cvpods' name for the same class.
+DetectionCheckpointer = Checkpointer
+

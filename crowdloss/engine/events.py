@@ -13,9 +13,11 @@ import os
 import statistics
 import time
 from collections import defaultdict, deque
-from typing import Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import torch
+
+from crowdloss.utils.io import atomic_write
 
 __all__ = [
     "HistoryBuffer",
@@ -23,6 +25,7 @@ __all__ = [
     "get_event_storage",
     "EventWriter",
     "JSONWriter",
+    "resume_metrics_file",
     "TensorboardWriter",
     "CommonMetricPrinter",
 ]
@@ -109,6 +112,12 @@ class EventStorage:
             out[name] = (value, it)
         return out
 
+    def unwritten_records(self, up_to: int) -> List[Dict[str, float]]:
+        """Copies of the scalars not yet popped for iterations <= ``up_to``, as metrics.json
+        records; a checkpoint keeps them so that a kill before the next write loses none."""
+        return [{"iteration": it, **self._unwritten[it]}
+                for it in sorted(self._unwritten) if it <= up_to and self._unwritten[it]]
+
     def pop_unwritten(self) -> Dict[int, Dict[str, float]]:
         """Scalars put since the last call, grouped by iteration (for append-only writers)."""
         out, self._unwritten = dict(self._unwritten), defaultdict(dict)
@@ -135,13 +144,18 @@ class EventWriter:
 
 
 class JSONWriter(EventWriter):
-    """Appends one JSON object per iteration to ``metrics.json`` (``{"iteration": i, ...}``)."""
+    """Appends one JSON object per iteration to ``metrics.json`` (``{"iteration": i, ...}``,
+    ``i`` 0-based as in detectron2). The file is opened at the first write, so that a resume
+    can rewrite it (:func:`resume_metrics_file`) after the writer was built."""
 
     def __init__(self, json_file: str) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(json_file)), exist_ok=True)
-        self._file = open(json_file, "a", encoding="utf-8")
+        self._path = json_file
+        self._file = None
 
     def write(self) -> None:
+        if self._file is None:
+            os.makedirs(os.path.dirname(os.path.abspath(self._path)), exist_ok=True)
+            self._file = open(self._path, "a", encoding="utf-8")
         for it, scalars in sorted(get_event_storage().pop_unwritten().items()):
             self._file.write(json.dumps({"iteration": it, **scalars}, sort_keys=True) + "\n")
         self._file.flush()
@@ -151,7 +165,55 @@ class JSONWriter(EventWriter):
             pass
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+
+
+def resume_metrics_file(json_file: str, start_iter: int,
+                        saved: Optional[List[Dict[str, Any]]] = None) -> Tuple[int, int, int]:
+    """Make ``metrics.json`` hold each iteration below ``start_iter`` once, and nothing else.
+
+    A resumed run re-runs iterations ``start_iter...``: their records from before the kill are
+    dropped (else they appear twice), as is a line cut short by the kill. Records of the same
+    iteration are merged. ``saved`` (the checkpoint's ``metrics``: what was not yet written
+    when it was saved) fills the iterations the killed run never flushed. Rewritten atomically.
+
+    Returns:
+        (records kept, records dropped, records restored from ``saved``).
+    """
+    by_iter: Dict[int, Dict[str, Any]] = {}
+    dropped = 0
+    if os.path.isfile(json_file):
+        with open(json_file, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    it = int(record["iteration"])
+                except (ValueError, KeyError, TypeError):
+                    dropped += 1  # the half line a kill mid-write leaves
+                    continue
+                if it < start_iter:
+                    by_iter.setdefault(it, {}).update(record)
+                else:
+                    dropped += 1
+    elif not saved:
+        return 0, 0, 0
+    kept = len(by_iter)
+    restored = 0
+    for record in saved or []:
+        it = int(record.get("iteration", start_iter))
+        if it >= start_iter:
+            continue
+        if it not in by_iter:
+            restored += 1
+        for key, value in record.items():
+            by_iter.setdefault(it, {}).setdefault(key, value)
+    text = "".join(json.dumps(by_iter[it], sort_keys=True) + "\n" for it in sorted(by_iter))
+    atomic_write(json_file, text)
+    logging.getLogger("crowdloss.engine").info(
+        "%s: kept %d iterations before %d, dropped %d records of later ones (re-run now), "
+        "restored %d from the checkpoint", json_file, kept, start_iter, dropped, restored)
+    return kept, dropped, restored
 
 
 class TensorboardWriter(EventWriter):

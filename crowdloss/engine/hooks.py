@@ -100,6 +100,11 @@ class IterationTimer(HookBase):
 class PeriodicCheckpointer(HookBase):
     """Saves ``model_iter_XXXXXXX.pth`` every ``period`` iterations and ``model_final.pth``.
 
+    ``XXXXXXX`` is the number of iterations done (``model_iter_0005000.pth`` after 5000), the
+    number ``pods_test --start-iter`` and its result table use. Each checkpoint also keeps the
+    metrics not yet written to ``metrics.json`` (the writer flushes every 20 iterations, on its
+    own period), so that a kill between the save and the next write loses no iteration.
+
     Args:
         checkpointer: a :class:`~crowdloss.engine.checkpoint.Checkpointer` (writes on rank 0 only).
         period: iterations between saves; 0 disables the periodic ones (the final save remains).
@@ -113,16 +118,19 @@ class PeriodicCheckpointer(HookBase):
 
     def after_step(self) -> None:
         it = self.trainer.iter
-        if it + 1 >= self.max_iter:
+        done = it + 1
+        if done >= self.max_iter:
             name = "model_final"
-        elif self.period > 0 and (it + 1) % self.period == 0:
-            name = f"model_iter_{it:07d}"
+        elif self.period > 0 and done % self.period == 0:
+            name = f"model_iter_{done:07d}"
         else:
             return
         # Every rank's generators (a collective, hence here where all ranks run), so that each
         # rank resumes its own random streams; a single process stores its state directly.
         rng = comm.all_gather(get_rng_state()) if comm.get_world_size() > 1 else get_rng_state()
-        self.checkpointer.save(name, iteration=it, rng=rng)
+        pending = self.trainer.storage.unwritten_records(it) if self.checkpointer.save_to_disk \
+            else []
+        self.checkpointer.save(name, iteration=it, rng=rng, metrics=pending)
 
 
 class EvalHook(HookBase):

@@ -21,12 +21,15 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch import nn
 
+from crowdloss.config.access import cfg_get
 from crowdloss.utils import comm
 from crowdloss.utils.env import set_rng_state
 
 from . import hooks
 from .checkpoint import DetectionCheckpointer, unwrap_model
-from .events import CommonMetricPrinter, EventStorage, JSONWriter, TensorboardWriter
+from .events import (CommonMetricPrinter, EventStorage, JSONWriter, TensorboardWriter,
+                     resume_metrics_file)
+from .provenance import run_provenance
 from .solver import build_lr_scheduler, build_optimizer
 
 __all__ = ["DefaultRunner"]
@@ -93,7 +96,7 @@ class DefaultRunner:
         self._data_loader = None
         self._data_loader_start = 0
         self.checkpointer = DetectionCheckpointer(
-            unwrap_model(model), cfg.OUTPUT_DIR,
+            unwrap_model(model), cfg.OUTPUT_DIR, provenance=run_provenance(cfg, model, build_model),
             optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
         )
         self.start_iter = 0
@@ -191,20 +194,32 @@ class DefaultRunner:
         """Resume from OUTPUT_DIR's newest checkpoint, else load ``MODEL.WEIGHTS`` (model only).
 
         Resuming restores model, optimizer, scheduler, scaler and RNG states and continues at
-        the checkpoint's iteration + 1, with the data loader rebuilt to start there.
+        the checkpoint's iteration + 1, with the data loader rebuilt to start there; an
+        unreadable newest checkpoint falls back to the previous one, and ``metrics.json`` is
+        cut back to the iterations before the resume point (see ``resume_metrics_file``).
+        ``MODEL.WEIGHTS`` must fill ``MODEL.WEIGHTS_MIN_COVERAGE.TRAIN`` of the model.
+        Temp files of killed checkpoint writes are removed first.
         """
-        if resume and self.checkpointer.has_checkpoint():
-            extra = self.checkpointer.load(self.checkpointer.get_checkpoint_file())
+        self.checkpointer.remove_stale_temp_files()
+        extra = self.checkpointer.resume() if resume else None
+        if extra is not None:
             self.start_iter = int(extra.get("iteration", -1)) + 1
             rng = extra.get("rng")
             if isinstance(rng, (list, tuple)):  # one state per rank (distributed runs)
                 rng = rng[comm.get_rank()] if comm.get_rank() < len(rng) else rng[0]
             self._pending_rng = rng
-            logger.info("Resuming at iteration %d", self.start_iter)
+            if self.checkpointer.save_to_disk and self.cfg.OUTPUT_DIR:
+                resume_metrics_file(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"),
+                                    self.start_iter, extra.get("metrics"))
+            logger.info("Resuming at iteration %d from %s", self.start_iter, extra["path"])
         else:
             self.start_iter = 0
             if self.cfg.MODEL.WEIGHTS:
-                self.checkpointer.load_model_weights(self.cfg.MODEL.WEIGHTS)
+                key = "MODEL.WEIGHTS_MIN_COVERAGE.TRAIN"
+                least = float(cfg_get(self.cfg, key))
+                self.checkpointer.load_model_weights(
+                    self.cfg.MODEL.WEIGHTS, min_coverage=least, requirement=f"{key} = {least:g}",
+                    cfg=self.cfg)
         comm.synchronize()
 
     # ------------------------------------------------------------------ loop

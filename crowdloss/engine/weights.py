@@ -1,0 +1,365 @@
+"""The one weight-loading path: file -> format -> our names -> the model's keys -> the model.
+
+Every load goes through :func:`load_weights` (``MODEL.WEIGHTS``, ``pods_test``) or
+:func:`load_state` (``--resume``, whose file the checkpointer has already read):
+
+1. **read** (``weight_files.read_weights_file``, after ``resolve_weights_path`` for URLs):
+   ``.pkl`` / ``.pickle`` through an unpickler that only rebuilds numpy arrays and plain
+   containers; anything else with ``torch.load(weights_only=True)``. Neither runs code from
+   the file.
+2. **unwrap** (:func:`split_checkpoint`): ``{"model": ...}``, ``{"blobs": ...}`` (Caffe2) and
+   ``{"state_dict": ...}`` wrappers go, DDP's ``module.`` prefixes go, numpy arrays become
+   tensors; the rest of a training checkpoint (``iteration``, ``meta``...) is kept aside, and
+   its ``meta`` is compared with the loading run's (``engine.provenance``).
+3. **detect** (:func:`detect_weight_format`): every registered format's ``detect`` looks at the
+   key names; exactly one may claim the dict, none means our own names ("crowdloss": this
+   project, cvpods and detectron2 share them).
+4. **convert**: the claiming format's ``convert`` renames to our names.
+5. **align** (:func:`align_to_model`): exact names first, then each remaining model key takes
+   the longest checkpoint key that is a dotted suffix of it (``res2.0.conv1.weight`` ->
+   ``backbone.bottom_up.res2.0.conv1.weight``); ambiguous and wrongly shaped entries are skipped.
+6. **summarise, check, load**: the :class:`LoadSummary` is logged, always, as two lines::
+
+       Loaded weights from /path/R-50.pkl (format msra)
+       Weights: 265/316 model tensors matched (73.2% of values), 51 missing, 0 skipped (shape), 0 unexpected
+
+   then the coverage rule: a file that fills less than ``min_coverage`` of the model's values
+   (parameters and buffers, BN step counters aside) raises :class:`WeightsError` and nothing
+   is loaded. Training from ``MODEL.WEIGHTS`` needs ``MODEL.WEIGHTS_MIN_COVERAGE.TRAIN`` (0.5:
+   an ImageNet backbone fills 73-89% of our detectors, another model's checkpoint ~0%);
+   evaluation needs ``.TEST`` (1.0: a random head scores garbage); resuming needs all of the
+   model. Then ``load_state_dict(strict=False)``.
+
+Adding a format (e.g. yhenon's pytorch-retinanet or amdegroot's ssd.pytorch state dicts) is one
+function plus one registration::
+
+    def convert_yhenon_retinanet(state_dict):      # {their name: tensor}
+        return {our_name(k): v for k, v in state_dict.items() if keep(k)}
+        # or (renamed dict, [names dropped on purpose]) to have the drops logged
+
+    register_weight_format("yhenon_retinanet", detect=lambda sd: "regressionModel.output.weight"
+                           in sd, convert=convert_yhenon_retinanet,
+                           input_convention=PRETRAINED_PIXEL_STATS["torchvision"])
+
+``register_weight_format(name, detect, convert, *, input_convention=None)``: ``detect(state_dict)
+-> bool`` must recognise its own files only (two formats claiming one file is an error);
+``input_convention`` (keys among ``format``, ``pixel_mean``, ``pixel_std``,
+``stride_in_1x1``) makes a config that disagrees with the weights' training input warn.
+Built-in formats are registered at the end of this module; a user's ``net.py`` may register
+more.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from crowdloss.modeling.backbone import weights as resnet_weights
+
+from .provenance import warn_provenance
+from .weight_files import (UnreadableWeightsError, load_pkl_safely, read_weights_file,
+                           resolve_weights_path)
+
+__all__ = [
+    "WeightFormat", "register_weight_format", "weight_formats", "detect_weight_format",
+    "convert_weights", "read_weights_file", "load_pkl_safely", "split_checkpoint",
+    "MatchReport", "align_to_model", "LoadSummary", "load_state", "load_weights",
+    "WeightsError", "UnreadableWeightsError", "NATIVE_FORMAT",
+]
+
+logger = logging.getLogger("crowdloss.engine")
+
+NATIVE_FORMAT = "crowdloss"
+# Step counters of BatchNorm: absent from most pretrained files and of no consequence.
+_IGNORED_SUFFIX = "num_batches_tracked"
+
+
+class WeightsError(ValueError):
+    """A weights file that must not be used as is (covers too little, names nothing known)."""
+
+
+# ----------------------------------------------------------------------------- registry
+class WeightFormat(NamedTuple):
+    """A registered foreign format (see ``register_weight_format``)."""
+
+    name: str
+    detect: Callable[[Mapping], bool]
+    convert: Callable[[Mapping], Any]
+    input_convention: Optional[Dict[str, Any]]
+
+
+_FORMATS: Dict[str, WeightFormat] = {}
+
+
+def register_weight_format(name: str, detect: Callable[[Mapping], bool],
+                           convert: Callable[[Mapping], Any], *,
+                           input_convention: Optional[Dict[str, Any]] = None) -> WeightFormat:
+    """Add a foreign weight format (see the module docstring).
+
+    Raises:
+        ValueError: ``name`` is taken by other functions (the same functions, by module and
+            name, replace the entry, so a ``net.py`` executed twice is fine).
+    """
+    fmt = WeightFormat(name, detect, convert, input_convention)
+    old = _FORMATS.get(name)
+    if name == NATIVE_FORMAT or (old is not None and _identity(old) != _identity(fmt)):
+        raise ValueError(f"weight format {name!r} is already registered (by "
+                         f"{old.convert.__module__ if old else 'crowdloss'})")
+    _FORMATS[name] = fmt
+    return fmt
+
+
+def _identity(fmt: WeightFormat) -> Tuple[str, ...]:
+    # By name, not object: a net.py executed again defines new but identical functions.
+    return tuple(f"{getattr(f, '__module__', '')}.{getattr(f, '__qualname__', repr(f))}"
+                 for f in (fmt.detect, fmt.convert))
+
+
+def weight_formats() -> List[str]:
+    """Registered foreign formats, in registration order."""
+    return list(_FORMATS)
+
+
+def detect_weight_format(state_dict: Mapping) -> str:
+    """The one registered format whose ``detect`` claims ``state_dict``, else "crowdloss".
+
+    Raises:
+        WeightsError: several formats claim it (their ``detect`` functions are too loose).
+    """
+    claims = [f.name for f in _FORMATS.values() if f.detect(state_dict)]
+    if len(claims) > 1:
+        raise WeightsError(f"weight formats {claims} all claim a state dict with keys like "
+                           f"{list(state_dict)[:5]}; each format's detect() must be specific")
+    return claims[0] if claims else NATIVE_FORMAT
+
+
+def convert_weights(state_dict: Mapping, weight_format: str = "auto"
+                    ) -> Tuple[Dict[str, torch.Tensor], str, List[str]]:
+    """Rename ``state_dict`` to our names: ``(converted, format name, names dropped)``."""
+    if weight_format == "auto":
+        weight_format = detect_weight_format(state_dict)
+    if weight_format == NATIVE_FORMAT:
+        return dict(state_dict), weight_format, []
+    if weight_format not in _FORMATS:
+        raise WeightsError(f"unknown weight format {weight_format!r}; known: "
+                           f"{[NATIVE_FORMAT] + weight_formats()}")
+    out = _FORMATS[weight_format].convert(state_dict)
+    converted, dropped = out if isinstance(out, tuple) else (out, [])
+    return {k: torch.as_tensor(v) for k, v in converted.items()}, weight_format, list(dropped)
+
+
+# ----------------------------------------------------------------------------- unwrapping
+def split_checkpoint(data: Any, *, source: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Step 2: ``(state dict of tensors, everything else)`` from what a file held."""
+    if not isinstance(data, Mapping):
+        raise WeightsError(f"{source}: expected a state dict or {{'model': state_dict}}, got "
+                           f"{type(data).__name__}")
+    extras: Dict[str, Any] = {}
+    for key in ("model", "blobs", "state_dict"):
+        if isinstance(data.get(key), Mapping):
+            extras = {k: v for k, v in data.items() if k != key}
+            data = data[key]
+            break
+    state: Dict[str, torch.Tensor] = {}
+    for key, value in data.items():
+        name = str(key)
+        while name.startswith("module."):
+            name = name[len("module."):]
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.array(value))  # copy: pickled arrays may be read-only
+        if isinstance(value, torch.Tensor):
+            state[name] = value
+        else:
+            extras.setdefault("non_tensor_entries", []).append(name)
+    return state, extras
+
+
+# ----------------------------------------------------------------------------- aligning
+class MatchReport(NamedTuple):
+    """Outcome of aligning checkpoint names to model names."""
+
+    matched: Dict[str, str]                    # model key -> checkpoint key
+    unmatched_model_keys: List[str]            # model keys that received nothing
+    unused_checkpoint_keys: List[str]          # checkpoint keys loaded nowhere
+    ambiguous: Dict[str, List[str]]            # checkpoint key -> the model keys it fits
+    shape_mismatch: List[Tuple[str, str, tuple, tuple]]  # (model key, ckpt key, model, ckpt)
+
+
+def align_to_model(checkpoint: Mapping[str, Any], model_state: Mapping[str, Any]
+                   ) -> Tuple[Dict[str, Any], MatchReport]:
+    """Step 5: rename checkpoint entries to the model keys they fit (see the module docstring).
+
+    ``model_state`` maps model keys to tensors (or shapes); a plain key list skips shape checks.
+    """
+    if isinstance(model_state, Mapping):
+        shapes = {k: tuple(getattr(v, "shape", v)) for k, v in model_state.items()}
+    else:
+        shapes = {k: None for k in model_state}
+    best = {k: k for k in shapes if k in checkpoint}  # exact names reserve their entry
+    taken = set(best.values())
+    for mkey in shapes:
+        if mkey in best:
+            continue
+        parts = mkey.split(".")
+        for i in range(1, len(parts)):  # longest proper suffix first
+            candidate = ".".join(parts[i:])
+            if candidate in checkpoint and candidate not in taken:
+                best[mkey] = candidate
+                break
+    claimed: Dict[str, List[str]] = {}
+    for mkey, ckey in best.items():
+        claimed.setdefault(ckey, []).append(mkey)
+    ambiguous = {c: ms for c, ms in claimed.items() if len(ms) > 1}
+    aligned: Dict[str, Any] = {}
+    matched: Dict[str, str] = {}
+    mismatch = []
+    for mkey, ckey in best.items():
+        if ckey in ambiguous:
+            continue
+        value = checkpoint[ckey]
+        if shapes[mkey] is not None and tuple(value.shape) != shapes[mkey]:
+            mismatch.append((mkey, ckey, shapes[mkey], tuple(value.shape)))
+            continue
+        aligned[mkey] = value
+        matched[mkey] = ckey
+    used = set(matched.values())
+    report = MatchReport(
+        matched=matched,
+        unmatched_model_keys=[k for k in shapes if k not in matched],
+        unused_checkpoint_keys=[k for k in checkpoint if k not in used],
+        ambiguous=ambiguous,
+        shape_mismatch=mismatch,
+    )
+    return aligned, report
+
+
+# ----------------------------------------------------------------------------- loading
+class LoadSummary(NamedTuple):
+    """What one load did; counts leave BN step counters out."""
+
+    source: str
+    weight_format: str
+    matched: int              # model tensors filled
+    total: int                # model tensors
+    coverage: float           # fraction of the model's values filled
+    missing: List[str]        # model keys nothing in the file fits
+    shape_skipped: List[Tuple[str, str, tuple, tuple]]
+    ambiguous: Dict[str, List[str]]
+    unexpected: List[str]     # file entries (after conversion) that fit no model key
+    dropped: List[str]        # entries the converter dropped on purpose (classifiers...)
+    extras: Dict[str, Any]    # the rest of the file: iteration, meta, optimizer...
+
+    def lines(self) -> Tuple[str, str]:
+        where = f"Loaded weights from {self.source} (format {self.weight_format})"
+        counts = (f"Weights: {self.matched}/{self.total} model tensors matched "
+                  f"({100 * self.coverage:.1f}% of values), {len(self.missing)} missing, "
+                  f"{len(self.shape_skipped)} skipped (shape), {len(self.unexpected)} unexpected")
+        if self.ambiguous:
+            counts += f", {len(self.ambiguous)} ambiguous"
+        return where, counts
+
+
+def load_state(model: nn.Module, data: Any, *, source: str, weight_format: str = "auto",
+               min_coverage: float = 0.0, requirement: str = "", cfg: Any = None,
+               provenance: Optional[Mapping] = None, ignore_config: Sequence[str] = ()
+               ) -> LoadSummary:
+    """Steps 2-6 on a file's content ``data`` (see the module docstring).
+
+    Args:
+        source: the file, for messages.
+        weight_format: "auto" (detect) or a format name.
+        min_coverage: least fraction of the model's values the file must fill.
+        requirement: what asks for ``min_coverage`` ("MODEL.WEIGHTS_MIN_COVERAGE.TEST = 1"),
+            for the error message.
+        cfg: when given, its INPUT.FORMAT / PIXEL_MEAN / PIXEL_STD / STRIDE_IN_1X1 are checked
+            against the format's input convention (a warning each).
+        provenance: this run's ``run_provenance``; a file recording another experiment,
+            model class or config gets a warning per difference (``ignore_config``: key
+            prefixes not compared).
+
+    Raises:
+        WeightsError: the file fills less than ``min_coverage`` of the model; nothing is loaded.
+    """
+    state, extras = split_checkpoint(data, source=source)
+    warn_provenance(extras.get("meta"), provenance, source=source, ignore_config=ignore_config)
+    converted, fmt, dropped = convert_weights(state, weight_format)
+    convention = _FORMATS[fmt].input_convention if fmt in _FORMATS else None
+    if cfg is not None and convention:
+        resnet_weights.check_config_for_weights(cfg, fmt, expected=convention)
+    own = model.state_dict()
+    aligned, report = align_to_model(converted, own)
+    counted = [k for k in own if not k.endswith(_IGNORED_SUFFIX)]
+    # Model keys some entry fitted by name but that were skipped (shape or ambiguity).
+    skipped_model_keys = {m for m, *_ in report.shape_mismatch}
+    skipped_model_keys.update(m for ms in report.ambiguous.values() for m in ms)
+    skipped_entries = set(report.ambiguous) | {c for _, c, _, _ in report.shape_mismatch}
+    filled = [k for k in counted if k in aligned]
+    values = sum(own[k].numel() for k in counted)
+    coverage = sum(own[k].numel() for k in filled) / values if values else 1.0
+    summary = LoadSummary(
+        source=source, weight_format=fmt, matched=len(filled), total=len(counted),
+        coverage=coverage,
+        missing=[k for k in report.unmatched_model_keys
+                 if not k.endswith(_IGNORED_SUFFIX) and k not in skipped_model_keys],
+        shape_skipped=report.shape_mismatch, ambiguous=report.ambiguous,
+        unexpected=[k for k in report.unused_checkpoint_keys
+                    if not k.endswith(_IGNORED_SUFFIX) and k not in skipped_entries],
+        dropped=dropped, extras=extras)
+    for line in summary.lines():
+        logger.info(line)
+    _log_details(summary)
+    if coverage < min_coverage:
+        need = f" ({requirement})" if requirement else ""
+        raise WeightsError(
+            f"{source} fills only {100 * coverage:.1f}% of the model's values "
+            f"({summary.matched} of {summary.total} tensors; {len(summary.shape_skipped)} skipped "
+            f"for their shape, {len(summary.unexpected)} file entries fit nothing); at least "
+            f"{100 * min_coverage:g}% is needed{need}. Is it a checkpoint of another model "
+            f"or config? Missing: {_abbrev(summary.missing + [m for m, *_ in summary.shape_skipped])}")
+    model.load_state_dict(aligned, strict=False)
+    return summary
+
+
+def load_weights(model: nn.Module, path_or_url: str, **kwargs: Any) -> LoadSummary:
+    """Load a weights file or URL into ``model`` (all steps; kwargs as :func:`load_state`)."""
+    local = resolve_weights_path(path_or_url)
+    if not os.path.isfile(local):
+        raise FileNotFoundError(f"MODEL.WEIGHTS = {path_or_url!r}: no such file ({local})")
+    return load_state(model, read_weights_file(local), source=local, **kwargs)
+
+
+def _log_details(s: LoadSummary) -> None:
+    if s.dropped:
+        logger.info("%s weights: dropped %d entries not used by detection: %s",
+                    s.weight_format, len(s.dropped), _abbrev(s.dropped))
+    for mkey, ckey, mshape, cshape in s.shape_skipped[:10]:
+        logger.warning("Skip loading %s from %s (as %s): shape %s in the file, %s in the model",
+                       ckey, s.source, mkey, cshape, mshape)
+    if len(s.shape_skipped) > 10:
+        logger.warning("... and %d more shape mismatches", len(s.shape_skipped) - 10)
+    for ckey, mkeys in s.ambiguous.items():
+        logger.warning("%s: entry '%s' fits several model keys %s; not loaded", s.source, ckey,
+                       mkeys)
+    if s.missing:
+        logger.info("Keys missing from %s (left as initialised): %s", s.source, _abbrev(s.missing))
+    if s.unexpected:
+        logger.info("Keys in %s not used by the model: %s", s.source, _abbrev(s.unexpected))
+
+
+def _abbrev(names: Sequence[str], limit: int = 20) -> str:
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" ... (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+# ----------------------------------------------------------------------------- built-ins
+register_weight_format("msra", resnet_weights.looks_msra, resnet_weights.convert_msra_names,
+                       input_convention=resnet_weights.PRETRAINED_PIXEL_STATS["msra"])
+register_weight_format("torchvision", resnet_weights.looks_torchvision,
+                       resnet_weights.convert_torchvision_names,
+                       input_convention=resnet_weights.PRETRAINED_PIXEL_STATS["torchvision"])
