@@ -1,0 +1,14 @@
+"""cvpods-style augmentation pipelines: ``[("ResizeShortestEdge", dict(...)), ...]``.
+
+A transform maps ``(image, annos, rng) -> (image, annos)``: an HWC uint8 image in the channel
+order of ``INPUT.FORMAT`` and ALL of its :class:`~crowdloss.data.annotations.Annotations`
+(boxes, classes with -1 = ignore region, extra per-box fields), so it may crop, expand, drop or
+clip boxes. Randomness comes only from the ``rng`` it is given. See ``docs/transforms.md``.
+
+Registered names: ``ResizeShortestEdge``, ``RandomFlip``.
+"""
+from .base import TRANSFORMS, Pipeline, build_transforms, register_transform
+from .geometry import RandomFlip, ResizeShortestEdge
+
+__all__ = ["ResizeShortestEdge", "RandomFlip", "Pipeline", "build_transforms",
+           "register_transform", "TRANSFORMS"]
