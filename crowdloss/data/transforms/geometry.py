@@ -1,11 +1,12 @@
-"""Geometric transforms: shortest-edge resizing and flips.
+"""Geometric transforms: shortest-edge and fixed-size resizing, flips.
 
 Shape vocabulary: H, W image height / width before a transform, M boxes (``annos.boxes``
 (M, 4) absolute xyxy float32). Ignore regions (class -1) move exactly like objects.
 
 ``ResizeShortestEdge`` and ``RandomFlip`` are the detectron2 / cvpods transforms every FPN
 experiment uses; their outputs (pixels, box values and the number of draws from ``rng``) are
-pinned by ``tests/fixtures/transforms_legacy_golden.json``.
+pinned by ``tests/fixtures/transforms_legacy_golden.json``. ``Resize`` is SSD's fixed input
+size (arXiv 1512.02325; amdegroot/ssd.pytorch's ``Resize``).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 from ..annotations import Annotations
 from .base import register_transform
 
-__all__ = ["ResizeShortestEdge", "RandomFlip"]
+__all__ = ["ResizeShortestEdge", "RandomFlip", "Resize"]
 
 
 def _scale_boxes(annos: Annotations, sx: float, sy: float) -> Annotations:
@@ -104,3 +105,27 @@ class RandomFlip:
             image = cv2.flip(image, 0)
             boxes[:, [1, 3]] = h - annos.boxes[:, [3, 1]]
         return image, annos.replace(boxes=boxes)
+
+
+@register_transform
+class Resize:
+    """Resize to exactly ``height`` x ``width``, ignoring the aspect ratio (SSD300 / SSD512).
+
+    Boxes scale by (width / W, height / H). Deterministic: draws nothing from ``rng``.
+
+    Args:
+        height, width: output size in pixels.
+        interp: cv2 interpolation flag; bilinear is what ssd.pytorch's ``cv2.resize`` uses.
+    """
+
+    def __init__(self, *, height: int = 300, width: int = 300, interp: int = cv2.INTER_LINEAR):
+        if int(height) <= 0 or int(width) <= 0:
+            raise ValueError(f"Resize: height and width must be positive, got {height}x{width}")
+        self.height, self.width, self.interp = int(height), int(width), interp
+
+    def __call__(self, image, annos, rng):
+        h, w = image.shape[:2]
+        if (h, w) == (self.height, self.width):
+            return image, annos
+        image = cv2.resize(image, (self.width, self.height), interpolation=self.interp)
+        return image, _scale_boxes(annos, self.width / w, self.height / h)
