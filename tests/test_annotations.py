@@ -43,6 +43,14 @@ def test_annotations_reject_bad_shapes():
     with pytest.raises(ValueError, match=r"img\.jpg annotations\[1\]"):
         Annotations.from_dataset_dict([{"bbox": [0, 0, 1, 1], "category_id": 0},
                                        {"bbox": [0, 0, 1], "category_id": 0}], "img.jpg")
+    with pytest.raises(ValueError, match=r"annotations\[0\]"):  # not reshaped into 1 box
+        Annotations.from_dataset_dict([{"bbox": [0, 0], "category_id": 0},
+                                       {"bbox": [1, 1], "category_id": 0}])
+    with pytest.raises(ValueError, match=r"annotations\[1\]"):
+        Annotations.from_dataset_dict([{"bbox": [0, 0, 1, 1], "category_id": 0},
+                                       {"bbox": [0, 0, 1, 1]}])
+    with pytest.raises(ValueError, match=r"annotations\[0\]"):
+        Annotations.from_dataset_dict([{"bbox": [0, 0, 1, 1], "category_id": [0, 1]}])
     a = Annotations.from_dataset_dict([{"bbox": [1, 2, 3, 4], "category_id": -1}])
     assert a.boxes.tolist() == [[1, 2, 3, 4]] and a.classes.tolist() == [-1]
     assert len(Annotations.from_dataset_dict([])) == 0
