@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import crowdloss.data.crowdhuman as ch
-from crowdloss.data import (DatasetCatalog, InferenceSampler, MetadataCatalog, TrainingSampler,
-                            build_test_loader, build_train_loader, build_transforms,
-                            get_dataset_dicts, load_coco_json, load_crowdhuman_odgt,
-                            register_crowdhuman_instances)
+from crowdloss.data import (Annotations, DatasetCatalog, InferenceSampler, MetadataCatalog,
+                            TrainingSampler, build_test_loader, build_train_loader,
+                            build_transforms, get_dataset_dicts, load_coco_json,
+                            load_crowdhuman_odgt, register_crowdhuman_instances)
 from crowdloss.data.samplers import AspectRatioGroupedBatcher
 from crowdloss.structures import Instances
 
@@ -130,16 +130,18 @@ def test_transforms_consistent():
     img = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
     img[10:20, 5:15] = 255
     boxes = np.array([[5, 10, 15, 20]], np.float32)
+    annos = Annotations(boxes, [0])
     flip = build_transforms([("RandomFlip", dict(prob=1.0))])
-    i1, b1 = flip(img, boxes, rng)
-    assert (i1[10:20, 45:55] == 255).all() and b1.tolist() == [[45, 10, 55, 20]]
-    i2, b2 = flip(i1, b1, rng)
-    assert np.array_equal(i2, img) and np.array_equal(b2, boxes)
+    i1, a1 = flip(img, annos, rng)
+    assert (i1[10:20, 45:55] == 255).all() and a1.boxes.tolist() == [[45, 10, 55, 20]]
+    i2, a2 = flip(i1, a1, rng)
+    assert np.array_equal(i2, img) and a2 == annos
     rs = build_transforms([("ResizeShortestEdge", dict(short_edge_length=(80,), max_size=100,
                                                        sample_style="choice"))])
-    i3, b3 = rs(img, boxes, rng)
+    i3, a3 = rs(img, annos, rng)
     assert i3.shape[:2] == (67, 100)
-    np.testing.assert_allclose(b3, boxes * [100 / 60, 67 / 40, 100 / 60, 67 / 40], rtol=1e-6)
+    np.testing.assert_allclose(a3.boxes, boxes * [100 / 60, 67 / 40, 100 / 60, 67 / 40],
+                               rtol=1e-6)
     with pytest.raises(KeyError, match="Nope"):
         build_transforms([("Nope", {})])
 

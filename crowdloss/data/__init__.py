@@ -1,4 +1,5 @@
 """Datasets, transforms, samplers and loaders (see docs/internals.md)."""
+from .annotations import Annotations, clip_and_drop
 from .catalog import DatasetCatalog, MetadataCatalog, datasets_root
 from .coco import load_coco_json, register_coco_instances
 from .crowdhuman import load_crowdhuman_odgt
@@ -10,6 +11,7 @@ from .samplers import AspectRatioGroupedBatcher, InferenceSampler, TrainingSampl
 from .transforms import build_transforms
 
 __all__ = [
+    "Annotations", "clip_and_drop",
     "DatasetCatalog", "MetadataCatalog", "datasets_root", "load_coco_json",
     "register_coco_instances", "load_crowdhuman_odgt", "register_crowdhuman_instances",
     "CONFIGURABLE_LOADERS", "build_test_loader", "build_train_loader", "get_dataset_dicts",

@@ -7,6 +7,7 @@ import torch
 
 from ..config.access import cfg_get
 from ..structures import Instances
+from .annotations import Annotations
 from .transforms import build_transforms
 
 __all__ = ["DatasetMapper", "read_image"]
@@ -27,6 +28,10 @@ def read_image(path: str, fmt: str = "BGR") -> np.ndarray:
 class DatasetMapper:
     """Read, augment and pack one dataset dict.
 
+    The pipeline sees the image and all its annotations (``Annotations``: boxes, classes with
+    -1 = ignore); afterwards ONE :func:`~crowdloss.data.annotations.clip_and_drop` clips the
+    boxes to the output image and drops those left without area (e.g. by a crop).
+
     Output: ``image`` uint8 (3, H, W) tensor after the pipeline, ``instances``
     (image_size=(H, W), gt_boxes float32 (M, 4), gt_classes long (M,), -1 = ignore), and the
     ORIGINAL ``height``/``width`` (the model maps predictions back to them).
@@ -37,6 +42,13 @@ class DatasetMapper:
         self.pipeline = build_transforms(cfg_get(cfg, key, []))
         self.image_format = cfg_get(cfg, "INPUT.FORMAT", "BGR")
         self.is_train = is_train
+        # Colour transforms must know the channel order; a mismatch would silently turn the
+        # hue the wrong way, so refuse it here.
+        for t in self.pipeline.transforms:
+            fmt = getattr(t, "image_format", None)
+            if fmt is not None and fmt != self.image_format:
+                raise ValueError(f"{key}: {type(t).__name__}(image_format={fmt!r}) but "
+                                 f"INPUT.FORMAT is {self.image_format!r}; set the same order")
 
     def __call__(self, dataset_dict: dict, rng=None) -> dict:
         path = dataset_dict["file_name"]
@@ -46,15 +58,15 @@ class DatasetMapper:
             raise ValueError(f"{path}: image is {h}x{w} but the annotations say "
                              f"{dataset_dict['height']}x{dataset_dict['width']} "
                              "(stale size cache? delete the <odgt>.sizes.json)")
-        annos = dataset_dict.get("annotations", [])
-        boxes = np.array([a["bbox"] for a in annos], dtype=np.float32).reshape(-1, 4)
-        classes = torch.tensor([a["category_id"] for a in annos], dtype=torch.long)
-        image, boxes = self.pipeline(image, boxes, rng)
+        annos = Annotations.from_dataset_dict(dataset_dict.get("annotations", []), path)
+        image, annos = self.pipeline(image, annos, rng)
         H, W = image.shape[:2]
+        annos, _ = annos.clip_and_drop(H, W)
         # One copy into CHW layout; the model's normalisation needs contiguous memory anyway.
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         out = {"image": tensor, "height": dataset_dict["height"],
                "width": dataset_dict["width"], "file_name": path,
                "image_id": dataset_dict["image_id"]}
-        out["instances"] = Instances((H, W), gt_boxes=torch.from_numpy(boxes), gt_classes=classes)
+        out["instances"] = Instances((H, W), gt_boxes=torch.from_numpy(annos.boxes),
+                                     gt_classes=torch.from_numpy(annos.classes))
         return out
