@@ -196,7 +196,7 @@ def test_no_positives_is_zero_without_nan():
     labels[:3] = -1
     loss = ap_loss(logits, labels)
     loss.backward()
-    assert float(loss) == 0.0 and torch.equal(logits.grad, torch.zeros(50))
+    assert float(loss.detach()) == 0.0 and torch.equal(logits.grad, torch.zeros(50))
     logits.grad = None
     e = torch.zeros(0, requires_grad=True)
     cls, loc = alrp_loss(logits, labels, e)
@@ -253,3 +253,10 @@ def test_large_batch_matches_reference():
     logits = torch.randn(labels.numel(), generator=g) * 2 - 2 + (labels == 1) * 2.5
     loc = torch.rand(num_pos, generator=g) * 2
     check_against_reference(logits, labels, loc, 1e-5)
+
+
+def test_non_finite_logits_give_non_finite_loss():
+    logits, labels, loc = make(50, 2, 0.1, seed=9)
+    logits[3] = float("nan")
+    assert torch.isnan(ap_loss(logits, labels))
+    assert torch.isnan(alrp_loss(logits, labels, loc)[0])

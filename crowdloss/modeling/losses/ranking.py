@@ -22,10 +22,20 @@ float64), for every query at once. ``docs/ranking_losses.md`` gives the derivati
 """
 from typing import Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = ["ap_loss", "alrp_loss"]
+
+
+def _sort(v: Tensor) -> Tuple[Tensor, Tensor]:
+    """(values, indices) ascending. On CPU numpy's vectorised sort is several times faster than
+    torch.sort (~5x on 200k floats, AVX-512); ties may come in any order (they do not matter)."""
+    if v.device.type != "cpu":
+        return torch.sort(v)
+    idx = torch.from_numpy(np.argsort(v.numpy()))
+    return v[idx], idx
 
 
 def _prefix(v: Tensor, w: Tensor = None) -> Tuple[Tensor, Tensor]:
@@ -84,20 +94,28 @@ def _rank_terms(logits: Tensor, labels: Tensor, delta: float):
     in ascending order, ``order`` the permutation from the ``labels == 1`` order to that one,
     pos_idx their flat indices, t / neg_idx the negatives that can rank above
     some positive (s_j > min(s) - delta; the others have H = 0 against every positive and get
-    no gradient, as in the public code), and rank+(i), N_FP(i) in the order of s.
+    no gradient, as in the public code), in ascending order too, and rank+(i), N_FP(i) in the
+    order of s.
     """
     x = logits.detach().reshape(-1).to(torch.float64)
     lab = labels.reshape(-1)
     pos_idx = torch.nonzero(lab == 1).squeeze(1)
-    s, order = torch.sort(x[pos_idx])
+    s, order = _sort(x[pos_idx])
     pos_idx = pos_idx[order]
     neg_idx = torch.nonzero((lab == 0) & (x > s[0] - delta)).squeeze(1)
-    t = x[neg_idx]
+    # Sorted negatives also make the Q searches into s below cache-friendly (several x).
+    t, neg_order = _sort(x[neg_idx])
+    neg_idx = neg_idx[neg_order]
     # sum over all positives includes k = i with H(0) = 1/2: rank+ = 1 + (sum - 1/2).
     rank_pos = 0.5 + _sum_h_above(s, _prefix(s), s, delta)
-    t_sorted = torch.sort(t).values
-    n_fp = _sum_h_above(t_sorted, _prefix(t_sorted), s, delta)
+    n_fp = _sum_h_above(t, _prefix(t), s, delta)
     return s, order, pos_idx, t, neg_idx, rank_pos, n_fp
+
+
+def _nan_guard(logits: Tensor) -> Tensor:
+    """0, or NaN when any logit is NaN / inf: a diverged network must not get a finite loss
+    (the trainer stops on a non-finite loss), and this costs no host sync."""
+    return logits.detach().sum().to(torch.float64) * 0
 
 
 def _scatter_grad(logits: Tensor, pos_idx, pos_grad, neg_idx, neg_grad, num_pos: int) -> Tensor:
@@ -128,7 +146,7 @@ class _APLossFunction(torch.autograd.Function):
         neg_grad = _sum_h_below(s, _prefix(s, coef), t, delta)  # sum_i coef_i H(t_j - s_i)
         grad = _scatter_grad(logits, pos_idx, -(1 - iprec), neg_idx, neg_grad, num_pos)
         ctx.save_for_backward(grad)
-        return (1 - iprec.mean()).to(logits.dtype)
+        return (1 - iprec.mean() + _nan_guard(logits)).to(logits.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -169,7 +187,8 @@ class _ALRPClsFunction(torch.autograd.Function):
         loc_weight = torch.empty_like(loc_weight).scatter_(0, order, loc_weight)
         loc_weight = loc_weight.to(loc_errors.dtype).reshape(loc_errors.shape)
         ctx.mark_non_differentiable(loc_weight)
-        return (1 - (rank_pos / rank).mean()).to(logits.dtype), loc_weight
+        loss = 1 - (rank_pos / rank).mean() + _nan_guard(logits)
+        return loss.to(logits.dtype), loc_weight
 
     @staticmethod
     def backward(ctx, grad_out, _grad_weight):
