@@ -260,3 +260,16 @@ def test_non_finite_logits_give_non_finite_loss():
     logits[3] = float("nan")
     assert torch.isnan(ap_loss(logits, labels))
     assert torch.isnan(alrp_loss(logits, labels, loc)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs(dtype):
+    logits, labels, loc = make(100, 2, 0.05, seed=10)
+    logits = logits.to(dtype)
+    ref = reference(logits, labels, loc)  # on the same (rounded) scores
+    value, grad = ours(logits, labels)
+    assert value.dtype == dtype and grad.dtype == dtype
+    torch.testing.assert_close(grad.double(), ref["ap"][1], rtol=1e-2, atol=1e-5)
+    cls, grad, loc_value, _ = ours(logits, labels, loc)
+    assert cls.dtype == dtype and grad.dtype == dtype and loc_value.dtype == loc.dtype
+    torch.testing.assert_close(grad.double(), ref["alrp"][1], rtol=1e-2, atol=1e-5)
