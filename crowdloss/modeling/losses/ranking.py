@@ -25,6 +25,7 @@ from typing import Tuple
 import numpy as np
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = ["ap_loss", "alrp_loss"]
 
@@ -149,6 +150,7 @@ class _APLossFunction(torch.autograd.Function):
         return (1 - iprec.mean() + _nan_guard(logits)).to(logits.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         (grad,) = ctx.saved_tensors
         return grad * grad_out, None, None
@@ -191,6 +193,7 @@ class _ALRPClsFunction(torch.autograd.Function):
         return loss.to(logits.dtype), loc_weight
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out, _grad_weight):
         (grad,) = ctx.saved_tensors
         return grad * grad_out, None, None, None, None
