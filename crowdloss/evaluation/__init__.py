@@ -1,4 +1,5 @@
-"""Evaluation: CrowdHuman (AP, MR^-2, Recall, JI), COCO via pycocotools, result files, plots.
+"""Evaluation: CrowdHuman (AP, MR^-2, Recall, JI), COCO via pycocotools (with oLRP), result
+files, plots.
 
 The metric modules (``crowdhuman``, ``ji``, ``results_io``) need numpy and scipy only; the
 torch-side plumbing (``evaluator``) and ``coco`` are imported on first attribute access, so
@@ -14,6 +15,7 @@ _LAZY = {
     "evaluate_crowdhuman": "crowdhuman", "CrowdHumanResult": "crowdhuman",
     "format_results": "crowdhuman",
     "evaluate_coco": "coco",
+    "olrp_from_cocoeval": "lrp", "OLRPResult": "lrp",
 }
 
 __all__ = sorted(_LAZY)

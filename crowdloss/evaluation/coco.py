@@ -2,7 +2,8 @@
 
 Results are fractions (AP 1.0 = perfect), like the CrowdHuman metrics; tables print percent.
 ``max_dets`` replaces COCO's 100 as the last ``maxDets`` entry, which the AP numbers and the
-last AR use: crowds need 300+.
+last AR use: crowds need 300+. Next to AP, the optimal LRP (moLRP and its components, IoU 0.5,
+all areas, lower is better; see ``crowdloss.evaluation.lrp``) is computed from the same matching.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import os
 from typing import Dict, List, Sequence, Union
 
 import numpy as np
+
+from .lrp import LRP_MODES, olrp_from_cocoeval
 
 __all__ = ["COCO_METRIC_NAMES", "coco_metric_names", "evaluate_coco", "instances_to_coco"]
 
@@ -54,15 +57,24 @@ def instances_to_coco(image_id, boxes_xyxy: np.ndarray, scores: np.ndarray,
 
 
 def evaluate_coco(gt_json: Union[str, os.PathLike], results: Union[str, List[dict]], *,
-                  max_dets: int = 100) -> Dict[str, float]:
+                  max_dets: int = 100, lrp_mode: str = "lrp_error") -> Dict[str, float]:
     """COCO bbox metrics of ``results`` (a list or a results json path) against ``gt_json``.
+
+    Args:
+        lrp_mode: "lrp_error" (oLRP over every position of the score-sorted list, default) or
+            "threshold_scan" (score thresholds 0, 0.01, ..., 1, the 2018 code).
 
     Returns:
         {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR<max_dets>", "ARs",
-        "ARm", "ARl"} as fractions; NaN where COCOeval reports -1 (no GT of that size).
+        "ARm", "ARl", "moLRP", "moLRP_loc", "moLRP_FP", "moLRP_FN"} as fractions; NaN where
+        COCOeval reports -1 (no GT of that size) and where an LRP component is undefined (no
+        GT at all; moLRP_loc / moLRP_FP with no TP). With no detection every AP / AR is 0 and
+        moLRP = moLRP_FN = 1.
     """
     if int(max_dets) < 10:
         raise ValueError(f"max_dets = {max_dets}; expected >= 10 (COCO also reports AR1/AR10)")
+    if lrp_mode not in LRP_MODES:
+        raise ValueError(f"lrp_mode = {lrp_mode!r}; expected one of {LRP_MODES}")
     names = coco_metric_names(int(max_dets))
     gt_json = os.fspath(gt_json)
     if not os.path.isfile(gt_json):
@@ -82,8 +94,10 @@ def evaluate_coco(gt_json: Union[str, os.PathLike], results: Union[str, List[dic
             raise ValueError(f"COCO results[{i}]: image_id {r.get('image_id')!r} is not in "
                              f"{gt_json}")
     if not results:
-        logger.warning("COCO evaluation: no detections; every metric is 0")
-        return {k: 0.0 for k in names}
+        logger.warning("COCO evaluation: no detections; every AP / AR is 0, moLRP 1")
+        metrics = {k: 0.0 for k in names}
+        metrics.update(_olrp(coco_gt, None, int(max_dets), lrp_mode))
+        return metrics
     with contextlib.redirect_stdout(log):
         coco_dt = coco_gt.loadRes(list(results))
         ev = COCOeval(coco_gt, coco_dt, "bbox")
@@ -91,9 +105,36 @@ def evaluate_coco(gt_json: Union[str, os.PathLike], results: Union[str, List[dic
         ev.evaluate()
         ev.accumulate()
     stats = _stats(ev.eval, ev.params)
+    metrics = {k: (float("nan") if v < 0 else float(v)) for k, v in zip(names, stats)}
+    metrics.update(_olrp(coco_gt, coco_dt, int(max_dets), lrp_mode, ev=ev))
     logger.info("COCO evaluation (maxDets %d): %s", max_dets,
-                ", ".join(f"{k} {100 * v:.2f}" for k, v in zip(names, stats)))
-    return {k: (float("nan") if v < 0 else float(v)) for k, v in zip(names, stats)}
+                ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items()))
+    return metrics
+
+
+def _olrp(coco_gt, coco_dt, max_dets: int, mode: str, ev=None) -> Dict[str, float]:
+    """moLRP and its components at IoU 0.5 over all areas, from pycocotools' matching.
+
+    Reuses ``ev`` when it is pycocotools' COCOeval (it keeps the per-image matching and IoUs);
+    otherwise (faster-coco-eval) runs pycocotools' evaluate() once more. ``coco_dt = None``
+    evaluates an empty detection list (which pycocotools' loadRes cannot load).
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        if coco_dt is None:
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": list(coco_gt.dataset.get("images", [])),
+                               "categories": list(coco_gt.dataset.get("categories", [])),
+                               "annotations": []}
+            coco_dt.createIndex()
+        if type(ev) is not COCOeval:
+            ev = COCOeval(coco_gt, coco_dt, "bbox")
+            ev.params.maxDets = [1, 10, int(max_dets)]
+            ev.evaluate()
+    return olrp_from_cocoeval(ev, iou_threshold=0.5, area="all", mode=mode).summary()
 
 
 def _stats(ev: dict, params) -> List[float]:
