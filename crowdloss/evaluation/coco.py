@@ -91,7 +91,7 @@ def evaluate_coco(gt_json: Union[str, os.PathLike], results: Union[str, List[dic
         ev.evaluate()
         ev.accumulate()
     stats = _stats(ev.eval, ev.params)
-    logger.info("COCO evaluation (maxDets %d): %s", max_dets,
+    logger.debug("COCO evaluation (maxDets %d): %s", max_dets,
                 ", ".join(f"{k} {100 * v:.2f}" for k, v in zip(names, stats)))
     return {k: (float("nan") if v < 0 else float(v)) for k, v in zip(names, stats)}
 
