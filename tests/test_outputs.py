@@ -15,7 +15,7 @@ from crowdloss.evaluation.crowdhuman import evaluate_crowdhuman
 from crowdloss.evaluation.evaluator import CrowdHumanEvaluator
 from crowdloss.evaluation.results_io import (crowdhuman_image_ids, load_gt, make_dt_record,
                                              odgt_to_coco_results)
-from test_engine import CountingEvaluator, TinyModel, make_cfg, sample, train
+from test_engine import CountingEvaluator, make_cfg, sample, train
 from test_eval_evaluator import PRED, ToyModel, batch, register
 
 

@@ -7,7 +7,12 @@ Which weights (first match):
 - ``MODEL.WEIGHTS path``: that file;
 - else the newest checkpoint of OUTPUT_DIR (``last_checkpoint``, else the newest ``.pth``).
 
-The rows (checkpoint, iteration, every metric) are printed together at the end.
+The rows (checkpoint, iteration, every metric; CrowdHuman and COCO metrics in percent) are
+printed together at the end. pods_test writes only under ``OUTPUT_DIR/inference/``: its log
+(``inference/log.txt``), the config it ran with, and one results folder per checkpoint and
+dataset (``inference/<checkpoint name>/<dataset>/``), so that evaluating several checkpoints,
+or evaluating while the run still trains, overwrites nothing. That folder is locked while
+pods_test runs (a second pods_test on the same OUTPUT_DIR stops with the holder's pid).
 """
 from __future__ import annotations
 
@@ -99,7 +104,12 @@ def _flatten(results: Any, prefix: str = "") -> Dict[str, Any]:
 
 
 def format_rows(rows: List[Tuple[Optional[int], str, Dict[str, Any]]]) -> str:
-    """A text table: one row per checkpoint, columns ``checkpoint iter <dataset/task/metric>...``."""
+    """A text table: one row per checkpoint, columns ``checkpoint iter <dataset/task/metric>...``.
+
+    Metrics of the CrowdHuman and COCO tasks are shown in percent (as the README tables).
+    """
+    from crowdloss.evaluation.evaluator import format_metric
+
     flats = [_flatten(results) for _, _, results in rows]
     columns = sorted({key for flat in flats for key in flat})
     header = ["checkpoint", "iter"] + columns
@@ -107,8 +117,10 @@ def format_rows(rows: List[Tuple[Optional[int], str, Dict[str, Any]]]) -> str:
     for (iteration, path, _), flat in zip(rows, flats):
         cells = [os.path.basename(path), "-" if iteration is None else str(iteration)]
         for col in columns:
+            parts = col.split("/")
+            task = parts[-2] if len(parts) >= 2 else ""
             value = flat.get(col, "")
-            cells.append(f"{value:.4f}" if isinstance(value, float) else str(value))
+            cells.append(format_metric(task, value) if value != "" else "")
         table.append(cells)
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
@@ -128,11 +140,15 @@ def eval_worker(args: argparse.Namespace) -> List[Tuple[Optional[int], str, Dict
     for iteration, path in select_checkpoints(cfg, checkpointer, args.start_iter, args.end_iter):
         logger.info("Evaluating %s (iteration %s)", path, iteration)
         checkpointer.load_model_weights(path)
-        rows.append((iteration, path, DefaultRunner.test(cfg, model)))
+        name = os.path.basename(path)
+        out = os.path.join(cfg.OUTPUT_DIR, "inference", os.path.splitext(name)[0])
+        source = name if iteration is None else f"{name}, iteration {iteration}"
+        rows.append((iteration, path, DefaultRunner.test(cfg, model, output_dir=out,
+                                                         source=source, print_results=False)))
     if comm.is_main_process():
         table = format_rows(rows)
         # The rank-0 console handler prints it too (and log.txt keeps it): no extra print.
-        logger.info("Results per checkpoint:\n%s", table)
+        logger.info("Results per checkpoint, CrowdHuman and COCO metrics in percent:\n%s", table)
     return rows
 
 

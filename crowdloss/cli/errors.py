@@ -1,0 +1,67 @@
+"""How ``pods_train`` / ``pods_test`` report a failure: one line for a user's mistake, the
+traceback first for a bug.
+
+A user error (a missing file, a bad config value, an unknown dataset, a peer that never
+joined) is fixed from its message alone; its traceback would only bury that message, so it
+goes to log.txt (and to the terminal with ``--debug``). Anything else is a bug in crowdloss or
+in the experiment's code, and its traceback is what whoever fixes it needs.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+
+__all__ = ["is_user_error", "report_failure"]
+
+
+def _user_error_types() -> tuple:
+    from crowdloss.config.config_dict import ConfigKeyError
+    from crowdloss.utils.lock import DirectoryLockedError
+
+    from .common import CLIError
+
+    return (CLIError, ConfigKeyError, DirectoryLockedError, OSError, ValueError,
+            FloatingPointError)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """A mistake the user fixes from the message alone (no traceback needed).
+
+    CLI / config / lock errors, ``OSError`` (missing or unreadable files), ``ValueError``
+    (bad values: the project's validators name the key or file:line), ``FloatingPointError``
+    (a diverged loss), a ``KeyError`` whose message is a sentence (unknown dataset), and a
+    ``LaunchError`` (a peer that never joined) unless it carries a worker's bug.
+    """
+    from crowdloss.engine.workers import LaunchError
+
+    if isinstance(exc, LaunchError):
+        return exc.user_error or exc.detail is None
+    if isinstance(exc, KeyError):
+        return len(exc.args) == 1 and isinstance(exc.args[0], str) and " " in exc.args[0]
+    return isinstance(exc, _user_error_types())
+
+
+def report_failure(prog: str, exc: BaseException, *, debug: bool = False) -> None:
+    """Print ``<prog>: error: <message>`` on stderr (after the traceback, for a bug or with
+    ``debug``), then exit with status 1."""
+    from crowdloss.engine.workers import LaunchError, error_message
+
+    user = is_user_error(exc)
+    if debug or not user:
+        detail = getattr(exc, "detail", None)  # a worker's traceback, sent by launch
+        if detail:
+            print(detail, file=sys.stderr)
+        else:
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    if isinstance(exc, LaunchError) and exc.user_error:
+        message = exc.message  # say which rank, unless the message itself names ranks
+        if not message.startswith("rank"):
+            message = f"rank {exc.rank}: {message}"
+    elif isinstance(exc, LaunchError) and exc.detail:
+        message = str(exc).splitlines()[0]
+    else:
+        message = error_message(exc)
+        if not user:
+            message = f"{type(exc).__name__}: {message}"
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(1)
