@@ -255,6 +255,16 @@ def test_is_user_error():
     assert is_user_error(KeyError("dataset 'x' is not registered"))
     assert not is_user_error(KeyError("x"))  # a dict lookup that failed: a bug
     assert not is_user_error(TypeError("x")) and not is_user_error(AttributeError("x"))
+    # A library's ValueError explains nothing without its traceback: a bug report, not a
+    # user error (crowdloss's own validators, and the experiment's code, are).
+    try:
+        torch.nn.functional.group_norm(torch.zeros(1, 4, 1, 1), 4)
+    except ValueError as exc:
+        assert not is_user_error(exc)
+    try:
+        check_datasets({"DATASETS": {"TRAIN": ("no_such_dataset_xyz",)}}, ("DATASETS.TRAIN",))
+    except KeyError as exc:
+        assert is_user_error(exc)
     assert is_user_error(LaunchError("rank 1 did not join within 3 s"))
     assert not is_user_error(LaunchError("rank 1 raised TypeError", detail="Traceback..."))
     assert is_user_error(LaunchError("rank 1: x", user_error=True, detail="Traceback..."))

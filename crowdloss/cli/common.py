@@ -229,7 +229,10 @@ def setup(args: argparse.Namespace):
                 rank, world_size, platform.python_version(), torch.__version__,
                 torch.version.cuda or "none", torch.cuda.device_count(), platform.platform())
     logger.info("Command line: %s", " ".join(sys.argv))
-    logger.info("Device: %s", cfg.MODEL.DEVICE)
+    device = str(cfg.MODEL.DEVICE)
+    if device == "cuda" and torch.cuda.is_available():  # launch set this rank's GPU
+        device = f"cuda:{torch.cuda.current_device()}"
+    logger.info("Device: %s", device)
     if threads:
         logger.info("CPU worker: %d intra-op thread(s) (OMP_NUM_THREADS overrides)", threads)
     logger.info("Experiment %s -> OUTPUT_DIR %s", exp.dir, cfg.OUTPUT_DIR)

@@ -3,8 +3,9 @@ traceback first for a bug.
 
 A user error (a missing file, a bad config value, an unknown dataset, a peer that never
 joined) is fixed from its message alone; its traceback would only bury that message, so it
-goes to log.txt (and to the terminal with ``--debug``). Anything else is a bug in crowdloss or
-in the experiment's code, and its traceback is what whoever fixes it needs.
+goes to log.txt (and to the terminal with ``--debug``). Anything else is a bug in crowdloss,
+in the experiment's code or in how a library is called, and its traceback is what whoever
+fixes it needs.
 """
 from __future__ import annotations
 
@@ -14,31 +15,46 @@ import traceback
 __all__ = ["is_user_error", "report_failure"]
 
 
-def _user_error_types() -> tuple:
+def _always_user_errors() -> tuple:
     from crowdloss.config.config_dict import ConfigKeyError
     from crowdloss.utils.lock import DirectoryLockedError
 
     from .common import CLIError
 
-    return (CLIError, ConfigKeyError, DirectoryLockedError, OSError, ValueError,
-            FloatingPointError)
+    return (CLIError, ConfigKeyError, DirectoryLockedError, OSError)
+
+
+def _raised_by_a_validator(exc: BaseException) -> bool:
+    """Whether crowdloss or the experiment's own code raised ``exc`` (a check with a message
+    written for the user), not a library underneath (torch's ValueErrors explain nothing
+    without their traceback)."""
+    tb = exc.__traceback__
+    if tb is None:  # constructed, not raised: judge by type alone
+        return True
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = str(tb.tb_frame.f_globals.get("__name__", ""))
+    return module.split(".")[0] == "crowdloss" or module.startswith("crowdloss_exp_")
 
 
 def is_user_error(exc: BaseException) -> bool:
     """A mistake the user fixes from the message alone (no traceback needed).
 
-    CLI / config / lock errors, ``OSError`` (missing or unreadable files), ``ValueError``
-    (bad values: the project's validators name the key or file:line), ``FloatingPointError``
-    (a diverged loss), a ``KeyError`` whose message is a sentence (unknown dataset), and a
-    ``LaunchError`` (a peer that never joined) unless it carries a worker's bug.
+    CLI / config / lock errors and ``OSError`` (missing or unreadable files) always; a
+    ``ValueError`` (bad value), ``FloatingPointError`` (a diverged loss) or a ``KeyError``
+    whose message is a sentence (unknown dataset) when crowdloss or the experiment raised it;
+    a ``LaunchError`` (a peer that never joined) unless it carries a worker's bug.
     """
     from crowdloss.engine.workers import LaunchError
 
     if isinstance(exc, LaunchError):
         return exc.user_error or exc.detail is None
+    if isinstance(exc, _always_user_errors()):
+        return True
     if isinstance(exc, KeyError):
-        return len(exc.args) == 1 and isinstance(exc.args[0], str) and " " in exc.args[0]
-    return isinstance(exc, _user_error_types())
+        sentence = len(exc.args) == 1 and isinstance(exc.args[0], str) and " " in exc.args[0]
+        return sentence and _raised_by_a_validator(exc)
+    return isinstance(exc, (ValueError, FloatingPointError)) and _raised_by_a_validator(exc)
 
 
 def report_failure(prog: str, exc: BaseException, *, debug: bool = False) -> None:
