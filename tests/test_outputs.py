@@ -213,7 +213,7 @@ def test_plots_show_a_weak_model_and_keep_the_legend_off_the_curves(tmp_path, mo
         legend = ax.get_legend().get_window_extent()
         assert legend.y1 <= ax.get_window_extent().y0  # below the axes, over no curve
     low, high = mr_fig.axes[0].get_ylim()
-    assert high == 1.0 and 0.5 < low < 0.9  # miss rate 0.9..1 fills the plot, not 1e-3..1
+    assert 1.0 <= high < 1.1 and 0.5 < low < 0.9  # miss rate 0.9..1 fills the plot, not 1e-3..1
     top = pr_fig.axes[0].get_ylim()[1]
     precision = result.curves["precision"]
     assert precision.max() < top < 0.5  # precision under 0.4: zoomed in, not squeezed
