@@ -230,8 +230,8 @@ def setup(args: argparse.Namespace):
                 torch.version.cuda or "none", torch.cuda.device_count(), platform.platform())
     logger.info("Command line: %s", " ".join(sys.argv))
     device = str(cfg.MODEL.DEVICE)
-    if device == "cuda" and torch.cuda.is_available():  # launch set this rank's GPU
-        device = f"cuda:{torch.cuda.current_device()}"
+    if device == "cuda" and comm.is_dist():  # launch gave this rank the GPU of its local rank
+        device = f"cuda:{comm.get_local_rank()}"
     logger.info("Device: %s", device)
     if threads:
         logger.info("CPU worker: %d intra-op thread(s) (OMP_NUM_THREADS overrides)", threads)
