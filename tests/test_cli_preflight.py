@@ -158,6 +158,7 @@ def _cli(tool, args, cwd, env, timeout=180):
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_missing_dataset_fails_before_the_model_is_built(tmp_path):
     empty = tmp_path / "datasets"
     empty.mkdir()
@@ -194,6 +195,7 @@ def _experiment_raising(tmp_path, exc):
     return exp
 
 
+@pytest.mark.slow
 def test_user_error_is_one_line_and_its_traceback_goes_to_the_log(tmp_path):
     exp = _experiment_raising(tmp_path, "ValueError('MODEL.FOO = -1; expected > 0')")
     out = tmp_path / "out"
