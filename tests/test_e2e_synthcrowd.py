@@ -35,7 +35,12 @@ def test_demo_experiment_trains_and_evaluates(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, CROWDLOSS_DATASETS=str(datasets), OMP_NUM_THREADS="1",
                PYTHONPATH=str(REPO))
-    _run("train", ["OUTPUT_DIR", str(out), *SCHEDULE], env)
+    train = _run("train", ["OUTPUT_DIR", str(out), *SCHEDULE], env)
+    # The evaluation after training is printed once, in percent.
+    assert train.stdout.count("copypaste: AP,mMR,Recall,JI") == 1
+    assert "copypaste: Task: crowdhuman (percent)" in train.stdout
+    # No MODEL.DEVICE in the config: the device follows the machine, without a warning.
+    assert "WARNING" not in train.stdout, train.stdout
 
     names = {p.name for p in out.iterdir()}
     assert {"config.yaml", "config_diff.yaml", "log.txt", "metrics.json", "last_checkpoint",
@@ -49,10 +54,16 @@ def test_demo_experiment_trains_and_evaluates(tmp_path):
     table = proc.stdout[proc.stdout.index("checkpoint "):].splitlines()
     header, row = table[0].split(), table[1].split()
     assert row[:2] == ["model_final.pth", "24"]
-    metrics = dict(zip(header[2:], map(float, row[2:])))
-    assert 0.0 <= metrics["synthcrowd_val/crowdhuman/AP"] <= 1.0
-    assert 0.0 <= metrics["synthcrowd_val/crowdhuman/Recall"] <= 1.0
-    inference = out / "inference" / "synthcrowd_val"
+    metrics = dict(zip(header[2:], map(float, row[2:])))  # percent, as the README tables
+    assert 0.0 <= metrics["synthcrowd_val/crowdhuman/AP"] <= 100.0
+    assert 0.0 <= metrics["synthcrowd_val/crowdhuman/Recall"] <= 100.0
+    # pods_test prints its table once, nothing else: no per-evaluation copy-paste block.
+    assert "copypaste" not in proc.stdout
+    # pods_test's own files: inference/<checkpoint>/<dataset>/ (the run's stay untouched).
+    tested = out / "inference" / "model_final" / "synthcrowd_val"
+    assert {"crowdhuman_results.odgt", "coco_instances_results.json",
+            "coco_image_ids.json"} <= {p.name for p in tested.iterdir()}
+    inference = out / "inference" / "synthcrowd_val"  # written by the training's evaluation
     files = {p.name for p in inference.iterdir()}
     assert {"mr_fppi.png", "precision_recall.png"} <= files, files
     odgt = [f for f in files if f.endswith(".odgt")]

@@ -84,7 +84,9 @@ def test_crowdhuman_evaluator_numbers_and_files(tmp_path, eval_log):
     pts = [(.25, 1), (.5, 1), (.75, 1), (.75, .75), (.75, .6)]
     ap = sum((r1 - r0) * (p0 + p1) / 2 for (r0, p0), (r1, p1) in zip(pts, pts[1:]))
     assert m["AP"] == pytest.approx(ap, abs=1e-15)
-    assert "copypaste: mMR,AP,Recall,JI" in eval_log.text
+    # The evaluator says what it counted; the metrics are printed once, by print_csv_format.
+    assert "CrowdHuman evaluation of ch_toy_eval: 4 images, 4 valid GT" in eval_log.text
+    assert "copypaste" not in eval_log.text
     for f in ("crowdhuman_results.odgt", "coco_instances_results.json", "metrics.json",
               "mr_fppi.png", "precision_recall.png"):
         assert (out / f).is_file(), f
@@ -132,9 +134,11 @@ def test_inference_on_dataset_restores_mode_and_returns_results(tmp_path):
 
 
 def test_print_csv_format_and_dispatch_errors(tmp_path, eval_log):
-    text = print_csv_format({"crowdhuman": {"AP": 0.5, "mMR": 0.25}})
-    assert text.splitlines() == ["copypaste: Task: crowdhuman", "copypaste: AP,mMR",
-                                 "copypaste: 0.5000,0.2500"]
+    text = print_csv_format({"crowdhuman": {"AP": 0.5, "mMR": 0.25},
+                             "regression": {"mse": 0.0123456, "count": 6}})
+    assert text.splitlines() == ["copypaste: Task: crowdhuman (percent)", "copypaste: AP,mMR",
+                                 "copypaste: 50.00,25.00", "copypaste: Task: regression",
+                                 "copypaste: mse,count", "copypaste: 0.01235,6"]
     assert "copypaste: AP,mMR" in eval_log.text
     MetadataCatalog.set("weird_eval_ds", evaluator_type="voc2", gt_file="x")
     with pytest.raises(ValueError, match="evaluator_type = 'voc2'"):

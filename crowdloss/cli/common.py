@@ -8,6 +8,15 @@ is put first on ``sys.path`` only so that bare local imports inside them keep wo
 
 Spawned workers receive the parsed flags (the experiment dir and the override list, both
 picklable) and load the experiment again themselves, by path.
+
+Before anything is launched, the CLI process loads the experiment, applies the overrides,
+decides the device (``preflight.plan_device``) and checks the datasets
+(``preflight.check_datasets``). Who writes where: ``pods_train`` holds OUTPUT_DIR's lock for
+the whole run (rank 0 takes it before writing anything), so a second training on the same
+OUTPUT_DIR stops at once with the holder's pid and host. ``pods_test`` does not need that
+lock (evaluating a run's checkpoints while it trains is normal): it writes only under
+``OUTPUT_DIR/inference/`` (its log is ``inference/log.txt``, its results
+``inference/<checkpoint>/<dataset>/``), under that folder's own lock.
 """
 from __future__ import annotations
 
@@ -57,7 +66,8 @@ def build_parser(prog: str, *, test: bool = False) -> argparse.ArgumentParser:
                "MODEL.WEIGHTS /path/model.pth. The distributed timeout can also be set with "
                "$CROWDLOSS_DIST_TIMEOUT (seconds).")
     parser.add_argument("--num-gpus", type=int, default=None,
-                        help="processes per machine (default: all visible GPUs, else 1)")
+                        help="processes per machine (default: every visible GPU; 1 without "
+                             "CUDA or with MODEL.DEVICE cpu)")
     parser.add_argument("--num-machines", type=int, default=1, help="number of machines")
     parser.add_argument("--machine-rank", type=int, default=0,
                         help="rank of this machine (0 .. num-machines - 1)")
@@ -70,6 +80,10 @@ def build_parser(prog: str, *, test: bool = False) -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in OUTPUT_DIR")
     parser.add_argument("--dir", default=".", help="experiment dir (default: current directory)")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of every error (by default a user error, such "
+                             "as a missing file or a bad value, prints one line; log.txt keeps "
+                             "the traceback)")
     if test:
         parser.add_argument("--start-iter", type=int, default=None,
                             help="evaluate every checkpoint with iteration >= this")
@@ -82,7 +96,7 @@ def build_parser(prog: str, *, test: bool = False) -> argparse.ArgumentParser:
 
 def parse_args(prog: str, argv: Optional[Sequence[str]] = None, *,
                test: bool = False) -> argparse.Namespace:
-    """Parse and normalise flags (absolute ``dir``, resolved ``num_gpus`` and ``timeout``)."""
+    """Parse and normalise flags (absolute ``dir``; ``num_gpus`` None = decided by run_cli)."""
     parser = build_parser(prog, test=test)
     args = parser.parse_args(argv)
     flags_late = [o for o in args.opts if o.startswith("--")]
@@ -91,12 +105,13 @@ def parse_args(prog: str, argv: Optional[Sequence[str]] = None, *,
                      f"after {args.opts[0]}")
     if len(args.opts) % 2:
         parser.error(f"overrides must be KEY VALUE pairs; got an odd number: {args.opts}")
-    if args.num_gpus is None:
-        args.num_gpus = torch.cuda.device_count() or 1
+    if args.num_gpus is not None and args.num_gpus < 1:
+        parser.error(f"--num-gpus must be >= 1, got {args.num_gpus}")
     if args.dist_timeout is not None and args.dist_timeout <= 0:
         parser.error(f"--dist-timeout must be positive, got {args.dist_timeout}")
     args.dir = os.path.abspath(args.dir)
     args.prog = prog
+    args.test = test
     return args
 
 
@@ -164,19 +179,20 @@ def load_experiment(exp_dir: str) -> Experiment:
 _PRELOADED: Dict[str, Experiment] = {}  # dir -> experiment loaded by run_cli in this process
 
 
-def setup(args: argparse.Namespace, *, config_subdir: str = ""):
+def setup(args: argparse.Namespace):
     """Per-process setup; returns ``(cfg, build_model)``.
 
-    Overrides, world-size rescaling, CUDA -> CPU fallback, OUTPUT_DIR, logging (rank-aware),
-    environment + config diff in the log, ``config.yaml`` / ``config_diff.yaml`` (in
-    ``OUTPUT_DIR/config_subdir``: pods_test writes its own under ``inference/`` and leaves the
-    training run's alone) / the ``log`` link on rank 0, and seeding (``SEED -1`` = one random
-    seed shared by every rank).
+    Overrides, world-size rescaling, the device run_cli decided (CUDA -> CPU fallback),
+    OUTPUT_DIR and its lock, logging (rank-aware), environment + config diff in the log,
+    ``config.yaml`` / ``config_diff.yaml`` / the ``log`` link on rank 0, and seeding
+    (``SEED -1`` = one random seed shared by every rank). pods_test writes its log and config
+    under ``OUTPUT_DIR/inference/`` instead and leaves the run's files and link alone.
     """
     from crowdloss.config import (config_diff, default_output_dir, dump_config, link_log,
                                   rescale_for_world_size)
     from crowdloss.utils import comm
     from crowdloss.utils.env import seed_all_rng
+    from crowdloss.utils.lock import lock_for_run
     from crowdloss.utils.logger import setup_logger
 
     # The CLI process already loaded the experiment to check the overrides; reuse it so a
@@ -186,24 +202,37 @@ def setup(args: argparse.Namespace, *, config_subdir: str = ""):
     notes = list(cfg.merge_from_list(list(args.opts)))
     rank, world_size = comm.get_rank(), comm.get_world_size()
     notes += rescale_for_world_size(cfg, world_size)
-    device_warning = None
-    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
+    device_warning = device_note = None
+    plan = getattr(args, "device_plan", None)
+    if plan is not None:  # run_cli decided it (preflight.plan_device)
+        cfg.MODEL.DEVICE = plan.model_device
+        device_warning, device_note = plan.warning, plan.note
+    elif str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
         device_warning = f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available; using cpu"
         cfg.MODEL.DEVICE = "cpu"
     if not cfg.OUTPUT_DIR:
         cfg.OUTPUT_DIR = default_output_dir(exp.dir)
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    testing = bool(getattr(args, "test", False))
+    write_dir = os.path.join(cfg.OUTPUT_DIR, "inference") if testing else cfg.OUTPUT_DIR
+    os.makedirs(write_dir, exist_ok=True)
+    lock_for_run(write_dir, purpose=args.prog)  # rank 0, before anything is written there
     threads = cpu_threads_per_process() if cfg.MODEL.DEVICE == "cpu" else None
     if threads:
         torch.set_num_threads(threads)
 
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank)
+    setup_logger(write_dir, distributed_rank=rank)
     if device_warning:
         logger.warning(device_warning)
+    if device_note:
+        logger.info(device_note)
     logger.info("Rank %d of %d; python %s, torch %s, CUDA %s (%d devices), %s",
                 rank, world_size, platform.python_version(), torch.__version__,
                 torch.version.cuda or "none", torch.cuda.device_count(), platform.platform())
     logger.info("Command line: %s", " ".join(sys.argv))
+    device = str(cfg.MODEL.DEVICE)
+    if device == "cuda" and comm.is_dist():  # launch gave this rank the GPU of its local rank
+        device = f"cuda:{comm.get_local_rank()}"
+    logger.info("Device: %s", device)
     if threads:
         logger.info("CPU worker: %d intra-op thread(s) (OMP_NUM_THREADS overrides)", threads)
     logger.info("Experiment %s -> OUTPUT_DIR %s", exp.dir, cfg.OUTPUT_DIR)
@@ -217,8 +246,9 @@ def setup(args: argparse.Namespace, *, config_subdir: str = ""):
     seed_all_rng(cfg.SEED + rank)
 
     if comm.is_main_process():
-        diff = dump_config(cfg, os.path.join(cfg.OUTPUT_DIR, config_subdir))
-        link_log(exp.dir, cfg.OUTPUT_DIR)
+        diff = dump_config(cfg, write_dir)
+        if not testing:
+            link_log(exp.dir, cfg.OUTPUT_DIR)
     else:
         diff = config_diff(cfg)
     logger.info("Config differs from its parent class in:\n%s", _format_diff(diff))
@@ -256,32 +286,58 @@ def _format_diff(diff: Any, indent: str = "  ") -> str:
 
 # ---------------------------------------------------------------------------- running
 def run_cli(args: argparse.Namespace, worker: Callable[[argparse.Namespace], Any]) -> Any:
-    """Check the experiment and overrides here, then ``launch`` ``worker(args)`` on every rank.
+    """Check the experiment, overrides, device and datasets here, then ``launch``
+    ``worker(args)`` on every rank.
 
-    Known failures (bad experiment dir, unknown / badly typed override, a rank that failed)
-    exit with status 1 and one ``<prog>: error: ...`` message on stderr instead of a traceback.
+    Failures exit with status 1 and end with one ``<prog>: error: ...`` line on stderr. User
+    errors (bad experiment dir, unknown or badly typed override, missing dataset, a rank that
+    never joined: see ``preflight.is_user_error``) print only that line, their traceback goes
+    to log.txt; anything else (a bug) prints its traceback first. ``--debug`` prints every
+    traceback.
     """
-    from crowdloss.config.config_dict import ConfigKeyError
-    from crowdloss.engine.launch import LaunchError, check_layout, launch
-    from crowdloss.engine.weights import UnreadableWeightsError, WeightsError
+    from crowdloss.engine.launch import _external_launcher, check_layout, launch
 
-    def fail(exc: BaseException):
-        print(f"{args.prog}: error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    from . import preflight
+    from .errors import is_user_error, report_failure
 
     try:
-        # Fail before spawning anything: a typo in an override should not cost a launch.
+        # Fail before spawning anything: a typo in an override or a missing dataset should
+        # not cost a launch, a model build or a weight download.
         exp = load_experiment(args.dir)
-        copy.deepcopy(exp.config).merge_from_list(list(args.opts))
+        cfg = copy.deepcopy(exp.config)
+        cfg.merge_from_list(list(args.opts))
         _PRELOADED[args.dir] = exp
+        external = _external_launcher() is not None
+        explicit = ("MODEL.DEVICE" in args.opts[0::2]
+                    or preflight.config_sets(exp.config, "MODEL.DEVICE"))
+        cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        plan = preflight.plan_device(cfg.MODEL.DEVICE, explicit=explicit, num_gpus=args.num_gpus,
+                                     cuda_count=cuda_count, external=external)
+        args.device_plan, args.num_gpus = plan, plan.num_gpus
+        testing = bool(getattr(args, "test", False))
+        preflight.check_datasets(cfg, ("DATASETS.TEST",) if testing
+                                 else ("DATASETS.TRAIN", "DATASETS.TEST"))
         check_layout(args.num_gpus, num_machines=args.num_machines,
                      machine_rank=args.machine_rank, dist_url=args.dist_url)
-        timeout = _timeout(args)
-    except (CLIError, ConfigKeyError, LaunchError, ValueError) as exc:
-        fail(exc)
+        return launch(_worker_entry, args.num_gpus, num_machines=args.num_machines,
+                      machine_rank=args.machine_rank, dist_url=args.dist_url,
+                      args=(worker, args), timeout=_timeout(args), device=plan.device,
+                      user_error=is_user_error)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure ends in the one-line form
+        report_failure(args.prog, exc, debug=args.debug)
+
+
+def _worker_entry(worker: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> Any:
+    """What every rank runs: ``worker(args)``, its traceback kept in log.txt, locks released."""
     try:
-        return launch(worker, args.num_gpus, num_machines=args.num_machines,
-                      machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,),
-                      timeout=timeout)
-    except (LaunchError, CLIError, WeightsError, UnreadableWeightsError) as exc:
-        fail(exc)
+        return worker(args)
+    except Exception:
+        # DEBUG: the file handlers keep it, the console (INFO) does not repeat it.
+        logger.debug("%s failed with:", args.prog, exc_info=True)
+        raise
+    finally:
+        from crowdloss.utils.lock import release_run_locks
+
+        release_run_locks()

@@ -10,10 +10,16 @@ Which weights (first match):
 
 Iteration numbers are iterations done, read from each file (``model_iter_0005000.pth`` and
 ``model_final.pth`` of a 30000-iteration run are 5000 and 30000). Each checkpoint must fill
-``MODEL.WEIGHTS_MIN_COVERAGE.TEST`` of the model (all of it by default). The rows are printed
-together at the end, including those of checkpoints that failed; any failure makes the exit
-status non-zero. This run's config goes to ``inference/config.yaml`` (the training run's
-``config.yaml`` is left alone).
+``MODEL.WEIGHTS_MIN_COVERAGE.TEST`` of the model (all of it by default). The rows (checkpoint,
+iteration, every metric; CrowdHuman and COCO metrics in percent) are printed together at the
+end, including those of checkpoints that failed; any failure makes the exit status non-zero.
+
+pods_test writes only under ``OUTPUT_DIR/inference/``: its log (``inference/log.txt``), the
+config it ran with (``inference/config.yaml``; the training run's ``config.yaml`` is left
+alone), and one results folder per checkpoint and dataset
+(``inference/<checkpoint name>/<dataset>/``), so that evaluating several checkpoints, or
+evaluating while the run still trains, overwrites nothing. That folder is locked while pods_test
+runs (a second pods_test on the same OUTPUT_DIR stops with the holder's pid).
 """
 from __future__ import annotations
 
@@ -86,8 +92,11 @@ Row = Tuple[Optional[int], str, Union[Dict[str, Any], BaseException]]
 
 
 def format_rows(rows: List[Row]) -> str:
-    """A text table: one row per checkpoint, columns ``checkpoint iter <dataset/task/metric>...``;
-    a checkpoint that failed gets ``FAILED`` cells and its error on a line below the table."""
+    """A text table: one row per checkpoint, columns ``checkpoint iter <dataset/task/metric>...``
+    (CrowdHuman and COCO metrics in percent, as the README tables); a checkpoint that failed gets
+    ``FAILED`` cells and its error on a line below the table."""
+    from crowdloss.evaluation.evaluator import format_metric
+
     flats = [_flatten(r) if not isinstance(r, BaseException) else None for _, _, r in rows]
     columns = sorted({key for flat in flats if flat for key in flat})
     header = ["checkpoint", "iter"] + (columns or ["result"])
@@ -100,8 +109,10 @@ def format_rows(rows: List[Row]) -> str:
             notes.append(f"FAILED {os.path.basename(path)}: {type(result).__name__}: {result}")
         else:
             for col in header[2:]:
+                parts = col.split("/")
                 value = flat.get(col, "")
-                cells.append(f"{value:.4f}" if isinstance(value, float) else str(value))
+                cells.append(format_metric(parts[-2] if len(parts) >= 2 else "", value)
+                             if value != "" else "")
         table.append(cells)
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
@@ -121,14 +132,13 @@ def eval_worker(args: argparse.Namespace) -> List[Row]:
     from crowdloss.engine.runner import DefaultRunner
     from crowdloss.utils import comm
 
-    cfg, build_model = setup(args, config_subdir="inference")
+    cfg, build_model = setup(args)
     model = build_model(cfg).to(cfg.MODEL.DEVICE)
     model.eval()
     checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR,
                                          provenance=run_provenance(cfg, model, build_model))
     coverage_key = "MODEL.WEIGHTS_MIN_COVERAGE.TEST"
     min_coverage = float(cfg_get(cfg, coverage_key))
-    per_checkpoint = args.start_iter is not None or args.end_iter is not None
     rows: List[Row] = []
     for iteration, path in select_checkpoints(cfg, checkpointer, args.start_iter, args.end_iter):
         logger.info("Evaluating %s (iteration %s)", path, iteration)
@@ -141,14 +151,12 @@ def eval_worker(args: argparse.Namespace) -> List[Row]:
             logger.error("Cannot evaluate %s: %s", path, exc)
             rows.append((iteration, path, exc))
             continue
-        evaluators = None
-        if per_checkpoint:  # one folder per checkpoint, else each would overwrite the last
-            folder = os.path.join(cfg.OUTPUT_DIR, "inference",
-                                  os.path.splitext(os.path.basename(path))[0])
-            evaluators = [DefaultRunner.build_evaluator(cfg, name, os.path.join(folder, name))
-                          for name in cfg.DATASETS.TEST]
+        name = os.path.basename(path)
+        out = os.path.join(cfg.OUTPUT_DIR, "inference", os.path.splitext(name)[0])
+        source = name if iteration is None else f"{name}, iteration {iteration}"
         try:
-            rows.append((iteration, path, DefaultRunner.test(cfg, model, evaluators=evaluators)))
+            rows.append((iteration, path, DefaultRunner.test(
+                cfg, model, output_dir=out, source=source, print_results=False)))
         except Exception as exc:
             if comm.get_world_size() > 1:
                 raise
@@ -157,7 +165,8 @@ def eval_worker(args: argparse.Namespace) -> List[Row]:
     failed = [(path, r) for _, path, r in rows if isinstance(r, BaseException)]
     if comm.is_main_process():
         # The rank-0 console handler prints it too (and log.txt keeps it): no extra print.
-        logger.info("Results per checkpoint:\n%s", format_rows(rows))
+        logger.info("Results per checkpoint, CrowdHuman and COCO metrics in percent:\n%s",
+                    format_rows(rows))
     if failed:
         raise CLIError(f"{len(failed)} of {len(rows)} checkpoint(s) could not be evaluated: "
                        + "; ".join(f"{os.path.basename(p)}: {e}" for p, e in failed))

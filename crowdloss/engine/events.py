@@ -217,7 +217,8 @@ def resume_metrics_file(json_file: str, start_iter: int,
 
 
 class TensorboardWriter(EventWriter):
-    """Scalars to TensorBoard; a no-op when neither tensorboard nor tensorboardX is installed."""
+    """Scalars to TensorBoard event files in ``log_dir`` (``tensorboard`` is a requirement);
+    without tensorboard (nor tensorboardX) it logs a one-line notice and writes nothing."""
 
     def __init__(self, log_dir: str, window_size: int = 20) -> None:
         self._window = window_size
@@ -225,10 +226,13 @@ class TensorboardWriter(EventWriter):
         self._writer = None
         try:  # lazy: `import crowdloss` must never import tensorboard
             from torch.utils.tensorboard import SummaryWriter
-        except Exception:
+        except Exception as exc:  # ImportError, or a tensorboard that fails to import
             try:
                 from tensorboardX import SummaryWriter  # type: ignore[no-redef]
             except Exception:
+                logging.getLogger("crowdloss.engine").info(
+                    "TensorBoard events off: %s (pip install tensorboard)",
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
                 return
         self._writer = SummaryWriter(log_dir)
 

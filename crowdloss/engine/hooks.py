@@ -70,7 +70,9 @@ class LRScheduler(HookBase):
 
 
 class IterationTimer(HookBase):
-    """Puts ``time`` (seconds per iteration, hooks included) and logs the total at the end."""
+    """Puts ``time`` (seconds per iteration: the step and the hooks before this one) and logs
+    the total at the end: the training's wall time without the evaluations (EvalHooks report
+    their own), which are logged apart."""
 
     def __init__(self) -> None:
         self._step_start = 0.0
@@ -90,10 +92,15 @@ class IterationTimer(HookBase):
 
     def after_train(self) -> None:
         total = time.perf_counter() - self._train_start
+        hooks = getattr(self.trainer, "_hooks", []) if self.trainer is not None else []
+        evaluating = sum(h.total_time for h in hooks if isinstance(h, EvalHook))
+        training = max(0.0, total - evaluating)
         if self._steps:
             logger.info(
-                "Total training time: %s (%.4f s / it over %d iterations)",
-                datetime.timedelta(seconds=int(total)), total / self._steps, self._steps,
+                "Total training time: %s (%.4f s / it over %d iterations)%s",
+                datetime.timedelta(seconds=int(training)), training / self._steps, self._steps,
+                f"; evaluation took {datetime.timedelta(seconds=int(evaluating))} more"
+                if evaluating else "",
             )
 
 
@@ -144,8 +151,16 @@ class EvalHook(HookBase):
         self.period = int(eval_period)
         self.eval_function = eval_function
         self.last_results: Dict[str, Any] = {}
+        self.total_time = 0.0  # seconds spent evaluating (kept out of the training time)
 
     def _do_eval(self) -> None:
+        start = time.perf_counter()
+        try:
+            self._evaluate()
+        finally:
+            self.total_time += time.perf_counter() - start
+
+    def _evaluate(self) -> None:
         results = self.eval_function() or {}
         self.last_results = results
         flat = {k: v for k, v in _flatten(results).items() if _is_number(v)}

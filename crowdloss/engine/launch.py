@@ -10,26 +10,29 @@ Rank vocabulary: ``rank = machine_rank * num_gpus_per_machine + local_rank``, wo
    (``srun`` with SLURM_NTASKS > 1): this process already IS one rank; the group is joined
    here and ``main_func`` is called directly. No flags needed.
 3. Otherwise ``num_gpus_per_machine`` workers are spawned (start method "spawn"): one per GPU
-   with NCCL when CUDA has enough devices, else CPU workers with gloo. With one process per
-   machine (``--num-machines M --num-gpus 1``) this process is the rank and nothing is spawned.
+   with NCCL for ``device="cuda"``, CPU workers with gloo for ``device="cpu"`` (``None``: CUDA
+   when it has enough devices). With one process per machine (``--num-machines M --num-gpus
+   1``) this process is the rank and nothing is spawned.
 
 Failure handling (cvpods hung forever on these): every rank first checks in at a TCPStore
-rendezvous bounded by ``timeout``, so a peer that never starts ends the run with "rank k did
-not join within T s at tcp://...". A local worker that raises or dies makes the parent
-terminate the other local workers and raise :class:`LaunchError` naming the rank and the
-cause; remote peers see their gloo connections close (or the collective timeout, which is the
-same ``timeout``). Workers die with their parent (PR_SET_PDEATHSIG), so nothing is orphaned.
-The timeout comes from ``--dist-timeout`` or ``$CROWDLOSS_DIST_TIMEOUT`` (seconds).
+rendezvous bounded by ``timeout``, so a peer that never starts ends the run within that time
+with "rank k did not join within T s at tcp://..." (or, on a machine that finds nobody
+listening at the rank-0 address, "rank 0 never joined"). A local worker that raises or dies
+makes the parent terminate the other local workers and raise :class:`LaunchError` naming the
+rank and the cause; remote peers see their gloo connections close (or the collective timeout,
+which is the same ``timeout``). Spawned workers die with their launcher however it ends,
+``kill -9`` included (``workers.die_with_parent``), so nothing is orphaned. The timeout comes
+from ``--dist-timeout`` or ``$CROWDLOSS_DIST_TIMEOUT`` (seconds).
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
+import shutil
 import signal
-import socket
+import tempfile
 import threading
-import time
 from datetime import timedelta
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 from urllib.parse import urlparse
@@ -37,6 +40,10 @@ from urllib.parse import urlparse
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from .rendezvous import _rendezvous, find_free_port
+from .workers import (LaunchError, die_with_parent, read_failures, stop_processes,
+                      write_failure)
 
 __all__ = [
     "launch",
@@ -54,12 +61,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 # torch's own default rendezvous port; used for SLURM when MASTER_PORT is not exported.
 DEFAULT_SLURM_PORT = 29500
-_JOIN_KEY = "crowdloss/joined/{}"
 _RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-class LaunchError(RuntimeError):
-    """A rank failed to start, failed to join, raised, or died."""
 
 
 def default_timeout() -> timedelta:
@@ -74,13 +76,6 @@ def default_timeout() -> timedelta:
     if seconds <= 0:
         raise ValueError(f"CROWDLOSS_DIST_TIMEOUT={value!r}: expected a positive number of seconds")
     return timedelta(seconds=seconds)
-
-
-def find_free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the OS picks it; a race is possible but rare)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def expand_nodelist(nodelist: str) -> List[str]:
@@ -160,51 +155,28 @@ def _use_cuda(num_local: int) -> bool:
     return torch.cuda.is_available() and torch.cuda.device_count() >= num_local
 
 
-def _rendezvous(host: str, port: int, rank: int, world_size: int, timeout: timedelta):
-    """TCPStore check-in that names the ranks missing after ``timeout``.
-
-    Rank 0 hosts the store, except under torchrun's agent store
-    (TORCHELASTIC_USE_AGENT_STORE=True), where the agent already listens on MASTER_PORT and
-    every rank is a client; keys are then prefixed by the restart attempt so that a restarted
-    group never sees the previous attempt's keys.
-    """
-    url = f"tcp://{host}:{port}"
-    seconds = timeout.total_seconds()
-    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    try:
-        store = dist.TCPStore(host, port, world_size, rank == 0 and not agent_store,
-                              timeout=timeout, wait_for_workers=False)
-    except Exception as exc:  # noqa: BLE001 - the store raises RuntimeError/DistNetworkError
-        who = "could not listen" if rank == 0 and not agent_store else "could not reach rank 0"
-        raise LaunchError(f"rank {rank} {who} at {url} within {seconds:g} s: {exc}") from exc
-    if agent_store:
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        store = dist.PrefixStore(f"crowdloss/attempt_{attempt}", store)
-    store.set(_JOIN_KEY.format(rank), "1")
-    deadline = time.monotonic() + seconds
-    keys = [_JOIN_KEY.format(r) for r in range(world_size)]
-    while True:
-        missing = [r for r, key in enumerate(keys) if not store.check([key])]
-        if not missing:
-            return store
-        if time.monotonic() > deadline:
-            names = ", ".join(str(r) for r in missing)
-            raise LaunchError(f"rank {names} did not join within {seconds:g} s at {url} "
-                              f"(world size {world_size}; start every machine with the same "
-                              f"--dist-url and --num-machines, or raise --dist-timeout)")
-        time.sleep(0.1)
+def _backend(device: Optional[str], num_local: int) -> str:
+    """"nccl" for CUDA workers, "gloo" for CPU ones; ``device`` None: CUDA if it has enough."""
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"launch device {device!r}: expected 'cuda', 'cpu' or None")
+    if device == "cpu" or (device is None and not _use_cuda(num_local)):
+        return "gloo"
+    if not _use_cuda(num_local):
+        raise LaunchError(f"{num_local} CUDA processes on this machine but "
+                          f"{torch.cuda.device_count()} visible GPU(s): start at most that many "
+                          "per machine, or run CPU workers (MODEL.DEVICE cpu)")
+    return "nccl"
 
 
 def _init_group(*, rank: int, local_rank: int, world_size: int, local_world_size: int,
-                host: str, port: int, timeout: timedelta) -> None:
+                host: str, port: int, timeout: timedelta, device: Optional[str] = None) -> None:
     """Set the env vars, pick backend/device, check in, init the default process group."""
     os.environ.update(zip(_RANK_ENV, map(str, (rank, local_rank, world_size, local_world_size,
                                                host, port))))
-    backend = "gloo"
-    if _use_cuda(local_world_size):
+    backend = _backend(device, local_world_size)
+    if backend == "nccl":
         torch.cuda.set_device(local_rank)
-        backend = "nccl"
-    store = _rendezvous(host, port, rank, world_size, timeout)
+    store = _rendezvous(host, port, rank, world_size, timeout, local_world_size)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                             timeout=timeout)
     logger.debug("rank %d/%d joined (%s) at tcp://%s:%d", rank, world_size, backend, host, port)
@@ -232,7 +204,17 @@ def _spawned_worker(local_rank: int, main_func: Callable, args: Sequence[Any],
     group_kw = dict(group_kw, local_rank=local_rank,
                     rank=group_kw["machine_rank"] * group_kw["local_world_size"] + local_rank)
     group_kw.pop("machine_rank")
-    return _run_as_rank(main_func, args, **group_kw)
+    launcher_pid = group_kw.pop("launcher_pid", None)
+    error_dir = group_kw.pop("error_dir", None)
+    user_error = group_kw.pop("user_error", None)
+    if launcher_pid is not None:  # a spawned child (not the in-process one-rank case)
+        die_with_parent(launcher_pid)
+    try:
+        return _run_as_rank(main_func, args, **group_kw)
+    except Exception as exc:
+        if error_dir is not None:
+            write_failure(error_dir, local_rank, group_kw["rank"], exc, user_error)
+        raise
 
 
 def _external_launcher() -> Optional[dict]:
@@ -261,7 +243,8 @@ def _external_launcher() -> Optional[dict]:
 
 def launch(main_func: Callable, num_gpus_per_machine: int, *, num_machines: int = 1,
            machine_rank: int = 0, dist_url: Optional[str] = None, args: Sequence[Any] = (),
-           timeout: timedelta = DEFAULT_TIMEOUT) -> Any:
+           timeout: timedelta = DEFAULT_TIMEOUT, device: Optional[str] = None,
+           user_error: Optional[Callable[[BaseException], bool]] = None) -> Any:
     """Run ``main_func(*args)`` on every rank.
 
     Returns ``main_func``'s result when this process is the rank (world size 1, one process
@@ -275,6 +258,10 @@ def launch(main_func: Callable, num_gpus_per_machine: int, *, num_machines: int 
             (one machine only).
         args: positional arguments of ``main_func`` (picklable).
         timeout: bound on joining and on every collective.
+        device: "cuda" (NCCL, one GPU per process), "cpu" (gloo), or None (CUDA when this
+            machine has a GPU per process, else CPU).
+        user_error: a picklable predicate; a spawned worker's exception for which it is true
+            makes a ``LaunchError`` with ``user_error=True`` and the worker's own message.
 
     Raises:
         LaunchError: a rank did not join in time, raised, or died (all local workers are
@@ -286,7 +273,7 @@ def launch(main_func: Callable, num_gpus_per_machine: int, *, num_machines: int 
         source = external.pop("source")
         logger.info("Started by %s as rank %d of %d", source, external["rank"],
                     external["world_size"])
-        return _run_as_rank(main_func, args, timeout=timeout, **external)
+        return _run_as_rank(main_func, args, timeout=timeout, device=device, **external)
 
     check_layout(num_gpus_per_machine, num_machines=num_machines, machine_rank=machine_rank,
                  dist_url=dist_url)
@@ -298,13 +285,14 @@ def launch(main_func: Callable, num_gpus_per_machine: int, *, num_machines: int 
         host, port = "127.0.0.1", find_free_port()
     else:
         host, port = _parse_tcp_url(dist_url)
-    if torch.cuda.is_available() and not _use_cuda(num_gpus_per_machine):
+    if device is None and torch.cuda.is_available() and not _use_cuda(num_gpus_per_machine):
         logger.warning("--num-gpus %d > %d visible GPUs: using CPU workers (gloo)",
                        num_gpus_per_machine, torch.cuda.device_count())
+    _backend(device, num_gpus_per_machine)  # fail here, not in every worker
 
     group_kw = dict(machine_rank=machine_rank, world_size=world_size,
                     local_world_size=num_gpus_per_machine, host=host, port=port,
-                    timeout=timeout)
+                    timeout=timeout, device=device)
     if num_gpus_per_machine == 1:
         # One rank on this machine (multi-machine, one process each): this process is the
         # rank; there is no local worker to supervise, so nothing is spawned.
@@ -322,41 +310,63 @@ def launch(main_func: Callable, num_gpus_per_machine: int, *, num_machines: int 
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _exit_on_signal)
-    context = mp.start_processes(_spawned_worker, args=(main_func, tuple(args), group_kw),
-                                 nprocs=num_gpus_per_machine, join=False, start_method="spawn")
+    # Workers are killed by the kernel when the thread that spawns them ends (prctl's parent
+    # death signal follows the thread): this one, which also waits for them below.
+    error_dir = tempfile.mkdtemp(prefix="crowdloss-launch-")
+    group_kw.update(launcher_pid=os.getpid(), error_dir=error_dir, user_error=user_error)
+    failure = None
     try:
-        while not context.join(timeout=1.0, grace_period=1.0):
-            pass
-    except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
-        rank = machine_rank * num_gpus_per_machine + exc.error_index
-        where = f"rank {rank} (local rank {exc.error_index}, pid {exc.error_pid})"
-        if isinstance(exc, mp.ProcessExitedException):
-            how = str(exc).split(" terminated with ", 1)[-1]
-            message = f"{where} died with {how}"
-        else:
-            trace = str(exc).split("following error:\n", 1)[-1].rstrip()
-            last = trace.splitlines()[-1] if trace else "an unknown error"
-            message = f"{where} raised {last}\n{trace}"
-        raise LaunchError(f"{message}\nThe other local workers were terminated.") from None
+        context = mp.start_processes(_spawned_worker, args=(main_func, tuple(args), group_kw),
+                                     nprocs=num_gpus_per_machine, join=False,
+                                     start_method="spawn")
+        try:
+            while not context.join(timeout=1.0, grace_period=1.0):
+                pass
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+            failure = exc
+        finally:
+            stop_processes(context.processes)
+        if failure is not None:
+            raise _worker_failure(failure, read_failures(error_dir), machine_rank,
+                                  num_gpus_per_machine) from None
     finally:
-        _stop_processes(context.processes)
+        shutil.rmtree(error_dir, ignore_errors=True)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return None
 
 
+def _worker_failure(exc: Exception, records: List[dict], machine_rank: int,
+                    nprocs: int) -> LaunchError:
+    """The LaunchError for the first failure: a recorded exception, else how a worker died.
+
+    A worker that died without raising (a signal, ``os._exit``) and was noticed first is the
+    cause even when others then recorded exceptions (their peers' connections closing).
+    """
+    died_first = (isinstance(exc, mp.ProcessExitedException)
+                  and not any(r["local_rank"] == exc.error_index for r in records))
+    if records and not died_first:
+        first = records[0]
+        where = f"rank {first['rank']} (local rank {first['local_rank']}, pid {first['pid']})"
+        trace = first["traceback"].rstrip()
+        text = f"{where} raised {first['name']}: {first['message']}"
+        if not first["user_error"]:
+            text += f"\n{trace}"
+        return LaunchError(f"{text}\nThe other local workers were terminated.",
+                           user_error=bool(first["user_error"]), message=first["message"],
+                           detail=trace, rank=first["rank"])
+    rank = machine_rank * nprocs + exc.error_index
+    where = f"rank {rank} (local rank {exc.error_index}, pid {exc.error_pid})"
+    if isinstance(exc, mp.ProcessExitedException):
+        how = str(exc).split(" terminated with ", 1)[-1]
+        text = f"{where} died with {how}"
+    else:
+        trace = str(exc).split("following error:\n", 1)[-1].rstrip()
+        last = trace.splitlines()[-1] if trace else "an unknown error"
+        return LaunchError(f"{where} raised {last}\n{trace}\nThe other local workers were "
+                           "terminated.", detail=trace, rank=rank)
+    return LaunchError(f"{text}\nThe other local workers were terminated.", rank=rank)
+
+
 def _exit_on_signal(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
-
-
-def _stop_processes(processes: Sequence[Any], grace: float = 3.0) -> None:
-    """SIGTERM every live worker, SIGKILL what is left after ``grace`` s, reap all."""
-    alive = [p for p in processes if p.is_alive()]
-    for proc in alive:
-        proc.terminate()
-    deadline = time.monotonic() + grace
-    for proc in alive:
-        proc.join(max(0.0, deadline - time.monotonic()))
-        if proc.is_alive():
-            proc.kill()
-            proc.join()

@@ -168,7 +168,8 @@ class DefaultRunner:
             hooks.PeriodicCheckpointer(
                 self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_iter
             ),
-            hooks.EvalHook(cfg.TEST.EVAL_PERIOD, lambda: self.test(cfg, unwrap_model(self.model))),
+            hooks.EvalHook(cfg.TEST.EVAL_PERIOD, lambda: self.test(
+                cfg, unwrap_model(self.model), source=f"iteration {self.iter + 1}")),
         ]
         if comm.is_main_process() and cfg.OUTPUT_DIR:
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
@@ -325,8 +326,19 @@ class DefaultRunner:
 
     # ------------------------------------------------------------------ evaluation
     @classmethod
-    def test(cls, cfg, model: nn.Module, evaluators: Optional[list] = None) -> Dict[str, Any]:
-        """Evaluate ``model`` on each of ``cfg.DATASETS.TEST``; returns ``{dataset: results}``."""
+    def test(cls, cfg, model: nn.Module, evaluators: Optional[list] = None, *,
+             output_dir: Optional[str] = None, source: str = "",
+             print_results: bool = True) -> Dict[str, Any]:
+        """Evaluate ``model`` on each of ``cfg.DATASETS.TEST``; returns ``{dataset: results}``.
+
+        Args:
+            output_dir: where each dataset's result files go (``<output_dir>/<dataset>``);
+                default ``OUTPUT_DIR/inference``.
+            source: what is evaluated ("model_final.pth, iteration 2600"), for evaluators
+                that label their outputs with it (plot titles).
+            print_results: log each dataset's metrics (pods_test prints one table at the end
+                instead).
+        """
         names = list(cfg.DATASETS.TEST)
         if not names:
             return {}
@@ -342,10 +354,13 @@ class DefaultRunner:
             if evaluators is not None:
                 evaluator = evaluators[idx]
             else:
-                evaluator = cls.build_evaluator(cfg, name)
+                folder = os.path.join(output_dir, name) if output_dir else None
+                evaluator = cls.build_evaluator(cfg, name, folder)
+            if source and hasattr(evaluator, "source"):
+                evaluator.source = source
             res = inference_on_dataset(model, loader, evaluator)
             results[name] = res
-            if comm.is_main_process() and res:
-                logger.info("Evaluation results for %s:", name)
+            if print_results and comm.is_main_process() and res:
+                logger.info("Evaluation results for %s%s:", name, f" ({source})" if source else "")
                 print_csv_format(res)
         return results

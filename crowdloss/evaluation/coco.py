@@ -107,8 +107,8 @@ def evaluate_coco(gt_json: Union[str, os.PathLike], results: Union[str, List[dic
     stats = _stats(ev.eval, ev.params)
     metrics = {k: (float("nan") if v < 0 else float(v)) for k, v in zip(names, stats)}
     metrics.update(_olrp(coco_gt, coco_dt, int(max_dets), lrp_mode, ev=ev))
-    logger.info("COCO evaluation (maxDets %d): %s", max_dets,
-                ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items()))
+    logger.debug("COCO evaluation (maxDets %d): %s", max_dets,
+                 ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items()))
     return metrics
 
 

@@ -21,18 +21,23 @@ from crowdloss.data.catalog import MetadataCatalog
 from crowdloss.utils import comm
 
 from .coco import evaluate_coco, instances_to_coco
-from .crowdhuman import evaluate_crowdhuman, format_results
-from .results_io import load_dt, make_dt_record, odgt_to_coco_results, write_json, write_odgt
+from .crowdhuman import evaluate_crowdhuman
+from .results_io import (crowdhuman_image_ids, load_dt, load_gt, make_dt_record,
+                         odgt_to_coco_results, write_json, write_odgt)
 
 __all__ = ["DatasetEvaluator", "DatasetEvaluators", "CrowdHumanEvaluator", "COCOEvaluator",
-           "build_evaluator", "inference_on_dataset", "print_csv_format"]
+           "build_evaluator", "inference_on_dataset", "print_csv_format", "format_metric",
+           "PERCENT_TASKS"]
 
 logger = logging.getLogger(__name__)
 
 
 class DatasetEvaluator:
     """Base class: ``reset()``, then ``process(inputs, outputs)`` per batch, then
-    ``evaluate()``."""
+    ``evaluate()``. ``source`` says what is evaluated (checkpoint, iteration); the runner sets
+    it, evaluators may label their outputs with it."""
+
+    source: str = ""
 
     def reset(self) -> None:
         pass
@@ -91,8 +96,10 @@ class CrowdHumanEvaluator(DatasetEvaluator):
     """AP, MR^-2, Recall and JI against the dataset's GT odgt (docs/metrics.md).
 
     Files under ``output_dir``: ``crowdhuman_results.odgt`` (readable by the public CrowdHuman
-    toolkits), ``coco_instances_results.json``, ``metrics.json`` and, with ``plot``,
-    ``mr_fppi.png`` / ``precision_recall.png``.
+    toolkits), ``coco_instances_results.json`` (compact; integer ``image_id`` = the image's
+    1-based position in the GT odgt, mapping in ``coco_image_ids.json``), ``metrics.json`` and,
+    with ``plot``, ``mr_fppi.png`` / ``precision_recall.png`` titled with the dataset and
+    ``source``.
     """
 
     def __init__(self, dataset_name: str, *, output_dir: Optional[str] = None,
@@ -124,27 +131,39 @@ class CrowdHumanEvaluator(DatasetEvaluator):
         records = _gather_to_main(self._records, self._distributed)
         if records is None:
             return {}
-        if self._output_dir:
-            os.makedirs(self._output_dir, exist_ok=True)
-            write_odgt(os.path.join(self._output_dir, "crowdhuman_results.odgt"), records)
-            write_json(os.path.join(self._output_dir, "coco_instances_results.json"),
-                       odgt_to_coco_results(records))
+        out = self._output_dir
+        if out:  # first, so that the detections survive whatever happens next
+            os.makedirs(out, exist_ok=True)
+            write_odgt(os.path.join(out, "crowdhuman_results.odgt"), records)
+        gt_images = load_gt(self._gt_file, box_key=self._box_key)
+        image_ids = crowdhuman_image_ids(gt_images)
+        if out and all(r["ID"] in image_ids for r in records):  # else evaluation says which
+            write_json(os.path.join(out, "coco_instances_results.json"),
+                       odgt_to_coco_results(records, image_ids=image_ids), compact=True)
+            write_json(os.path.join(out, "coco_image_ids.json"), image_ids, compact=True)
         # The inputs' sizes come second after the GT file's (docs/metrics.md "Inputs").
         sizes = {r["ID"]: (r["height"], r["width"]) for r in records}
-        result = evaluate_crowdhuman(self._gt_file, load_dt(records), box_key=self._box_key,
-                                     ji_matching=self._ji_matching, image_sizes=sizes,
-                                     image_root=self._image_root)
+        result = evaluate_crowdhuman(gt_images or self._gt_file, load_dt(records),
+                                     box_key=self._box_key, ji_matching=self._ji_matching,
+                                     image_sizes=sizes, image_root=self._image_root)
         if len(records) != result.counts["images"]:
             logger.warning("%s: %d images predicted, the GT file has %d (the rest count as "
                            "images without detections)", self._name, len(records),
                            result.counts["images"])
-        logger.info("Evaluation results for %s:\n%s", self._name, format_results(result))
-        if self._output_dir:
-            write_json(os.path.join(self._output_dir, "metrics.json"), result.to_dict())
+        c = result.counts
+        # The metrics themselves are printed once, by the caller (print_csv_format).
+        logger.info("CrowdHuman evaluation of %s: %d images, %d valid GT, %d ignore regions, "
+                    "%d detections (TP %d, FP %d, ignored %d); JI best at score > %.1f (%s "
+                    "matching)", self._name, c["images"], c["valid_gt"], c["ignore_regions"],
+                    c["detections"], c["tp"], c["fp"], c["ignored_dt"], result.ji_threshold,
+                    result.ji_matching)
+        if out:
+            write_json(os.path.join(out, "metrics.json"), result.to_dict())
             if self._plot:
                 from .plots import plot_crowdhuman
 
-                plot_crowdhuman(result, self._output_dir, label=self._name)
+                title = f"{self._name}: {self.source}" if self.source else self._name
+                plot_crowdhuman(result, out, label=self._name, title=title)
         self.result = result
         return {"crowdhuman": dict(result.metrics)}
 
@@ -190,7 +209,8 @@ class COCOEvaluator(DatasetEvaluator):
         if results is None:
             return {}
         if self._output_dir:
-            write_json(os.path.join(self._output_dir, "coco_instances_results.json"), results)
+            write_json(os.path.join(self._output_dir, "coco_instances_results.json"), results,
+                       compact=True)
         metrics = evaluate_coco(self._gt_file, results, max_dets=self._max_dets)
         if self._output_dir:
             write_json(os.path.join(self._output_dir, "metrics.json"), metrics)
@@ -261,15 +281,32 @@ def inference_on_dataset(model: torch.nn.Module, data_loader, evaluator) -> dict
     return results if results is not None else {}
 
 
+# Tasks whose metrics are fractions, printed in percent (as the README tables).
+PERCENT_TASKS = ("crowdhuman", "bbox")
+
+
+def format_metric(task: str, value: Any) -> str:
+    """``value`` as printed: percent with 2 decimals for :data:`PERCENT_TASKS`, else 4
+    significant digits (an evaluator's own units: counts, errors...)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        return str(value)
+    value = float(value)
+    if task in PERCENT_TASKS:
+        return "nan" if np.isnan(value) else f"{100 * value:.2f}"
+    return f"{value:.4g}"
+
+
 def print_csv_format(results: Dict[str, Dict[str, float]]) -> str:
-    """Log (and return) the copy-paste lines: per task, the metric names then the values."""
+    """Log (and return) the copy-paste lines: per task, the metric names then the values, in
+    percent for the CrowdHuman and COCO tasks (the task line says so)."""
     lines = []
     for task, metrics in results.items():
         if not isinstance(metrics, dict):
             continue
-        lines.append(f"copypaste: Task: {task}")
+        unit = " (percent)" if task in PERCENT_TASKS else ""
+        lines.append(f"copypaste: Task: {task}{unit}")
         lines.append("copypaste: " + ",".join(metrics))
-        lines.append("copypaste: " + ",".join(f"{float(v):.4f}" for v in metrics.values()))
+        lines.append("copypaste: " + ",".join(format_metric(task, v) for v in metrics.values()))
     text = "\n".join(lines)
     if text:
         logger.info("\n%s", text)

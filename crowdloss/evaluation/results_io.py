@@ -27,6 +27,7 @@ __all__ = [
     "make_dt_record",
     "write_odgt",
     "odgt_to_coco_results",
+    "crowdhuman_image_ids",
     "write_json",
     "resolve_image_size",
 ]
@@ -215,14 +216,47 @@ def write_odgt(path: str, records: Iterable[dict]) -> str:
     return atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def odgt_to_coco_results(records: Iterable[dict], *, category_id: int = 1) -> List[dict]:
-    """COCO results list ``[{image_id, category_id, bbox xywh, score}]`` from odgt records."""
-    return [{"image_id": r["ID"], "category_id": category_id, "bbox": d["box"],
+def odgt_to_coco_results(records: Iterable[dict], *, category_id: int = 1,
+                         image_ids: Optional[Mapping[str, int]] = None) -> List[dict]:
+    """COCO results list ``[{image_id, category_id, bbox xywh, score}]`` from odgt records.
+
+    Args:
+        image_ids: CrowdHuman ``ID`` -> integer COCO ``image_id`` (COCO tools expect ints);
+            without it the string IDs are kept.
+
+    Raises:
+        KeyError: a record's ID is missing from ``image_ids``.
+    """
+    def image_id(record: dict):
+        if image_ids is None:
+            return record["ID"]
+        try:
+            return image_ids[str(record["ID"])]
+        except KeyError:
+            raise KeyError(f"results ID '{record['ID']}' has no integer COCO image id (it is "
+                           "not an image of the GT file)") from None
+
+    return [{"image_id": image_id(r), "category_id": category_id, "bbox": d["box"],
              "score": d["score"]} for r in records for d in r["dtboxes"]]
 
 
-def write_json(path: str, obj) -> str:
-    return atomic_write(path, json.dumps(obj, indent=1, allow_nan=True) + "\n")
+def crowdhuman_image_ids(gt_images: Iterable[GTImage]) -> Dict[str, int]:
+    """CrowdHuman ``ID`` -> COCO ``image_id``: the image's 1-based position in the GT odgt.
+
+    The GT file order is the one stable numbering every tool can reproduce from the odgt
+    alone; the evaluator also writes the mapping itself beside the COCO results.
+    """
+    return {g.image_id: k for k, g in enumerate(gt_images, 1)}
+
+
+def write_json(path: str, obj, *, compact: bool = False) -> str:
+    """JSON to ``path`` atomically; ``compact`` drops indentation and spaces (result files with
+    tens of thousands of boxes: about half the size)."""
+    if compact:
+        text = json.dumps(obj, separators=(",", ":"), allow_nan=True)
+    else:
+        text = json.dumps(obj, indent=1, allow_nan=True)
+    return atomic_write(path, text + "\n")
 
 
 SizeSource = Union[Mapping[str, Tuple[int, int]], Callable[[str], Tuple[int, int]], None]
