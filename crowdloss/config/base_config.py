@@ -83,6 +83,8 @@ _config_dict: Dict[str, Any] = dict(
             # Weight decay of normalization layers' affine parameters.
             WEIGHT_DECAY_NORM=0.0,
             MOMENTUM=0.9,
+            # AdamW only.
+            BETAS=(0.9, 0.999),
         ),
         CHECKPOINT_PERIOD=5000,
         # Images per step over all processes; IMS_PER_BATCH / IMS_PER_DEVICE must equal

@@ -34,8 +34,8 @@ class DatasetMapper:
 
     def __init__(self, cfg, is_train: bool = True):
         key = "INPUT.AUG.TRAIN_PIPELINES" if is_train else "INPUT.AUG.TEST_PIPELINES"
-        self.pipeline = build_transforms(cfg_get(cfg, key, []))
-        self.image_format = cfg_get(cfg, "INPUT.FORMAT", "BGR")
+        self.pipeline = build_transforms(cfg_get(cfg, key))
+        self.image_format = cfg_get(cfg, "INPUT.FORMAT")
         self.is_train = is_train
 
     def __call__(self, dataset_dict: dict, rng=None) -> dict:

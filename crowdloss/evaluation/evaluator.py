@@ -88,7 +88,7 @@ def _gather_to_main(items: list, distributed: bool) -> Optional[list]:
 
 
 class CrowdHumanEvaluator(DatasetEvaluator):
-    """AP, MR^-2, Recall and JI against the dataset's GT odgt (METRICS.md).
+    """AP, MR^-2, Recall and JI against the dataset's GT odgt (rules: ``crowdhuman.py``).
 
     Files under ``output_dir``: ``crowdhuman_results.odgt`` (readable by the public CrowdHuman
     toolkits), ``coco_instances_results.json``, ``metrics.json`` and, with ``plot``,
@@ -129,7 +129,7 @@ class CrowdHumanEvaluator(DatasetEvaluator):
             write_odgt(os.path.join(self._output_dir, "crowdhuman_results.odgt"), records)
             write_json(os.path.join(self._output_dir, "coco_instances_results.json"),
                        odgt_to_coco_results(records))
-        # The inputs' sizes come second after the GT file's (METRICS.md "Inputs").
+        # The inputs' sizes come second after the GT file's (see evaluate_crowdhuman).
         sizes = {r["ID"]: (r["height"], r["width"]) for r in records}
         result = evaluate_crowdhuman(self._gt_file, load_dt(records), box_key=self._box_key,
                                      ji_matching=self._ji_matching, image_sizes=sizes,
@@ -204,12 +204,12 @@ def build_evaluator(cfg, dataset_name: str, output_dir: Optional[str] = None
     if kind == "crowdhuman":
         return CrowdHumanEvaluator(
             dataset_name, output_dir=output_dir,
-            ji_matching=cfg_get(cfg, "TEST.JI_MATCHING", "weight"),
-            plot=bool(cfg_get(cfg, "TEST.PLOT", True)),
-            box_key=cfg_get(cfg, "DATASETS.BOX_TYPE", "fbox"))
+            ji_matching=cfg_get(cfg, "TEST.JI_MATCHING"),
+            plot=bool(cfg_get(cfg, "TEST.PLOT")),
+            box_key=cfg_get(cfg, "DATASETS.BOX_TYPE"))
     if kind == "coco":
         return COCOEvaluator(dataset_name, output_dir=output_dir,
-                             max_dets=int(cfg_get(cfg, "TEST.COCO_MAX_DETS", 100)))
+                             max_dets=int(cfg_get(cfg, "TEST.COCO_MAX_DETS")))
     raise ValueError(f"dataset '{dataset_name}': evaluator_type = {kind!r}; expected "
                      "'crowdhuman' or 'coco' (set it with MetadataCatalog.set)")
 

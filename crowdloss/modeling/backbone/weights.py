@@ -359,5 +359,5 @@ def check_config_for_weights(cfg, source: str) -> List[str]:
         pixel_mean=cfg_get(cfg, "MODEL.PIXEL_MEAN"),
         pixel_std=cfg_get(cfg, "MODEL.PIXEL_STD"),
         input_format=cfg_get(cfg, "INPUT.FORMAT"),
-        stride_in_1x1=cfg_get(cfg, "MODEL.RESNETS.STRIDE_IN_1X1", True),
+        stride_in_1x1=cfg_get(cfg, "MODEL.RESNETS.STRIDE_IN_1X1"),
     )
