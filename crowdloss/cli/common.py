@@ -21,12 +21,12 @@ import platform
 import sys
 import types
 from datetime import timedelta
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 
-__all__ = ["CLIError", "ExperimentError", "Experiment", "build_parser", "parse_args", "load_experiment",
-           "setup", "run_cli"]
+__all__ = ["CLIError", "ExperimentError", "Experiment", "Setup", "build_parser", "parse_args",
+           "load_experiment", "setup", "run_cli"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,14 @@ class Experiment(NamedTuple):
     dir: str
     config: Any  # the config module's ``config`` object
     build_model: Callable
+
+
+class Setup(NamedTuple):
+    """What ``setup`` returns: the resolved config, net.py's builder, the started report of
+    keys the experiment set but nothing read (the worker checks it and stops it)."""
+    cfg: Any
+    build_model: Callable
+    report: Any  # crowdloss.config.UnreadKeyReport
 
 
 # ---------------------------------------------------------------------------- flags
@@ -164,36 +172,64 @@ def load_experiment(exp_dir: str) -> Experiment:
 _PRELOADED: Dict[str, Experiment] = {}  # dir -> experiment loaded by run_cli in this process
 
 
-def setup(args: argparse.Namespace):
-    """Per-process setup; returns ``(cfg, build_model)``.
+def setup(args: argparse.Namespace) -> Setup:
+    """Per-process setup; returns ``Setup(cfg, build_model, report)``.
 
-    Overrides, world-size rescaling, CUDA -> CPU fallback, OUTPUT_DIR, logging (rank-aware),
-    environment + config diff in the log, ``config.yaml`` / ``config_diff.yaml`` / the ``log``
-    link on rank 0, and seeding (``SEED -1`` = one random seed shared by every rank).
+    Overrides, validation (``validate_config``: bad numbers end the run here, before anything
+    is built), world-size rescaling, CUDA -> CPU fallback, ``CUDNN_BENCHMARK``, OUTPUT_DIR,
+    logging (rank-aware), environment + config diff in the log, ``config.yaml`` /
+    ``config_diff.yaml`` / the ``log`` link on rank 0, and seeding (``SEED -1`` = one random
+    seed shared by every rank). ``report`` has started tracking config reads (before setup's
+    own reads: rescaling uses IMS_PER_BATCH, the device, seed and output dir are used here).
     """
-    from crowdloss.config import (config_diff, default_output_dir, dump_config, link_log,
-                                  rescale_for_world_size)
+    from crowdloss.config import (UnreadKeyReport, config_diff, dump_config, link_log,
+                                  validate_config)
     from crowdloss.utils import comm
-    from crowdloss.utils.env import seed_all_rng
-    from crowdloss.utils.logger import setup_logger
 
     # The CLI process already loaded the experiment to check the overrides; reuse it so a
     # net.py with import-time side effects (dataset registration) runs once per process.
     exp = _PRELOADED.pop(args.dir, None) or load_experiment(args.dir)
     cfg = exp.config
-    notes = list(cfg.merge_from_list(list(args.opts)))
+    overrides = cfg.apply_overrides(list(args.opts))
+    config_warnings = validate_config(cfg)
+    # What the experiment set, taken before setup itself changes values (rescaling, device...).
+    report = UnreadKeyReport.for_config(cfg, [k for o in overrides for k in o.leaf_keys]).start()
+    try:
+        report.action = cfg.UNREAD_KEYS  # validated above
+        _setup_process(cfg, exp.dir, [o.message for o in overrides], config_warnings)
+        if comm.is_main_process():
+            diff = dump_config(cfg, cfg.OUTPUT_DIR)
+            link_log(exp.dir, cfg.OUTPUT_DIR)
+        else:
+            diff = config_diff(cfg)
+        logger.info("Config differs from its parent class in:\n%s", _format_diff(diff))
+    except BaseException:
+        report.stop()
+        raise
+    return Setup(cfg, exp.build_model, report)
+
+
+def _setup_process(cfg, exp_dir: str, notes: List[str], config_warnings: List[str]) -> None:
+    """Rescaling, device, output dir, threads, cudnn, logging, seeding (see ``setup``)."""
+    from crowdloss.config import default_output_dir, rescale_for_world_size
+    from crowdloss.utils import comm
+    from crowdloss.utils.env import seed_all_rng
+    from crowdloss.utils.logger import setup_logger
+
     rank, world_size = comm.get_rank(), comm.get_world_size()
-    notes += rescale_for_world_size(cfg, world_size)
+    notes = notes + rescale_for_world_size(cfg, world_size)
     device_warning = None
     if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
         device_warning = f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available; using cpu"
         cfg.MODEL.DEVICE = "cpu"
     if not cfg.OUTPUT_DIR:
-        cfg.OUTPUT_DIR = default_output_dir(exp.dir)
+        cfg.OUTPUT_DIR = default_output_dir(exp_dir)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     threads = cpu_threads_per_process() if cfg.MODEL.DEVICE == "cpu" else None
     if threads:
         torch.set_num_threads(threads)
+    # Autotuned convolutions: faster for fixed input sizes, not bit-reproducible.
+    torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
 
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank)
     if device_warning:
@@ -204,23 +240,19 @@ def setup(args: argparse.Namespace):
     logger.info("Command line: %s", " ".join(sys.argv))
     if threads:
         logger.info("CPU worker: %d intra-op thread(s) (OMP_NUM_THREADS overrides)", threads)
-    logger.info("Experiment %s -> OUTPUT_DIR %s", exp.dir, cfg.OUTPUT_DIR)
+    logger.info("Experiment %s -> OUTPUT_DIR %s", exp_dir, cfg.OUTPUT_DIR)
     for note in notes:
         logger.info("Config: %s", note)
+    for warning in config_warnings:
+        logger.warning("Config: %s", warning)
+    if torch.backends.cudnn.benchmark:
+        logger.info("CUDNN_BENCHMARK: cudnn autotuning on")
 
     if cfg.SEED < 0:
         cfg.SEED = comm.shared_random_seed()  # a collective: every rank must reach it
         logger.info("SEED -1: drew the shared seed %d", cfg.SEED)
     # Rank offset: augmentations differ per rank; the sampler uses the shared cfg.SEED.
     seed_all_rng(cfg.SEED + rank)
-
-    if comm.is_main_process():
-        diff = dump_config(cfg, cfg.OUTPUT_DIR)
-        link_log(exp.dir, cfg.OUTPUT_DIR)
-    else:
-        diff = config_diff(cfg)
-    logger.info("Config differs from its parent class in:\n%s", _format_diff(diff))
-    return cfg, exp.build_model
 
 
 def cpu_threads_per_process() -> Optional[int]:
@@ -256,11 +288,15 @@ def _format_diff(diff: Any, indent: str = "  ") -> str:
 def run_cli(args: argparse.Namespace, worker: Callable[[argparse.Namespace], Any]) -> Any:
     """Check the experiment and overrides here, then ``launch`` ``worker(args)`` on every rank.
 
-    Known failures (bad experiment dir, unknown / badly typed override, a rank that failed)
-    exit with status 1 and one ``<prog>: error: ...`` message on stderr instead of a traceback.
+    Known failures (bad experiment dir, unknown / badly typed override, an invalid config
+    value, unread keys or results outside TEST.EXPECTED_RESULTS in "error" mode, a rank that
+    failed) exit with status 1 and one ``<prog>: error: ...`` message on stderr instead of a
+    traceback.
     """
+    from crowdloss.config import ConfigValueError, UnreadKeysError, validate_config
     from crowdloss.config.config_dict import ConfigKeyError
     from crowdloss.engine.launch import LaunchError, check_layout, launch
+    from crowdloss.evaluation.expected import ExpectedResultsError
 
     def fail(exc: BaseException):
         print(f"{args.prog}: error: {exc}", file=sys.stderr)
@@ -269,7 +305,9 @@ def run_cli(args: argparse.Namespace, worker: Callable[[argparse.Namespace], Any
     try:
         # Fail before spawning anything: a typo in an override should not cost a launch.
         exp = load_experiment(args.dir)
-        copy.deepcopy(exp.config).merge_from_list(list(args.opts))
+        resolved = copy.deepcopy(exp.config)
+        resolved.merge_from_list(list(args.opts))
+        validate_config(resolved)
         _PRELOADED[args.dir] = exp
         check_layout(args.num_gpus, num_machines=args.num_machines,
                      machine_rank=args.machine_rank, dist_url=args.dist_url)
@@ -280,5 +318,6 @@ def run_cli(args: argparse.Namespace, worker: Callable[[argparse.Namespace], Any
         return launch(worker, args.num_gpus, num_machines=args.num_machines,
                       machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,),
                       timeout=timeout)
-    except (LaunchError, CLIError) as exc:
+    except (LaunchError, CLIError, ConfigValueError, UnreadKeysError,
+            ExpectedResultsError) as exc:
         fail(exc)

@@ -7,7 +7,9 @@ Which weights (first match):
 - ``MODEL.WEIGHTS path``: that file;
 - else the newest checkpoint of OUTPUT_DIR (``last_checkpoint``, else the newest ``.pth``).
 
-The rows (checkpoint, iteration, every metric) are printed together at the end.
+The rows (checkpoint, iteration, every metric) are printed together at the end; then the
+newest checkpoint's results are checked against ``TEST.EXPECTED_RESULTS`` (one line per entry:
+inside or outside its band, and by how much; see docs/config.md).
 """
 from __future__ import annotations
 
@@ -66,7 +68,11 @@ def select_checkpoints(cfg, finder, start_iter: Optional[int] = None,
     """
     out = cfg.OUTPUT_DIR
     max_iter = int(cfg.SOLVER.LR_SCHEDULER.MAX_ITER)
+    weights = cfg.MODEL.WEIGHTS
     if start_iter is not None or end_iter is not None:
+        if weights:
+            logger.info("--start-iter / --end-iter evaluate the checkpoints of %s; MODEL.WEIGHTS "
+                        "%s is not used", out, weights)
         lo = -math.inf if start_iter is None else start_iter
         hi = math.inf if end_iter is None else end_iter
         found = []
@@ -79,8 +85,8 @@ def select_checkpoints(cfg, finder, start_iter: Optional[int] = None,
                 f"no checkpoint in {out} with {start_iter} <= iteration <= {end_iter} "
                 f"(looked for model_iter_XXXXXXX.pth and model_final.pth = iteration {max_iter})")
         return sorted(found)
-    if cfg.MODEL.WEIGHTS:
-        return [(checkpoint_iteration(cfg.MODEL.WEIGHTS, max_iter), cfg.MODEL.WEIGHTS)]
+    if weights:
+        return [(checkpoint_iteration(weights, max_iter), weights)]
     newest = finder.get_checkpoint_file()
     if newest is None:
         raise NoCheckpointError(
@@ -115,25 +121,42 @@ def format_rows(rows: List[Tuple[Optional[int], str, Dict[str, Any]]]) -> str:
 
 
 def eval_worker(args: argparse.Namespace) -> List[Tuple[Optional[int], str, Dict[str, Any]]]:
-    """One rank: build the model once, then load + evaluate each selected checkpoint."""
+    """One rank: build the model once, then load + evaluate each selected checkpoint.
+
+    Afterwards (rank 0) the newest checkpoint's results are checked against
+    ``TEST.EXPECTED_RESULTS`` and the keys the experiment set are checked for reads (training
+    keys excepted: evaluating does not read them).
+    """
+    from crowdloss.config.tracking import TRAIN_ONLY_KEYS
     from crowdloss.engine.checkpoint import DetectionCheckpointer
     from crowdloss.engine.runner import DefaultRunner
+    from crowdloss.evaluation.expected import verify_expected_results
     from crowdloss.utils import comm
 
-    cfg, build_model = setup(args)
-    model = build_model(cfg).to(cfg.MODEL.DEVICE)
-    model.eval()
-    checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR)
-    rows = []
-    for iteration, path in select_checkpoints(cfg, checkpointer, args.start_iter, args.end_iter):
-        logger.info("Evaluating %s (iteration %s)", path, iteration)
-        checkpointer.load_model_weights(path)
-        rows.append((iteration, path, DefaultRunner.test(cfg, model)))
-    if comm.is_main_process():
-        table = format_rows(rows)
-        # The rank-0 console handler prints it too (and log.txt keeps it): no extra print.
-        logger.info("Results per checkpoint:\n%s", table)
-    return rows
+    cfg, build_model, report = setup(args)
+    try:
+        model = build_model(cfg).to(cfg.MODEL.DEVICE)
+        model.eval()
+        checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR)
+        selected = select_checkpoints(cfg, checkpointer, args.start_iter, args.end_iter)
+        report.check("by the model", only=("MODEL",), exclude=TRAIN_ONLY_KEYS)
+        rows = []
+        for iteration, path in selected:
+            logger.info("Evaluating %s (iteration %s)", path, iteration)
+            checkpointer.load_model_weights(path)
+            rows.append((iteration, path, DefaultRunner.test(cfg, model)))
+        if comm.is_main_process():
+            table = format_rows(rows)
+            # The rank-0 console handler prints it too (and log.txt keeps it): no extra print.
+            logger.info("Results per checkpoint:\n%s", table)
+            if len(rows) > 1:
+                logger.info("TEST.EXPECTED_RESULTS are checked against the newest: %s",
+                            os.path.basename(rows[-1][1]))
+            verify_expected_results(cfg, rows[-1][2])
+            report.check("by this evaluation", exclude=TRAIN_ONLY_KEYS)
+        return rows
+    finally:
+        report.stop()
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Any:

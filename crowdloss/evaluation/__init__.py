@@ -14,6 +14,8 @@ _LAZY = {
     "evaluate_crowdhuman": "crowdhuman", "CrowdHumanResult": "crowdhuman",
     "format_results": "crowdhuman",
     "evaluate_coco": "coco",
+    "verify_expected_results": "expected", "check_expected_results": "expected",
+    "ExpectedResultsError": "expected",
 }
 
 __all__ = sorted(_LAZY)
