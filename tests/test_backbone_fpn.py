@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from crowdloss.config import BaseDetectionConfig
 from crowdloss.modeling.backbone import FPN, LastLevelP6P7, ResNet, build_resnet_fpn_p7_backbone
 from crowdloss.structures import ShapeSpec
 
@@ -67,12 +68,19 @@ def test_top_block_input_p5_vs_res5():
         torch.testing.assert_close(out["p7"], r5.top_block.p7(F.relu(out["p6"])))
         out5 = p5(x)
         torch.testing.assert_close(out5["p6"], p5.top_block.p6(out5["p5"]))
-    # cvpods spells the key BLOCK_IN_FEATURES; it is honoured when the new key is absent.
-    legacy = fpn_cfg()
-    del legacy.MODEL.FPN.TOP_BLOCK_IN_FEATURE
-    legacy.MODEL.FPN.BLOCK_IN_FEATURES = "res5"
+    # cvpods spells the key BLOCK_IN_FEATURES: a legacy alias, migrated when a config dict is
+    # merged or an override applied; the builder reads only TOP_BLOCK_IN_FEATURE.
+    legacy = BaseDetectionConfig()
+    legacy.merge(dict(MODEL=dict(
+        RESNETS=dict(DEPTH=18, OUT_FEATURES=["res3", "res4", "res5"], RES2_OUT_CHANNELS=16,
+                     STEM_OUT_CHANNELS=16),
+        FPN=dict(IN_FEATURES=["res3", "res4", "res5"], OUT_CHANNELS=32,
+                 BLOCK_IN_FEATURES="res5"))))
+    assert "BLOCK_IN_FEATURES" not in legacy.MODEL.FPN
     assert build_resnet_fpn_p7_backbone(legacy, ShapeSpec(channels=3)).top_block.in_feature == \
         "res5"
+    legacy.merge_from_list(["MODEL.FPN.BLOCK_IN_FEATURES", "p5"])
+    assert legacy.MODEL.FPN.TOP_BLOCK_IN_FEATURE == "p5"
     bad = fpn_cfg("res5")
     bad.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4"]
     bad.MODEL.FPN.IN_FEATURES = ["res3", "res4"]

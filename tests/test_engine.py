@@ -302,6 +302,18 @@ def test_eval_hook_periodic_and_final(tmp_path):
     assert again["toy_val"]["toy"]["MAE"] == pytest.approx(evals[-1][1])
 
 
+@pytest.mark.parametrize("period,expected", [(0, 1), (-1, 0)])
+def test_eval_period_zero_evaluates_once_negative_never(tmp_path, period, expected):
+    cfg = make_cfg(tmp_path, max_iter=3)
+    cfg.DATASETS.TEST = ("toy_val",)
+    cfg.TEST.EVAL_PERIOD = period
+    evaluator = CountingEvaluator()
+    cfg.build_test_loader = lambda c, name: [[sample(10_000 + i)] for i in range(2)]
+    cfg.build_evaluator = lambda c, name, out: evaluator
+    results = DefaultRunner(cfg, lambda c: TinyModel()).train()
+    assert evaluator.evaluations == expected and bool(results) == bool(expected)
+
+
 def test_crashed_run_still_flushes_metrics(tmp_path):
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(make_cfg(tmp_path, max_iter=10, loader=make_loader(2, crash_at=4)))

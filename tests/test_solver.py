@@ -19,7 +19,7 @@ def solver_cfg(name="D2SGD", sched="WarmupMultiStepLR", **sch):
                     WARMUP_ITERS=10, WARMUP_METHOD="linear", GAMMA=0.1)
     lr_sched.update(sch)
     opt = NS(NAME=name, BASE_LR=0.1, BIAS_LR_FACTOR=2.0, WEIGHT_DECAY=1e-4,
-             WEIGHT_DECAY_NORM=0.0, MOMENTUM=0.9)
+             WEIGHT_DECAY_NORM=0.0, MOMENTUM=0.9, BETAS=(0.8, 0.99))
     return NS(SOLVER=NS(OPTIMIZER=opt, LR_SCHEDULER=NS(**lr_sched)))
 
 
@@ -57,6 +57,7 @@ def test_other_optimizers_and_bad_name():
     assert isinstance(build_optimizer(solver_cfg("SGD"), Net()), torch.optim.SGD)
     adamw = build_optimizer(solver_cfg("AdamW"), Net())
     assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["weight_decay"] == 1e-4
+    assert adamw.param_groups[0]["betas"] == (0.8, 0.99)  # SOLVER.OPTIMIZER.BETAS
     with pytest.raises(ValueError, match="SOLVER.OPTIMIZER.NAME.*'Adam'"):
         build_optimizer(solver_cfg("Adam"), Net())
 

@@ -30,12 +30,12 @@ import platform
 import sys
 import types
 from datetime import timedelta
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 
-__all__ = ["CLIError", "ExperimentError", "Experiment", "build_parser", "parse_args", "load_experiment",
-           "setup", "run_cli"]
+__all__ = ["CLIError", "ExperimentError", "Experiment", "Setup", "build_parser", "parse_args",
+           "load_experiment", "setup", "run_cli"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,14 @@ class Experiment(NamedTuple):
     dir: str
     config: Any  # the config module's ``config`` object
     build_model: Callable
+
+
+class Setup(NamedTuple):
+    """What ``setup`` returns: the resolved config, net.py's builder, the started report of
+    keys the experiment set but nothing read (the worker checks it and stops it)."""
+    cfg: Any
+    build_model: Callable
+    report: Any  # crowdloss.config.UnreadKeyReport
 
 
 # ---------------------------------------------------------------------------- flags
@@ -179,29 +187,60 @@ def load_experiment(exp_dir: str) -> Experiment:
 _PRELOADED: Dict[str, Experiment] = {}  # dir -> experiment loaded by run_cli in this process
 
 
-def setup(args: argparse.Namespace):
-    """Per-process setup; returns ``(cfg, build_model)``.
+def setup(args: argparse.Namespace) -> Setup:
+    """Per-process setup; returns ``Setup(cfg, build_model, report)``.
 
-    Overrides, world-size rescaling, the device run_cli decided (CUDA -> CPU fallback),
-    OUTPUT_DIR and its lock, logging (rank-aware), environment + config diff in the log,
-    ``config.yaml`` / ``config_diff.yaml`` / the ``log`` link on rank 0, and seeding
-    (``SEED -1`` = one random seed shared by every rank). pods_test writes its log and config
-    under ``OUTPUT_DIR/inference/`` instead and leaves the run's files and link alone.
+    Overrides, validation (``validate_config``: bad numbers end the run here, before anything
+    is built), world-size rescaling, the device run_cli decided (CUDA -> CPU fallback),
+    ``CUDNN_BENCHMARK``, OUTPUT_DIR and its lock, logging (rank-aware), environment + config
+    diff in the log, ``config.yaml`` / ``config_diff.yaml`` / the ``log`` link on rank 0, and
+    seeding (``SEED -1`` = one random seed shared by every rank). pods_test writes its log and
+    config under ``OUTPUT_DIR/inference/`` instead and leaves the run's files and link alone.
+    ``report`` has started tracking config reads (before setup's own reads: rescaling uses
+    IMS_PER_BATCH, the device, seed and output dir are used here).
     """
-    from crowdloss.config import (config_diff, default_output_dir, dump_config, link_log,
-                                  rescale_for_world_size)
+    from crowdloss.config import (UnreadKeyReport, config_diff, dump_config, link_log,
+                                  validate_config)
     from crowdloss.utils import comm
-    from crowdloss.utils.env import seed_all_rng
-    from crowdloss.utils.lock import lock_for_run
-    from crowdloss.utils.logger import setup_logger
 
     # The CLI process already loaded the experiment to check the overrides; reuse it so a
     # net.py with import-time side effects (dataset registration) runs once per process.
     exp = _PRELOADED.pop(args.dir, None) or load_experiment(args.dir)
     cfg = exp.config
-    notes = list(cfg.merge_from_list(list(args.opts)))
+    overrides = cfg.apply_overrides(list(args.opts))
+    config_warnings = validate_config(cfg)
+    # What the experiment set, taken before setup itself changes values (rescaling, device...).
+    report = UnreadKeyReport.for_config(cfg, [k for o in overrides for k in o.leaf_keys]).start()
+    try:
+        report.action = cfg.UNREAD_KEYS  # validated above
+        testing = bool(getattr(args, "test", False))
+        write_dir = _setup_process(cfg, args, exp.dir, [o.message for o in overrides],
+                                   config_warnings)
+        if comm.is_main_process():
+            diff = dump_config(cfg, write_dir)
+            if not testing:
+                link_log(exp.dir, cfg.OUTPUT_DIR)
+        else:
+            diff = config_diff(cfg)
+        logger.info("Config differs from its parent class in:\n%s", _format_diff(diff))
+    except BaseException:
+        report.stop()
+        raise
+    return Setup(cfg, exp.build_model, report)
+
+
+def _setup_process(cfg, args: argparse.Namespace, exp_dir: str, notes: List[str],
+                   config_warnings: List[str]) -> str:
+    """Rescaling, device, output dir + lock, threads, cudnn, logging, seeding (see ``setup``);
+    returns the folder this process writes its log and config to."""
+    from crowdloss.config import default_output_dir, rescale_for_world_size
+    from crowdloss.utils import comm
+    from crowdloss.utils.env import seed_all_rng
+    from crowdloss.utils.lock import lock_for_run
+    from crowdloss.utils.logger import setup_logger
+
     rank, world_size = comm.get_rank(), comm.get_world_size()
-    notes += rescale_for_world_size(cfg, world_size)
+    notes = notes + rescale_for_world_size(cfg, world_size)
     device_warning = device_note = None
     plan = getattr(args, "device_plan", None)
     if plan is not None:  # run_cli decided it (preflight.plan_device)
@@ -211,7 +250,7 @@ def setup(args: argparse.Namespace):
         device_warning = f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available; using cpu"
         cfg.MODEL.DEVICE = "cpu"
     if not cfg.OUTPUT_DIR:
-        cfg.OUTPUT_DIR = default_output_dir(exp.dir)
+        cfg.OUTPUT_DIR = default_output_dir(exp_dir)
     testing = bool(getattr(args, "test", False))
     write_dir = os.path.join(cfg.OUTPUT_DIR, "inference") if testing else cfg.OUTPUT_DIR
     os.makedirs(write_dir, exist_ok=True)
@@ -219,6 +258,8 @@ def setup(args: argparse.Namespace):
     threads = cpu_threads_per_process() if cfg.MODEL.DEVICE == "cpu" else None
     if threads:
         torch.set_num_threads(threads)
+    # Autotuned convolutions: faster for fixed input sizes, not bit-reproducible.
+    torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
 
     setup_logger(write_dir, distributed_rank=rank)
     if device_warning:
@@ -235,24 +276,20 @@ def setup(args: argparse.Namespace):
     logger.info("Device: %s", device)
     if threads:
         logger.info("CPU worker: %d intra-op thread(s) (OMP_NUM_THREADS overrides)", threads)
-    logger.info("Experiment %s -> OUTPUT_DIR %s", exp.dir, cfg.OUTPUT_DIR)
+    logger.info("Experiment %s -> OUTPUT_DIR %s", exp_dir, cfg.OUTPUT_DIR)
     for note in notes:
         logger.info("Config: %s", note)
+    for warning in config_warnings:
+        logger.warning("Config: %s", warning)
+    if torch.backends.cudnn.benchmark:
+        logger.info("CUDNN_BENCHMARK: cudnn autotuning on")
 
     if cfg.SEED < 0:
         cfg.SEED = comm.shared_random_seed()  # a collective: every rank must reach it
         logger.info("SEED -1: drew the shared seed %d", cfg.SEED)
     # Rank offset: augmentations differ per rank; the sampler uses the shared cfg.SEED.
     seed_all_rng(cfg.SEED + rank)
-
-    if comm.is_main_process():
-        diff = dump_config(cfg, write_dir)
-        if not testing:
-            link_log(exp.dir, cfg.OUTPUT_DIR)
-    else:
-        diff = config_diff(cfg)
-    logger.info("Config differs from its parent class in:\n%s", _format_diff(diff))
-    return cfg, exp.build_model
+    return write_dir
 
 
 def cpu_threads_per_process() -> Optional[int]:
@@ -295,6 +332,7 @@ def run_cli(args: argparse.Namespace, worker: Callable[[argparse.Namespace], Any
     to log.txt; anything else (a bug) prints its traceback first. ``--debug`` prints every
     traceback.
     """
+    from crowdloss.config import validate_config
     from crowdloss.engine.launch import _external_launcher, check_layout, launch
 
     from . import preflight
@@ -306,6 +344,7 @@ def run_cli(args: argparse.Namespace, worker: Callable[[argparse.Namespace], Any
         exp = load_experiment(args.dir)
         cfg = copy.deepcopy(exp.config)
         cfg.merge_from_list(list(args.opts))
+        validate_config(cfg)
         _PRELOADED[args.dir] = exp
         external = _external_launcher() is not None
         explicit = ("MODEL.DEVICE" in args.opts[0::2]

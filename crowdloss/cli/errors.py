@@ -18,12 +18,15 @@ __all__ = ["is_user_error", "report_failure"]
 def _always_user_errors() -> tuple:
     from crowdloss.config.config_dict import ConfigKeyError
     from crowdloss.engine.weight_files import UnreadableWeightsError
+    from crowdloss.evaluation.expected import ExpectedResultsError
     from crowdloss.utils.lock import DirectoryLockedError
 
     from .common import CLIError
 
-    # A truncated / foreign weights file is named in the message; its traceback adds nothing.
-    return (CLIError, ConfigKeyError, DirectoryLockedError, OSError, UnreadableWeightsError)
+    # A truncated / foreign weights file, or results outside TEST.EXPECTED_RESULTS in "error"
+    # mode: the message says it all; the traceback adds nothing.
+    return (CLIError, ConfigKeyError, DirectoryLockedError, OSError, UnreadableWeightsError,
+            ExpectedResultsError)
 
 
 def _raised_by_a_validator(exc: BaseException) -> bool:

@@ -20,6 +20,9 @@ alone), and one results folder per checkpoint and dataset
 (``inference/<checkpoint name>/<dataset>/``), so that evaluating several checkpoints, or
 evaluating while the run still trains, overwrites nothing. That folder is locked while pods_test
 runs (a second pods_test on the same OUTPUT_DIR stops with the holder's pid).
+
+After the table, the newest checkpoint's results are checked against ``TEST.EXPECTED_RESULTS``
+(one line per entry: inside or outside its band, and by how much; see docs/config.md).
 """
 from __future__ import annotations
 
@@ -56,7 +59,11 @@ def select_checkpoints(cfg, finder, start_iter: Optional[int] = None,
     from crowdloss.engine.checkpoint import checkpoint_iteration
 
     out = cfg.OUTPUT_DIR
+    weights = cfg.MODEL.WEIGHTS
     if start_iter is not None or end_iter is not None:
+        if weights:
+            logger.info("--start-iter / --end-iter evaluate the checkpoints of %s; MODEL.WEIGHTS "
+                        "%s is not used", out, weights)
         lo = -math.inf if start_iter is None else start_iter
         hi = math.inf if end_iter is None else end_iter
         found = []
@@ -69,8 +76,8 @@ def select_checkpoints(cfg, finder, start_iter: Optional[int] = None,
                 f"no checkpoint in {out} with {start_iter} <= iterations done <= {end_iter} "
                 f"(looked at every *.pth: model_iter_0005000.pth is iteration 5000)")
         return sorted(found)
-    if cfg.MODEL.WEIGHTS:
-        return [(checkpoint_iteration(cfg.MODEL.WEIGHTS), cfg.MODEL.WEIGHTS)]
+    if weights:
+        return [(checkpoint_iteration(weights), weights)]
     newest = finder.get_checkpoint_file()
     if newest is None:
         raise NoCheckpointError(
@@ -125,52 +132,79 @@ _LOAD_ERRORS = (FileNotFoundError, ValueError, RuntimeError, pickle.UnpicklingEr
 
 
 def eval_worker(args: argparse.Namespace) -> List[Row]:
-    """One rank: build the model once, then load + evaluate each selected checkpoint."""
+    """One rank: build the model once, then load + evaluate each selected checkpoint.
+
+    Afterwards (rank 0) the newest checkpoint's results are checked against
+    ``TEST.EXPECTED_RESULTS`` and the keys the experiment set are checked for reads (training
+    keys excepted: evaluating does not read them).
+    """
     from crowdloss.config.access import cfg_get
+    from crowdloss.config.tracking import TRAIN_ONLY_KEYS
     from crowdloss.engine.checkpoint import DetectionCheckpointer
     from crowdloss.engine.provenance import run_provenance
+    from crowdloss.evaluation.expected import verify_expected_results
+    from crowdloss.utils import comm
+
+    cfg, build_model, report = setup(args)
+    try:
+        model = build_model(cfg).to(cfg.MODEL.DEVICE)
+        model.eval()
+        checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR,
+                                             provenance=run_provenance(cfg, model, build_model))
+        coverage_key = "MODEL.WEIGHTS_MIN_COVERAGE.TEST"
+        min_coverage = float(cfg_get(cfg, coverage_key))
+        selected = select_checkpoints(cfg, checkpointer, args.start_iter, args.end_iter)
+        report.check("by the model", only=("MODEL",), exclude=TRAIN_ONLY_KEYS)
+        rows: List[Row] = []
+        for iteration, path in selected:
+            logger.info("Evaluating %s (iteration %s)", path, iteration)
+            rows.append((iteration, path, _evaluate_one(cfg, model, checkpointer, path, iteration,
+                                                        coverage_key, min_coverage)))
+        failed = [(path, r) for _, path, r in rows if isinstance(r, BaseException)]
+        if comm.is_main_process():
+            # The rank-0 console handler prints it too (and log.txt keeps it): no extra print.
+            logger.info("Results per checkpoint, CrowdHuman and COCO metrics in percent:\n%s",
+                        format_rows(rows))
+            newest = rows[-1]
+            if not isinstance(newest[2], BaseException):
+                if len(rows) > 1:
+                    logger.info("TEST.EXPECTED_RESULTS are checked against the newest: %s",
+                                os.path.basename(newest[1]))
+                verify_expected_results(cfg, newest[2])
+            report.check("by this evaluation", exclude=TRAIN_ONLY_KEYS)
+        if failed:
+            raise CLIError(f"{len(failed)} of {len(rows)} checkpoint(s) could not be evaluated: "
+                           + "; ".join(f"{os.path.basename(p)}: {e}" for p, e in failed))
+        return rows
+    finally:
+        report.stop()
+
+
+def _evaluate_one(cfg, model, checkpointer, path: str, iteration, coverage_key: str,
+                  min_coverage: float):
+    """Load one checkpoint and evaluate it; a loading failure (or, on one process, an
+    evaluation failure) is returned as the exception, so the other checkpoints still run."""
     from crowdloss.engine.runner import DefaultRunner
     from crowdloss.utils import comm
 
-    cfg, build_model = setup(args)
-    model = build_model(cfg).to(cfg.MODEL.DEVICE)
-    model.eval()
-    checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR,
-                                         provenance=run_provenance(cfg, model, build_model))
-    coverage_key = "MODEL.WEIGHTS_MIN_COVERAGE.TEST"
-    min_coverage = float(cfg_get(cfg, coverage_key))
-    rows: List[Row] = []
-    for iteration, path in select_checkpoints(cfg, checkpointer, args.start_iter, args.end_iter):
-        logger.info("Evaluating %s (iteration %s)", path, iteration)
-        try:
-            # SOLVER keys are rescaled by the world size and unused by inference.
-            checkpointer.load_model_weights(path, min_coverage=min_coverage, cfg=cfg,
-                                            requirement=f"{coverage_key} = {min_coverage:g}",
-                                            ignore_config=("SOLVER.",))
-        except _LOAD_ERRORS as exc:
-            logger.error("Cannot evaluate %s: %s", path, exc)
-            rows.append((iteration, path, exc))
-            continue
-        name = os.path.basename(path)
-        out = os.path.join(cfg.OUTPUT_DIR, "inference", os.path.splitext(name)[0])
-        source = name if iteration is None else f"{name}, iteration {iteration}"
-        try:
-            rows.append((iteration, path, DefaultRunner.test(
-                cfg, model, output_dir=out, source=source, print_results=False)))
-        except Exception as exc:
-            if comm.get_world_size() > 1:
-                raise
-            logger.exception("Evaluating %s failed", path)
-            rows.append((iteration, path, exc))
-    failed = [(path, r) for _, path, r in rows if isinstance(r, BaseException)]
-    if comm.is_main_process():
-        # The rank-0 console handler prints it too (and log.txt keeps it): no extra print.
-        logger.info("Results per checkpoint, CrowdHuman and COCO metrics in percent:\n%s",
-                    format_rows(rows))
-    if failed:
-        raise CLIError(f"{len(failed)} of {len(rows)} checkpoint(s) could not be evaluated: "
-                       + "; ".join(f"{os.path.basename(p)}: {e}" for p, e in failed))
-    return rows
+    try:
+        # SOLVER keys are rescaled by the world size and unused by inference.
+        checkpointer.load_model_weights(path, min_coverage=min_coverage, cfg=cfg,
+                                        requirement=f"{coverage_key} = {min_coverage:g}",
+                                        ignore_config=("SOLVER.",))
+    except _LOAD_ERRORS as exc:
+        logger.error("Cannot evaluate %s: %s", path, exc)
+        return exc
+    name = os.path.basename(path)
+    out = os.path.join(cfg.OUTPUT_DIR, "inference", os.path.splitext(name)[0])
+    source = name if iteration is None else f"{name}, iteration {iteration}"
+    try:
+        return DefaultRunner.test(cfg, model, output_dir=out, source=source, print_results=False)
+    except Exception as exc:
+        if comm.get_world_size() > 1:
+            raise
+        logger.exception("Evaluating %s failed", path)
+        return exc
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Any:

@@ -18,13 +18,37 @@ __all__ = ["main", "run", "train_worker"]
 
 
 def train_worker(args: argparse.Namespace) -> Any:
-    """One rank: set up, build the runner, resume or load weights, train; returns the results."""
-    from crowdloss.engine.runner import DefaultRunner
+    """One rank: set up, build the runner, resume or load weights, train; returns the results.
 
-    cfg, build_model = setup(args)
-    runner = DefaultRunner(cfg, build_model)
-    runner.resume_or_load(resume=args.resume)
-    return runner.train()
+    Config checks around the run: the keys the experiment set under MODEL / SOLVER must have
+    been read once the model, optimizer, scheduler and train loader are built (before the
+    first iteration); the rest when the run ends, after the final evaluation, which is also
+    checked against ``TEST.EXPECTED_RESULTS``.
+    """
+    from crowdloss.config.tracking import BUILD_TIME_KEYS, TRAIN_ONLY_KEYS
+    from crowdloss.engine.runner import DefaultRunner
+    from crowdloss.evaluation.expected import verify_expected_results
+    from crowdloss.utils import comm
+
+    cfg, build_model, report = setup(args)
+    try:
+        runner = DefaultRunner(cfg, build_model)
+        runner.resume_or_load(resume=args.resume)
+        trains = runner.start_iter < runner.max_iter
+        if trains:
+            _ = runner.data_loader  # build it now (train() reuses it): its keys are read
+        # A resumed run with nothing left to train builds no loader and evaluates nothing.
+        skip = () if trains else TRAIN_ONLY_KEYS
+        report.check("by the model, optimizer, scheduler and train loader", only=BUILD_TIME_KEYS,
+                     exclude=skip)
+        results = runner.train()
+        if comm.is_main_process():  # evaluation results (and their reads) are rank 0's
+            verify_expected_results(cfg, results)
+            if trains:
+                report.check("in this whole run")
+        return results
+    finally:
+        report.stop()
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Any:

@@ -1,9 +1,11 @@
 """crowdloss configs: cvpods-style config classes, overrides, rescaling and output helpers.
 
-See docs/config.md: a playground ``config.py`` subclasses one of these classes,
+A playground ``config.py`` subclasses one of these classes,
 registers its nested dict, and exports ``config``; the CLI applies ``KEY VALUE`` overrides with
 ``merge_from_list``, rescales with ``rescale_for_world_size`` and records the result with
-``dump_config``.
+``dump_config``. ``validate_config`` checks the numbers before anything is built;
+``ReadTracker`` / ``UnreadKeyReport`` find keys an experiment set that nothing reads.
+See docs/config.md.
 """
 from .access import cfg_get
 from .base_config import BaseConfig, config_diff
@@ -13,6 +15,8 @@ from .fcos_config import FCOSConfig
 from .output import default_output_dir, dump_config, link_log
 from .rescale import rescale_for_world_size
 from .retinanet_config import RetinaNetConfig
+from .tracking import ReadTracker, UnreadKeyReport, UnreadKeysError, untracked
+from .validate import ConfigValueError, validate_config
 
 __all__ = [
     "cfg_get",
@@ -27,4 +31,10 @@ __all__ = [
     "dump_config",
     "link_log",
     "config_diff",
+    "validate_config",
+    "ConfigValueError",
+    "ReadTracker",
+    "UnreadKeyReport",
+    "UnreadKeysError",
+    "untracked",
 ]

@@ -18,16 +18,21 @@ of a class live in one module-level ``_config_dict`` next to it. Legacy flat key
 ``diff_from_parent()`` compares with a fresh instance of the *parent config class*: the first
 class of the MRO defined inside the ``crowdloss`` package. For a playground config that is the
 crowdloss class it subclasses, so the diff is exactly what the experiment (plus any command-line
-override) changed.
+override) changed. ``experiment_keys()`` adds the keys the experiment's dict restates with their
+default values: the keys the unread-key report checks (``tracking.py``).
+
+Every key a component reads is declared here or in a subclass, with its default; components
+read keys without a code default (``cfg_get(cfg, "A.B")``), so a default exists in one place.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Dict, Optional, Type
+from typing import Any, Dict, List, Optional, Type
 
 from . import legacy
 from .config_dict import ConfigDict
+from .tracking import untracked
 
 __all__ = ["BaseConfig", "config_diff"]
 
@@ -88,6 +93,8 @@ _config_dict: Dict[str, Any] = dict(
             # Weight decay of normalization layers' affine parameters.
             WEIGHT_DECAY_NORM=0.0,
             MOMENTUM=0.9,
+            # AdamW only.
+            BETAS=(0.9, 0.999),
         ),
         CHECKPOINT_PERIOD=5000,
         # Images per step over all processes; IMS_PER_BATCH / IMS_PER_DEVICE must equal
@@ -104,15 +111,23 @@ _config_dict: Dict[str, Any] = dict(
         # > 0: evaluate every EVAL_PERIOD iterations; 0: after training only; < 0: never.
         EVAL_PERIOD=0,
         DETECTIONS_PER_IMAGE=100,
-        # [[task, metric, value, tolerance], ...] checked after evaluation (end-to-end tests).
+        # Checked after the final evaluation of pods_train and after pods_test:
+        # [[dataset, task, metric, expected, tolerance], ...] (dataset may be left out when
+        # DATASETS.TEST has one), e.g. ["synthcrowd_val", "crowdhuman", "AP", 0.62, 0.03]:
+        # inside when |result - expected| <= tolerance. See docs/config.md.
         EXPECTED_RESULTS=[],
+        # A result outside its band: "warn" (a warning per entry) or "error" (exit status 1).
+        EXPECTED_RESULTS_MISMATCH="warn",
     ),
     # "" = derive from the experiment dir (crowdloss.config.default_output_dir).
     OUTPUT_DIR="",
     # < 0: a random seed per run; >= 0: fixed.
     SEED=-1,
+    # torch.backends.cudnn.benchmark: autotune conv algorithms (fast for fixed input sizes,
+    # not bit-reproducible across runs).
     CUDNN_BENCHMARK=False,
-    VIS_PERIOD=0,
+    # Keys this experiment set that the run never read: "warn", "error" or "off".
+    UNREAD_KEYS="warn",
 )
 
 
@@ -127,16 +142,28 @@ class BaseConfig(ConfigDict):
         self._register_configuration(_config_dict)
 
     def _register_configuration(self, config: Mapping) -> None:
-        """Merge a nested dict into self, migrating legacy keys first (cvpods' name)."""
-        self.merge(config)
+        """Merge a nested dict into self, migrating legacy keys first (cvpods' name).
+
+        The leaf keys of each registered dict are remembered, in order, so that
+        ``experiment_keys`` can tell the keys of the classes beyond the parent config class.
+        """
+        if not isinstance(config, Mapping):
+            raise TypeError(f"can only register a mapping, got {type(config).__name__}")
+        with untracked():
+            migrated, _ = legacy.migrate(config, self)
+            registered = self.__dict__.setdefault("_registered_keys", [])
+            registered.append(ConfigDict(migrated).flat_keys())
+            ConfigDict.merge(self, migrated)
 
     def merge(self, other: Optional[Mapping] = None, **kwargs: Any) -> "BaseConfig":
         """``ConfigDict.merge`` after moving legacy keys (``SOLVER.BASE_LR``...) to their homes."""
-        for source in (other or {}, kwargs):
-            if not isinstance(source, Mapping):
-                raise TypeError(f"can only merge a mapping into a config, got {type(source).__name__}")
-            migrated, _ = legacy.migrate(source, self)
-            super().merge(migrated)
+        with untracked():
+            for source in (other or {}, kwargs):
+                if not isinstance(source, Mapping):
+                    raise TypeError(f"can only merge a mapping into a config, got "
+                                    f"{type(source).__name__}")
+                migrated, _ = legacy.migrate(source, self)
+                super().merge(migrated)
         return self
 
     @classmethod
@@ -156,6 +183,17 @@ class BaseConfig(ConfigDict):
     def diff_from_parent(self) -> Dict[str, Any]:
         """Nested dict of the keys whose values differ from a fresh parent config instance."""
         return self.diff(self.parent_config_class()())
+
+    def experiment_keys(self) -> List[str]:
+        """Sorted dotted leaf keys the experiment set: those registered by the classes beyond
+        the parent config class (even at their default value) and those whose value differs
+        from the parent's (however they were changed)."""
+        with untracked():
+            parent = self.parent_config_class()()
+            skip = len(parent.__dict__.get("_registered_keys", []))
+            keys = {k for keys in self.__dict__.get("_registered_keys", [])[skip:] for k in keys}
+            keys.update(ConfigDict(self.diff(parent)).flat_keys())
+        return sorted(keys)
 
 
 def config_diff(cfg: BaseConfig) -> Dict[str, Any]:

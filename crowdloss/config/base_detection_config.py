@@ -1,7 +1,8 @@
 """``BaseDetectionConfig``: ``BaseConfig`` + the ResNet / FPN backbone and detection test keys.
 
 Key names and defaults are cvpods' (``base_detection_config.py``), trimmed to what crowdloss
-builds; the CrowdHuman evaluation keys (``TEST.JI_MATCHING`` ...) are ours, see docs/metrics.md.
+builds; the CrowdHuman evaluation keys (``TEST.JI_MATCHING`` ...) are ours (their meaning:
+``crowdloss.evaluation.crowdhuman``).
 """
 from __future__ import annotations
 

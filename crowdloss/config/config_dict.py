@@ -12,23 +12,26 @@ cvpods semantics (kept exactly, because playground ``config.py`` files are writt
 
 Names starting with ``_`` are ordinary Python attributes, never config keys, so subclasses can
 keep private state without it leaking into ``config.yaml``.
+
+Every section knows its dotted path (``_path``), so that a leaf read while a ``ReadTracker`` is
+started is recorded under its full name (``tracking.py`` says what counts as a read).
 """
 from __future__ import annotations
 
-import ast
 import copy
 import difflib
-import os
 from collections.abc import Mapping
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import yaml
 
 from crowdloss.utils.io import atomic_write
 
 from . import legacy
+from .casting import cast_value, decode_value
+from .tracking import record_read, untracked
 
-__all__ = ["ConfigDict", "ConfigKeyError"]
+__all__ = ["ConfigDict", "ConfigKeyError", "Override"]
 
 
 class ConfigKeyError(KeyError):
@@ -36,6 +39,13 @@ class ConfigKeyError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class Override(NamedTuple):
+    """One applied ``KEY VALUE`` override: the canonical key, the leaf keys it set, a message."""
+    key: str
+    leaf_keys: Tuple[str, ...]
+    message: str
 
 
 class ConfigDict(dict):
@@ -46,12 +56,38 @@ class ConfigDict(dict):
         **kwargs: more initial keys, applied after ``d``.
     """
 
+    # Dotted path of this section in its root config; () for a root (or a detached section).
+    _path: Tuple[str, ...] = ()
+
     def __init__(self, d: Optional[Mapping] = None, **kwargs: Any):
         super().__init__()
         if d is not None:
             self.merge(d)
         if kwargs:
             self.merge(kwargs)
+
+    # ---- read tracking ---------------------------------------------------------------------
+    def __getitem__(self, key: Any) -> Any:
+        value = dict.__getitem__(self, key)
+        if not isinstance(value, ConfigDict):
+            record_read(self._path, key)
+        return value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if dict.__contains__(self, key):
+            return self[key]
+        return default
+
+    def _set_path(self, path: Tuple[str, ...]) -> None:
+        object.__setattr__(self, "_path", path)
+        for k, v in dict.items(self):
+            if isinstance(v, ConfigDict):
+                v._set_path(path + (str(k),))
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        # pickle restores items before this state: re-derive the children's paths afterwards.
+        self.__dict__.update(state)
+        self._set_path(self._path)
 
     # ---- one store for attributes and keys -------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -83,6 +119,8 @@ class ConfigDict(dict):
     def __setitem__(self, key: Any, value: Any) -> None:
         if isinstance(value, Mapping) and not isinstance(value, ConfigDict):
             value = ConfigDict(value)
+        if isinstance(value, ConfigDict):
+            value._set_path(self._path + (str(key),))
         super().__setitem__(key, value)
 
     def update(self, other: Any = (), **kwargs: Any) -> None:  # dict.update bypasses __setitem__
@@ -96,7 +134,8 @@ class ConfigDict(dict):
 
     def copy(self) -> "ConfigDict":
         """A deep copy: a shallow one would share nested sections, a classic config bug."""
-        return copy.deepcopy(self)
+        with untracked():
+            return copy.deepcopy(self)
 
     # ---- merging ---------------------------------------------------------------------------
     def merge(self, other: Optional[Mapping] = None, **kwargs: Any) -> "ConfigDict":
@@ -105,28 +144,36 @@ class ConfigDict(dict):
         Leaves are deep-copied, so later in-place edits never reach the dict that was merged in
         (e.g. a module-level ``_config_dict`` shared by every instance).
         """
-        for source in (other or {}, kwargs):
-            if not isinstance(source, Mapping):
-                raise TypeError(f"can only merge a mapping into a config, got {type(source).__name__}")
-            for k, v in source.items():
-                if isinstance(v, Mapping):
-                    if not isinstance(self.get(k), ConfigDict):
-                        self[k] = ConfigDict()
-                    self[k].merge(v)
-                else:
-                    self[k] = copy.deepcopy(v)
+        with untracked():
+            for source in (other or {}, kwargs):
+                if not isinstance(source, Mapping):
+                    raise TypeError(f"can only merge a mapping into a config, got "
+                                    f"{type(source).__name__}")
+                for k, v in source.items():
+                    if isinstance(v, Mapping):
+                        if not isinstance(dict.get(self, k), ConfigDict):
+                            self[k] = ConfigDict()
+                        dict.__getitem__(self, k).merge(v)
+                    else:
+                        self[k] = copy.deepcopy(v)
         return self
 
     def merge_from_list(self, overrides: Sequence[Any]) -> List[str]:
-        """Apply ``KEY VALUE`` pairs (e.g. from the command line).
+        """Apply ``KEY VALUE`` pairs (e.g. from the command line); see ``apply_overrides``.
+
+        Returns:
+            one message per applied override, ``"KEY: old -> new"``.
+        """
+        return [o.message for o in self.apply_overrides(overrides)]
+
+    def apply_overrides(self, overrides: Sequence[Any]) -> List[Override]:
+        """Apply ``KEY VALUE`` pairs and say which leaf keys each one set.
 
         Keys may use dots (``SOLVER.OPTIMIZER.BASE_LR``), cvpods' legacy flat names
         (``SOLVER.BASE_LR``, ``INPUT.MIN_SIZE_TEST``) and the ``MODEL.LLA.TopK`` spelling.
         String values are ``ast.literal_eval``-ed (kept as strings when that fails) and cast to
-        the type of the value they replace.
-
-        Returns:
-            one message per applied override, ``"KEY: old -> new"``.
+        the type of the value they replace. A dict value merges into a section and sets each of
+        its leaves; a legacy ``INPUT.*_SIZE_*`` key sets the pipeline list that holds it.
 
         Raises:
             ValueError: odd-length list, or a value that cannot become the expected type.
@@ -136,25 +183,31 @@ class ConfigDict(dict):
         if len(overrides) % 2:
             raise ValueError(f"overrides must be KEY VALUE pairs, got an odd number of items: "
                              f"{overrides}")
-        messages = []
-        for full_key, raw in zip(overrides[0::2], overrides[1::2]):
-            if not isinstance(full_key, str) or not full_key:
-                raise ValueError(f"override key must be a non-empty string, got {full_key!r}")
-            container, leaf, name = self._resolve_key(legacy.canonical_key(full_key))
-            value = _decode_value(raw)
-            if leaf in container:
-                old = container[leaf]
-                value = cast_value(value, old, key=full_key, raw=raw)
-            else:  # a legacy pipeline kwarg the entry does not spell out yet
-                old = None
-            if isinstance(value, Mapping) and isinstance(old, ConfigDict):
-                old_copy = copy.deepcopy(old)
-                old.merge(value)
-                messages.append(f"{name}: {old_copy.to_dict()} -> {old.to_dict()}")
-            else:
-                container[leaf] = value
-                messages.append(f"{name}: {old!r} -> {value!r}")
-        return messages
+        applied = []
+        with untracked():
+            for full_key, raw in zip(overrides[0::2], overrides[1::2]):
+                if not isinstance(full_key, str) or not full_key:
+                    raise ValueError(f"override key must be a non-empty string, got {full_key!r}")
+                container, leaf, name = self._resolve_key(legacy.canonical_key(full_key))
+                # "INPUT.AUG.TEST_PIPELINES[0].max_size" lives in the list INPUT.AUG.TEST_PIPELINES.
+                key = name.split("[", 1)[0]
+                value = decode_value(raw)
+                if leaf in container:
+                    old = container[leaf]
+                    value = cast_value(value, old, key=full_key, raw=raw)
+                else:  # a legacy pipeline kwarg the entry does not spell out yet
+                    old = None
+                if isinstance(value, Mapping) and isinstance(old, ConfigDict):
+                    old_copy = copy.deepcopy(old)
+                    old.merge(value)
+                    leaves = tuple(f"{key}.{k}" for k in ConfigDict(value).flat_keys())
+                    message = f"{name}: {old_copy.to_dict()} -> {old.to_dict()}"
+                else:
+                    container[leaf] = value
+                    leaves = (key,)
+                    message = f"{name}: {old!r} -> {value!r}"
+                applied.append(Override(key, leaves, message))
+        return applied
 
     def _resolve_key(self, full_key: str) -> Tuple[Any, str, str]:
         """(container, leaf key, display name) of an existing key, else a ``ConfigKeyError``."""
@@ -191,15 +244,16 @@ class ConfigDict(dict):
         or the command line is not reported as a change.
         """
         result = {}
-        for k, v in self.items():
-            if k not in other:
-                result[k] = _plain(v)
-            elif isinstance(v, Mapping) and isinstance(other[k], Mapping):
-                sub = ConfigDict.diff(v, other[k])
-                if sub:
-                    result[k] = sub
-            elif _normalize(v) != _normalize(other[k]):
-                result[k] = _plain(v)
+        with untracked():
+            for k, v in self.items():
+                if k not in other:
+                    result[k] = _plain(v)
+                elif isinstance(v, Mapping) and isinstance(other[k], Mapping):
+                    sub = ConfigDict.diff(v, other[k])
+                    if sub:
+                        result[k] = sub
+                elif _normalize(v) != _normalize(other[k]):
+                    result[k] = _plain(v)
         return result
 
     def dump(self, path: Optional[str] = None) -> str:
@@ -247,78 +301,6 @@ def dump_yaml(data: Mapping, path: Optional[str] = None) -> str:
         # A reader (or a crash) never sees a half-written config.
         atomic_write(path, text)
     return text
-
-
-def _decode_value(raw: Any) -> Any:
-    """``ast.literal_eval`` for strings (numbers, tuples, bools...); other strings stay as is."""
-    if not isinstance(raw, str):
-        return raw
-    try:
-        return ast.literal_eval(raw)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return raw
-
-
-def _fail(key: str, raw: Any, original: Any, why: str = "") -> ValueError:
-    return ValueError(f"cannot set config key {key} to {raw!r}: expected a value of type "
-                      f"{type(original).__name__} like the current {original!r}{why}")
-
-
-def cast_value(value: Any, original: Any, *, key: str, raw: Any = None) -> Any:
-    """Cast a decoded override ``value`` to the type of the ``original`` value it replaces.
-
-    Rules: bools accept True/False in any case and 0/1; ints accept integral floats (``1e4``);
-    floats accept ints and ``inf``/``nan``; strings take the raw text verbatim; tuples and lists
-    accept either sequence kind or a single scalar (wrapped, e.g. ``STEPS 20000`` -> ``(20000,)``);
-    dict sections accept dicts (merged by the caller). ``None`` originals accept anything.
-    """
-    raw = value if raw is None else raw
-    if original is None:
-        return value
-    if isinstance(original, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-            return value.strip().lower() == "true"
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise _fail(key, raw, original, " (use True or False)")
-    if isinstance(original, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise _fail(key, raw, original)
-    if isinstance(original, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise _fail(key, raw, original)
-    if isinstance(original, str):
-        if isinstance(raw, (str, os.PathLike)):
-            # The literal text the user typed: "1e-3" as a path stays "1e-3", not "0.001".
-            return value if isinstance(value, str) else os.fspath(raw)
-        raise _fail(key, raw, original)
-    if isinstance(original, (list, tuple)):
-        if isinstance(value, (list, tuple)):
-            return type(original)(value)
-        if isinstance(value, (bool, int, float, str)):
-            return type(original)([value])
-        raise _fail(key, raw, original)
-    if isinstance(original, Mapping):
-        if isinstance(value, Mapping):
-            return value
-        raise _fail(key, raw, original, " (a dict section)")
-    if isinstance(value, type(original)):
-        return value
-    try:
-        return type(original)(value)
-    except Exception:
-        raise _fail(key, raw, original) from None
 
 
 def _unknown_key_message(full_key: str, known: Iterable[str]) -> str:

@@ -5,7 +5,8 @@ cvpods moved these into ``SOLVER.OPTIMIZER``, ``SOLVER.LR_SCHEDULER`` and the kw
 ``("ResizeShortestEdge", {...})`` entries of ``INPUT.AUG.{TRAIN,TEST}_PIPELINES``. cvpods migrated
 them in config dicts only; here the same table also serves command-line overrides, so
 ``pods_train SOLVER.BASE_LR 0.02`` works. ``MODEL.LLA.TopK`` (the spelling of the LLA release)
-is an alias of ``MODEL.LLA.TOPK``. Every migration is logged.
+is an alias of ``MODEL.LLA.TOPK``, and cvpods' ``MODEL.FPN.BLOCK_IN_FEATURES`` (the input of
+P6/P7) of ``MODEL.FPN.TOP_BLOCK_IN_FEATURE``. Every migration is logged.
 
 Both tables are the single source of truth for legacy names; ``ConfigDict.merge_from_list`` and
 ``BaseConfig.merge`` only call the two functions below.
@@ -23,7 +24,10 @@ __all__ = ["KEY_ALIASES", "SOLVER_KEYS", "INPUT_KEYS", "canonical_key", "migrate
 logger = logging.getLogger(__name__)
 
 # Other spellings of a key -> the canonical key.
-KEY_ALIASES: Dict[str, str] = {"MODEL.LLA.TopK": "MODEL.LLA.TOPK"}
+KEY_ALIASES: Dict[str, str] = {
+    "MODEL.LLA.TopK": "MODEL.LLA.TOPK",
+    "MODEL.FPN.BLOCK_IN_FEATURES": "MODEL.FPN.TOP_BLOCK_IN_FEATURE",
+}
 
 # Flat solver keys -> their nested home.
 SOLVER_KEYS: Dict[str, str] = {
@@ -46,7 +50,7 @@ INPUT_KEYS: Dict[str, Tuple[str, str]] = {
 
 
 def canonical_key(full_key: str) -> str:
-    """``MODEL.LLA.TopK`` -> ``MODEL.LLA.TOPK``; any other key unchanged."""
+    """An alias (``MODEL.LLA.TopK``) -> its canonical key (``MODEL.LLA.TOPK``); others unchanged."""
     if full_key in KEY_ALIASES:
         logger.info("config key %s is an alias of %s", full_key, KEY_ALIASES[full_key])
         return KEY_ALIASES[full_key]

@@ -18,10 +18,16 @@ With ``ratio = world_size / REFERENCE_WORLD_SIZE``:
 ``REFERENCE_WORLD_SIZE = 0`` disables rescaling; then ``IMS_PER_BATCH`` must already equal
 ``IMS_PER_DEVICE x world_size``. The function returns its log lines and logs nothing itself
 (the caller logs them once, on the main process).
+
+For the unread-key report, this function USES ``IMS_PER_BATCH`` and ``REFERENCE_WORLD_SIZE``
+(their only reader) but merely rewrites the schedule keys, which their real readers (optimizer,
+scheduler, hooks) must still read: that part runs ``untracked()``.
 """
 from __future__ import annotations
 
 from typing import List
+
+from .tracking import untracked
 
 __all__ = ["rescale_for_world_size"]
 
@@ -48,7 +54,6 @@ def rescale_for_world_size(cfg, world_size: int) -> List[str]:
             ``REFERENCE_WORLD_SIZE`` (the message says which numbers disagree and how to fix it).
     """
     solver = cfg.SOLVER
-    sched, optim = solver.LR_SCHEDULER, solver.OPTIMIZER
     reference = int(solver.REFERENCE_WORLD_SIZE)
     per_device, batch = int(solver.IMS_PER_DEVICE), int(solver.IMS_PER_BATCH)
     if world_size < 1:
@@ -82,6 +87,13 @@ def rescale_for_world_size(cfg, world_size: int) -> List[str]:
     if world_size == reference:
         return [f"world size {world_size} equals SOLVER.REFERENCE_WORLD_SIZE: no rescaling"]
 
+    with untracked():
+        return _rescale(cfg, reference, per_device, batch, world_size)
+
+
+def _rescale(cfg, reference: int, per_device: int, batch: int, world_size: int) -> List[str]:
+    solver = cfg.SOLVER
+    sched, optim = solver.LR_SCHEDULER, solver.OPTIMIZER
     ratio = world_size / reference
     changes = []
 

@@ -10,6 +10,9 @@ indices alone, then each DataLoader worker maps every ``num_workers``-th batch; 
 returns batches round-robin, i.e. in stream order. A sample's augmentation RNG is seeded by
 (seed, rank, its position in the stream), so ``start_iter`` (skip that many batches, cheap:
 indices only) reproduces an uninterrupted run exactly.
+
+Config keys are read when a loader is BUILT (here and in ``DatasetMapper.__init__``), never per
+sample: worker processes then need no config, and the unread-key report sees every read.
 """
 from __future__ import annotations
 
@@ -56,8 +59,8 @@ def get_dataset_dicts(names: Union[str, Sequence[str]], cfg=None, *,
     for name in names:
         if cfg is not None and name in CONFIGURABLE_LOADERS:
             part = CONFIGURABLE_LOADERS[name](
-                box_type=cfg_get(cfg, "DATASETS.BOX_TYPE", "fbox"),
-                skip_bad_images=bool(cfg_get(cfg, "DATASETS.SKIP_BAD_IMAGES", False)))
+                box_type=cfg_get(cfg, "DATASETS.BOX_TYPE"),
+                skip_bad_images=bool(cfg_get(cfg, "DATASETS.SKIP_BAD_IMAGES")))
         else:
             part = DatasetCatalog.get(name)
         if not part:
@@ -103,16 +106,16 @@ def _seed_worker(worker_id: int) -> None:
 
 def build_train_loader(cfg, start_iter: int = 0) -> DataLoader:
     """Infinite loader of lists of IMS_PER_DEVICE model inputs, starting at ``start_iter``."""
-    dicts = get_dataset_dicts(cfg_get(cfg, "DATASETS.TRAIN", ()), cfg, filter_empty=bool(
-        cfg_get(cfg, "DATALOADER.FILTER_EMPTY_ANNOTATIONS", True)))
-    seed = cfg_get(cfg, "SEED", -1)
+    dicts = get_dataset_dicts(cfg_get(cfg, "DATASETS.TRAIN"), cfg, filter_empty=bool(
+        cfg_get(cfg, "DATALOADER.FILTER_EMPTY_ANNOTATIONS")))
+    seed = cfg_get(cfg, "SEED")
     seed = comm.shared_random_seed() if seed is None or seed < 0 else int(seed)
     sampler = TrainingSampler(len(dicts), shuffle=True, seed=seed)
     stream = _TrainStream(dicts, DatasetMapper(cfg, True), sampler,
-                          int(cfg_get(cfg, "SOLVER.IMS_PER_DEVICE", 2)),
-                          bool(cfg_get(cfg, "DATALOADER.ASPECT_RATIO_GROUPING", True)),
+                          int(cfg_get(cfg, "SOLVER.IMS_PER_DEVICE")),
+                          bool(cfg_get(cfg, "DATALOADER.ASPECT_RATIO_GROUPING")),
                           start_iter, seed, comm.get_rank())
-    workers = int(cfg_get(cfg, "DATALOADER.NUM_WORKERS", 0))
+    workers = int(cfg_get(cfg, "DATALOADER.NUM_WORKERS"))
     g = torch.Generator()
     g.manual_seed(seed + comm.get_rank())
     return DataLoader(stream, batch_size=None, num_workers=workers, generator=g,
@@ -135,5 +138,5 @@ def build_test_loader(cfg, dataset_name: str) -> DataLoader:
     dicts = get_dataset_dicts([dataset_name], cfg)
     sampler = torch.utils.data.BatchSampler(InferenceSampler(len(dicts)), 1, drop_last=False)
     return DataLoader(_MapDataset(dicts, DatasetMapper(cfg, False)), batch_sampler=sampler,
-                      num_workers=int(cfg_get(cfg, "DATALOADER.NUM_WORKERS", 0)),
+                      num_workers=int(cfg_get(cfg, "DATALOADER.NUM_WORKERS")),
                       collate_fn=trivial_batch_collator)

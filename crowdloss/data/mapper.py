@@ -39,8 +39,8 @@ class DatasetMapper:
 
     def __init__(self, cfg, is_train: bool = True):
         key = "INPUT.AUG.TRAIN_PIPELINES" if is_train else "INPUT.AUG.TEST_PIPELINES"
-        self.pipeline = build_transforms(cfg_get(cfg, key, []))
-        self.image_format = cfg_get(cfg, "INPUT.FORMAT", "BGR")
+        self.pipeline = build_transforms(cfg_get(cfg, key))
+        self.image_format = cfg_get(cfg, "INPUT.FORMAT")
         self.is_train = is_train
         # Colour transforms must know the channel order; a mismatch would silently turn the
         # hue the wrong way, so refuse it here.

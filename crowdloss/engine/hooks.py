@@ -141,7 +141,8 @@ class PeriodicCheckpointer(HookBase):
 
 
 class EvalHook(HookBase):
-    """Runs ``eval_function`` every ``eval_period`` iterations (if > 0) and after the last one.
+    """Runs ``eval_function`` every ``eval_period`` iterations (if > 0) and after the last one
+    (if >= 0); a negative period never evaluates (``TEST.EVAL_PERIOD``'s meaning).
 
     It runs on every rank, since inference is sharded; results come back on rank 0 only (other
     ranks get ``{}``). Numeric results are put into the storage as ``<dataset>/<task>/<metric>``.
@@ -169,6 +170,8 @@ class EvalHook(HookBase):
         comm.synchronize()  # keep ranks together: rank 0 evaluates longer than the others
 
     def after_step(self) -> None:
+        if self.period < 0:
+            return
         next_iter = self.trainer.iter + 1
         if next_iter == self.trainer.max_iter or (self.period > 0 and next_iter % self.period == 0):
             self._do_eval()

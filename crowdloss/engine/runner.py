@@ -88,6 +88,18 @@ class DefaultRunner:
         use_scaler = self.amp_enabled and self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
+        # Gradient clipping settings, read here rather than per step: every component reads its
+        # keys when it is built (the unread-key report checks them before the first step).
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        self.clip_type: Optional[str] = None
+        if clip.ENABLED:
+            self.clip_type = clip.CLIP_TYPE
+            if self.clip_type not in ("norm", "value"):
+                raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE = {self.clip_type!r}; "
+                                 f"expected 'norm' or 'value'")
+            self.clip_value = float(clip.CLIP_VALUE)
+            self.clip_norm_type = float(clip.NORM_TYPE) if self.clip_type == "norm" else None
+
         self.subdivisions = int(cfg.SOLVER.BATCH_SUBDIVISIONS)
         if self.subdivisions < 1:
             raise ValueError(f"SOLVER.BATCH_SUBDIVISIONS must be >= 1, got {self.subdivisions}")
@@ -201,9 +213,13 @@ class DefaultRunner:
         ``MODEL.WEIGHTS`` must fill ``MODEL.WEIGHTS_MIN_COVERAGE.TRAIN`` of the model.
         Temp files of killed checkpoint writes are removed first.
         """
+        weights = self.cfg.MODEL.WEIGHTS
         self.checkpointer.remove_stale_temp_files()
         extra = self.checkpointer.resume() if resume else None
         if extra is not None:
+            if weights:
+                logger.info("Resuming: MODEL.WEIGHTS %s is not loaded (the checkpoint holds "
+                            "the trained model)", weights)
             self.start_iter = int(extra.get("iteration", -1)) + 1
             rng = extra.get("rng")
             if isinstance(rng, (list, tuple)):  # one state per rank (distributed runs)
@@ -215,12 +231,11 @@ class DefaultRunner:
             logger.info("Resuming at iteration %d from %s", self.start_iter, extra["path"])
         else:
             self.start_iter = 0
-            if self.cfg.MODEL.WEIGHTS:
+            if weights:
                 key = "MODEL.WEIGHTS_MIN_COVERAGE.TRAIN"
                 least = float(cfg_get(self.cfg, key))
                 self.checkpointer.load_model_weights(
-                    self.cfg.MODEL.WEIGHTS, min_coverage=least, requirement=f"{key} = {least:g}",
-                    cfg=self.cfg)
+                    weights, min_coverage=least, requirement=f"{key} = {least:g}", cfg=self.cfg)
         comm.synchronize()
 
     # ------------------------------------------------------------------ loop
@@ -284,11 +299,10 @@ class DefaultRunner:
             for k, v in values.items():
                 sums[k] += v / n
 
-        clip = self.cfg.SOLVER.CLIP_GRADIENTS
-        if clip.ENABLED:
+        if self.clip_type is not None:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
-            self.clip_gradients(clip)
+            self.clip_gradients()
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -301,18 +315,16 @@ class DefaultRunner:
         self.storage.put_scalar("total_loss", sum(metrics.values()))
         self.storage.put_scalar("data_time", data_time)
 
-    def clip_gradients(self, clip) -> Optional[float]:
+    def clip_gradients(self) -> Optional[float]:
+        """Clip by total norm (returns it, also put as ``grad_norm``) or by value."""
         params = [p for p in self.model.parameters() if p.grad is not None]
-        if clip.CLIP_TYPE == "norm":
-            norm = torch.nn.utils.clip_grad_norm_(params, clip.CLIP_VALUE, norm_type=clip.NORM_TYPE)
+        if self.clip_type == "norm":
+            norm = torch.nn.utils.clip_grad_norm_(params, self.clip_value,
+                                                  norm_type=self.clip_norm_type)
             self.storage.put_scalar("grad_norm", norm)
             return float(norm)
-        if clip.CLIP_TYPE == "value":
-            torch.nn.utils.clip_grad_value_(params, clip.CLIP_VALUE)
-            return None
-        raise ValueError(
-            f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE = {clip.CLIP_TYPE!r}; expected 'norm' or 'value'"
-        )
+        torch.nn.utils.clip_grad_value_(params, self.clip_value)
+        return None
 
     def _check_finite(self, total: float, values: Dict[str, float], sub: int) -> None:
         if math.isfinite(total):

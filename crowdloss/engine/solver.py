@@ -93,8 +93,8 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
             params, lr=opt.BASE_LR, momentum=opt.MOMENTUM, weight_decay=opt.WEIGHT_DECAY
         )
     if name == "AdamW":
-        betas = tuple(opt.get("BETAS", (0.9, 0.999))) if hasattr(opt, "get") else (0.9, 0.999)
-        return torch.optim.AdamW(params, lr=opt.BASE_LR, betas=betas, weight_decay=opt.WEIGHT_DECAY)
+        return torch.optim.AdamW(params, lr=opt.BASE_LR, betas=tuple(opt.BETAS),
+                                 weight_decay=opt.WEIGHT_DECAY)
     raise ValueError(
         f"SOLVER.OPTIMIZER.NAME = {name!r} is not supported; expected 'D2SGD', 'SGD' or 'AdamW'"
     )

@@ -16,6 +16,8 @@ _LAZY = {
     "format_results": "crowdhuman",
     "evaluate_coco": "coco",
     "olrp_from_cocoeval": "lrp", "OLRPResult": "lrp",
+    "verify_expected_results": "expected", "check_expected_results": "expected",
+    "ExpectedResultsError": "expected",
 }
 
 __all__ = sorted(_LAZY)

@@ -224,12 +224,12 @@ def build_evaluator(cfg, dataset_name: str, output_dir: Optional[str] = None
     if kind == "crowdhuman":
         return CrowdHumanEvaluator(
             dataset_name, output_dir=output_dir,
-            ji_matching=cfg_get(cfg, "TEST.JI_MATCHING", "weight"),
-            plot=bool(cfg_get(cfg, "TEST.PLOT", True)),
-            box_key=cfg_get(cfg, "DATASETS.BOX_TYPE", "fbox"))
+            ji_matching=cfg_get(cfg, "TEST.JI_MATCHING"),
+            plot=bool(cfg_get(cfg, "TEST.PLOT")),
+            box_key=cfg_get(cfg, "DATASETS.BOX_TYPE"))
     if kind == "coco":
         return COCOEvaluator(dataset_name, output_dir=output_dir,
-                             max_dets=int(cfg_get(cfg, "TEST.COCO_MAX_DETS", 100)))
+                             max_dets=int(cfg_get(cfg, "TEST.COCO_MAX_DETS")))
     raise ValueError(f"dataset '{dataset_name}': evaluator_type = {kind!r}; expected "
                      "'crowdhuman' or 'coco' (set it with MetadataCatalog.set)")
 

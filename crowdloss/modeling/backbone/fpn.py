@@ -149,13 +149,14 @@ class FPN(Backbone):
 def build_resnet_fpn_p7_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """ResNet + FPN P3-P5 + P6/P7 (FCOS, ATSS, RetinaNet, LLA), from cvpods config keys.
 
-    ``MODEL.FPN.TOP_BLOCK_IN_FEATURE`` ("p5" or "res5") picks the input of P6; the cvpods name
-    ``MODEL.FPN.BLOCK_IN_FEATURES`` is read when the new key is absent; default "p5".
+    ``MODEL.FPN.TOP_BLOCK_IN_FEATURE`` ("p5" or "res5") picks the input of P6. cvpods names it
+    ``MODEL.FPN.BLOCK_IN_FEATURES``; that spelling is a legacy alias migrated when a config is
+    merged or overridden (``crowdloss.config.legacy``), so only the new name is read here.
+    Defaults: ``BaseDetectionConfig``.
     """
     bottom_up = build_resnet_backbone(cfg, input_shape)
     out_channels = int(cfg_get(cfg, "MODEL.FPN.OUT_CHANNELS"))
-    in_feature = cfg_get(cfg, "MODEL.FPN.TOP_BLOCK_IN_FEATURE",
-                         cfg_get(cfg, "MODEL.FPN.BLOCK_IN_FEATURES", "p5"))
+    in_feature = cfg_get(cfg, "MODEL.FPN.TOP_BLOCK_IN_FEATURE")
     if in_feature == "p5":
         top_in_channels = out_channels
     elif in_feature == "res5":
@@ -171,8 +172,8 @@ def build_resnet_fpn_p7_backbone(cfg, input_shape: ShapeSpec) -> FPN:
         bottom_up=bottom_up,
         in_features=cfg_get(cfg, "MODEL.FPN.IN_FEATURES"),
         out_channels=out_channels,
-        norm=cfg_get(cfg, "MODEL.FPN.NORM", ""),
+        norm=cfg_get(cfg, "MODEL.FPN.NORM"),
         top_block=LastLevelP6P7(in_channels=top_in_channels, out_channels=out_channels,
                                 in_feature=in_feature),
-        fuse_type=cfg_get(cfg, "MODEL.FPN.FUSE_TYPE", "sum"),
+        fuse_type=cfg_get(cfg, "MODEL.FPN.FUSE_TYPE"),
     )

@@ -233,19 +233,20 @@ class ResNet(Backbone):
 
 
 def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
-    """ResNet from ``MODEL.RESNETS.*`` and ``MODEL.BACKBONE.FREEZE_AT`` (cvpods keys)."""
+    """ResNet from ``MODEL.RESNETS.*`` and ``MODEL.BACKBONE.FREEZE_AT`` (cvpods keys; defaults
+    in ``BaseDetectionConfig``)."""
     r = "MODEL.RESNETS."
     in_channels = input_shape.channels if input_shape.channels is not None else 3
     return ResNet(
         depth=int(cfg_get(cfg, r + "DEPTH")),
         in_channels=in_channels,
         out_features=cfg_get(cfg, r + "OUT_FEATURES"),
-        num_groups=int(cfg_get(cfg, r + "NUM_GROUPS", 1)),
-        width_per_group=int(cfg_get(cfg, r + "WIDTH_PER_GROUP", 64)),
-        stem_out_channels=int(cfg_get(cfg, r + "STEM_OUT_CHANNELS", 64)),
-        res2_out_channels=int(cfg_get(cfg, r + "RES2_OUT_CHANNELS", 256)),
-        stride_in_1x1=bool(cfg_get(cfg, r + "STRIDE_IN_1X1", True)),
-        res5_dilation=int(cfg_get(cfg, r + "RES5_DILATION", 1)),
-        norm=cfg_get(cfg, r + "NORM", "FrozenBN"),
-        freeze_at=int(cfg_get(cfg, "MODEL.BACKBONE.FREEZE_AT", 2)),
+        num_groups=int(cfg_get(cfg, r + "NUM_GROUPS")),
+        width_per_group=int(cfg_get(cfg, r + "WIDTH_PER_GROUP")),
+        stem_out_channels=int(cfg_get(cfg, r + "STEM_OUT_CHANNELS")),
+        res2_out_channels=int(cfg_get(cfg, r + "RES2_OUT_CHANNELS")),
+        stride_in_1x1=bool(cfg_get(cfg, r + "STRIDE_IN_1X1")),
+        res5_dilation=int(cfg_get(cfg, r + "RES5_DILATION")),
+        norm=cfg_get(cfg, r + "NORM"),
+        freeze_at=int(cfg_get(cfg, "MODEL.BACKBONE.FREEZE_AT")),
     )
