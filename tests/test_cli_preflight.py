@@ -92,7 +92,8 @@ def test_cli_launches_with_the_planned_device(tmp_path, monkeypatch, cuda, flags
     # The worker applies it: MODEL.DEVICE follows the plan whatever the config said.
     args.opts = list(args.opts) + ["OUTPUT_DIR", str(tmp_path / "out")]
     try:
-        cfg, _ = common.setup(args)
+        cfg, _, report = common.setup(args)
+        report.stop()
     finally:
         release_run_locks()
     assert cfg.MODEL.DEVICE == expected[2]

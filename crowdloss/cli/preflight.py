@@ -108,7 +108,7 @@ def check_datasets(cfg, keys: Sequence[str] = ("DATASETS.TRAIN", "DATASETS.TEST"
     from crowdloss.data import DatasetCatalog, MetadataCatalog, datasets_root
 
     for key in keys:
-        for name in _names(cfg_get(cfg, key, ())):
+        for name in _names(cfg_get(cfg, key)):
             if name not in DatasetCatalog:
                 registered = DatasetCatalog.list()
                 close = difflib.get_close_matches(name, registered, n=3, cutoff=0.6)

@@ -191,12 +191,19 @@ def check_weights_config(source: str, *, pixel_mean: Optional[Sequence[float]] =
 
 def check_config_for_weights(cfg, source: str,
                              expected: Optional[Dict[str, Any]] = None) -> List[str]:
-    """``check_weights_config`` with the values read from a config (absent keys unchecked)."""
+    """``check_weights_config`` with the values read from a config; keys the config does not
+    have (a VGG model has no ``MODEL.RESNETS``) are not checked, rather than given a value."""
+    def present(key: str):
+        try:
+            return cfg_get(cfg, key)
+        except KeyError:
+            return None
+
     return check_weights_config(
         source,
-        pixel_mean=cfg_get(cfg, "MODEL.PIXEL_MEAN", None),
-        pixel_std=cfg_get(cfg, "MODEL.PIXEL_STD", None),
-        input_format=cfg_get(cfg, "INPUT.FORMAT", None),
-        stride_in_1x1=cfg_get(cfg, "MODEL.RESNETS.STRIDE_IN_1X1", None),
+        pixel_mean=present("MODEL.PIXEL_MEAN"),
+        pixel_std=present("MODEL.PIXEL_STD"),
+        input_format=present("INPUT.FORMAT"),
+        stride_in_1x1=present("MODEL.RESNETS.STRIDE_IN_1X1"),
         expected=expected,
     )

@@ -16,7 +16,6 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from crowdloss.config import cfg_get
 from crowdloss.structures import Instances, ShapeSpec
 
 from ..postprocess import detector_postprocess
@@ -27,7 +26,8 @@ __all__ = ["Detector", "build_backbone_from_cfg"]
 def build_backbone_from_cfg(cfg) -> nn.Module:
     """``cfg.build_backbone(cfg, input_shape)`` as attached by an experiment's net.py (cvpods
     convention); the ResNet-FPN-P7 backbone when net.py attached none."""
-    builder = cfg_get(cfg, "build_backbone", None)
+    # An attribute net.py may attach, not a config key: absent means the default backbone.
+    builder = cfg.get("build_backbone") if isinstance(cfg, dict) else getattr(cfg, "build_backbone", None)
     if builder is None:
         from crowdloss.modeling.backbone import build_resnet_fpn_p7_backbone as builder
     return builder(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
