@@ -44,6 +44,10 @@ _config_dict: Dict[str, Any] = dict(
         BOX_TYPE="fbox",
         # Skip (and count) unreadable images instead of failing the run.
         SKIP_BAD_IMAGES=False,
+        # Training boxes flagged difficult (VOC): "drop" them (ssd.pytorch), "keep" them as
+        # objects (detectron2) or "ignore" them (class -1, mmdetection). Evaluation always
+        # keeps them flagged: the VOC metric ignores detections on them.
+        TRAIN_DIFFICULT="drop",
     ),
     TEST=dict(
         # CrowdHuman JI: "weight" = max-weight bipartite matching (official), "greedy" otherwise.
