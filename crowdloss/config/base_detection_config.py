@@ -55,6 +55,13 @@ _config_dict: Dict[str, Any] = dict(
         COCO_MAX_DETS=100,
         # Write PR / MR-FPPI plots under inference/<dataset>/.
         PLOT=True,
+        # Per-class AP beside any dataset's own metrics: "" (off), "voc_devkit" or
+        # "retinanet_csv" (the convention, docs/metrics.md); task "per_class_ap".
+        PER_CLASS_AP="",
+        # IoU a detection needs to match (VOC and per-class AP evaluators).
+        AP_IOU_THRESHOLD=0.5,
+        # VOC "crowd" subset: images with two same-class GT boxes overlapping by IoU > this.
+        VOC_CROWD_IOU=0.3,
     ),
 )
 
