@@ -52,6 +52,25 @@ def test_box_fully_outside_is_dropped_and_size_from_header(tmp_path):
                                  "difficult": False}]
 
 
+def test_person_layout_parts_are_not_objects(voc):
+    # VOC person-layout objects nest <part>s with their own <name> and <bndbox>.
+    part = "    <part>\n      <name>head</name>\n      <bndbox><xmin>9</xmin><ymin>9</ymin>" \
+           "<xmax>12</xmax><ymax>12</ymax></bndbox>\n    </part>\n  </object>"
+    xml = annotation_xml("000001", 40, 60, [("person", 5, 5, 30, 30, 0)])
+    _rewrite(voc, "000001", xml.replace("  </object>", part))
+    (d, *_) = load_voc_instances(voc, "test")
+    assert d["annotations"] == [{"bbox": [4.0, 4.0, 30.0, 30.0], "category_id": 14,
+                                 "difficult": False}]
+
+
+def test_unreadable_image_is_skipped_or_named(voc):
+    with open(os.path.join(voc, "JPEGImages", "000001.jpg"), "wb") as f:
+        f.write(b"not an image at all")
+    with pytest.raises(ValueError, match="000001.jpg"):
+        load_voc_instances(voc, "test")
+    assert len(load_voc_instances(voc, "test", skip_bad_images=True)) == 2
+
+
 def _rewrite(root, image_id, text):
     with open(os.path.join(root, "Annotations", f"{image_id}.xml"), "w") as f:
         f.write(text)
