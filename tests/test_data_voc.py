@@ -124,6 +124,7 @@ def test_custom_classes_registration_and_catalog(tmp_path):
     meta = MetadataCatalog.get("voc_custom_t")
     assert meta["evaluator_type"] == "voc" and meta["thing_classes"] == ["body", "head"]
     assert meta["use_07_metric"] is False and meta["split"] == "all"
+    assert meta["image_root"] == os.path.join(root, "JPEGImages")
     dicts = DatasetCatalog.get("voc_custom_t")
     assert [a["category_id"] for d in dicts for a in d["annotations"]] == [1, 0]
     assert dicts[0]["file_name"].endswith("x1.png")

@@ -105,7 +105,9 @@ def register_voc_instances(name: str, dirname: str, split: str, *,
                                check_image_size)
     DatasetCatalog.register(name, loader)
     CONFIGURABLE_LOADERS[name] = loader
-    MetadataCatalog.set(name, evaluator_type="voc", **args)
+    # image_root: what a pre-run check of dataset files looks for.
+    MetadataCatalog.set(name, evaluator_type="voc",
+                        image_root=os.path.join(args["dirname"], "JPEGImages"), **args)
 
 
 def _builtin_voc_dir(folder: str) -> str:
@@ -122,6 +124,7 @@ def register_all() -> None:
         DatasetCatalog.register(name, loader)
         CONFIGURABLE_LOADERS[name] = loader
         MetadataCatalog.set(name, evaluator_type="voc", dirname=_builtin_voc_dir(folder),
+                            image_root=os.path.join(_builtin_voc_dir(folder), "JPEGImages"),
                             split=split, thing_classes=list(VOC_CLASSES),
                             use_07_metric=folder == "VOC2007")
     for split in ("train", "val"):
