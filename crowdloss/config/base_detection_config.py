@@ -45,6 +45,10 @@ _config_dict: Dict[str, Any] = dict(
         BOX_TYPE="fbox",
         # Skip (and count) unreadable images instead of failing the run.
         SKIP_BAD_IMAGES=False,
+        # Training boxes flagged difficult (VOC): "drop" them (ssd.pytorch), "keep" them as
+        # objects (detectron2) or "ignore" them (class -1, mmdetection). Evaluation always
+        # keeps them flagged: the VOC metric ignores detections on them.
+        TRAIN_DIFFICULT="drop",
     ),
     TEST=dict(
         # CrowdHuman JI: "weight" = max-weight bipartite matching (official), "greedy" otherwise.
@@ -52,6 +56,13 @@ _config_dict: Dict[str, Any] = dict(
         COCO_MAX_DETS=100,
         # Write PR / MR-FPPI plots under inference/<dataset>/.
         PLOT=True,
+        # Per-class AP beside any dataset's own metrics: "" (off), "voc_devkit" or
+        # "retinanet_csv" (the convention, docs/metrics.md); task "per_class_ap".
+        PER_CLASS_AP="",
+        # IoU a detection needs to match (VOC and per-class AP evaluators).
+        AP_IOU_THRESHOLD=0.5,
+        # VOC "crowd" subset: images with two same-class GT boxes overlapping by IoU > this.
+        VOC_CROWD_IOU=0.3,
     ),
 )
 

@@ -29,6 +29,7 @@ from .catalog import DatasetCatalog
 from ..config.access import cfg_get
 from .mapper import DatasetMapper
 from .samplers import AspectRatioGroupedBatcher, InferenceSampler, TrainingSampler
+from .voc import apply_difficult_policy
 
 __all__ = ["get_dataset_dicts", "build_train_loader", "build_test_loader",
            "trivial_batch_collator", "CONFIGURABLE_LOADERS"]
@@ -44,13 +45,16 @@ def trivial_batch_collator(batch):
 
 
 def get_dataset_dicts(names: Union[str, Sequence[str]], cfg=None, *,
-                      filter_empty: bool = False) -> List[dict]:
+                      filter_empty: bool = False, training: bool = False) -> List[dict]:
     """Concatenate the datasets ``names``.
 
     Args:
         cfg: if given, crowdhuman-format loaders get DATASETS.BOX_TYPE / SKIP_BAD_IMAGES.
         filter_empty: drop images without any valid (category >= 0) box; the training loader
             passes DATALOADER.FILTER_EMPTY_ANNOTATIONS (evaluation must keep every image).
+        training: the training view: annotations flagged ``difficult`` (VOC) get the
+            DATASETS.TRAIN_DIFFICULT policy, before ``filter_empty`` (the key is read only
+            when such annotations exist). Evaluation keeps them flagged, for the evaluator.
     """
     names = [names] if isinstance(names, str) else list(names)
     if not names:
@@ -66,6 +70,8 @@ def get_dataset_dicts(names: Union[str, Sequence[str]], cfg=None, *,
         if not part:
             raise ValueError(f"dataset '{name}' is empty")
         dicts.extend(part)
+    if training and any(a.get("difficult") for d in dicts for a in d["annotations"]):
+        dicts = apply_difficult_policy(dicts, cfg_get(cfg, "DATASETS.TRAIN_DIFFICULT"))
     if filter_empty:
         before = len(dicts)
         dicts = [d for d in dicts if any(a["category_id"] >= 0 for a in d["annotations"])]
@@ -107,7 +113,7 @@ def _seed_worker(worker_id: int) -> None:
 def build_train_loader(cfg, start_iter: int = 0) -> DataLoader:
     """Infinite loader of lists of IMS_PER_DEVICE model inputs, starting at ``start_iter``."""
     dicts = get_dataset_dicts(cfg_get(cfg, "DATASETS.TRAIN"), cfg, filter_empty=bool(
-        cfg_get(cfg, "DATALOADER.FILTER_EMPTY_ANNOTATIONS")))
+        cfg_get(cfg, "DATALOADER.FILTER_EMPTY_ANNOTATIONS")), training=True)
     seed = cfg_get(cfg, "SEED")
     seed = comm.shared_random_seed() if seed is None or seed < 0 else int(seed)
     sampler = TrainingSampler(len(dicts), shuffle=True, seed=seed)

@@ -3,13 +3,24 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Sequence
 
 from .build import CONFIGURABLE_LOADERS
 from .catalog import DatasetCatalog, MetadataCatalog, datasets_root
 from .coco import load_coco_json
 from .crowdhuman import load_crowdhuman_odgt
+from .voc import VOC_CLASSES, load_voc_instances
 
-__all__ = ["register_crowdhuman_instances", "register_all"]
+__all__ = ["register_crowdhuman_instances", "register_voc_instances", "register_all"]
+
+# name -> (year folder under datasets/VOCdevkit, split); VOC07 test is scored with the
+# 11-point AP of its year. Train on 07+12 with DATASETS.TRAIN = ("voc_2007_trainval",
+# "voc_2012_trainval"): DATASETS.TRAIN is a list of names, so no combined name is needed.
+_VOC_BUILTIN = {
+    "voc_2007_trainval": ("VOC2007", "trainval"),
+    "voc_2007_test": ("VOC2007", "test"),
+    "voc_2012_trainval": ("VOC2012", "trainval"),
+}
 
 
 def _crowdhuman_loader(odgt_file, image_root, prepare, *, box_type="fbox",
@@ -56,9 +67,67 @@ def _builtin_coco(name, split):
     return load_coco_json(json_file, str(root / f"{split}2017"), dataset_name=name)
 
 
+def _voc_loader(dirname, split, class_names, check_image_size, *, skip_bad_images=False,
+                **_other_options):
+    # CONFIGURABLE_LOADERS pass every dataset option (box_type...); VOC uses this one only.
+    return load_voc_instances(dirname() if callable(dirname) else dirname, split,
+                              class_names=class_names, check_image_size=check_image_size,
+                              skip_bad_images=skip_bad_images)
+
+
+def register_voc_instances(name: str, dirname: str, split: str, *,
+                           class_names: Sequence[str] = VOC_CLASSES, use_07_metric: bool = False,
+                           check_image_size: bool = True) -> None:
+    """Register a VOC-format split (``Annotations/``, ``ImageSets/Main/``, ``JPEGImages/``).
+
+    Callable from an experiment's ``config.py`` / ``net.py``; nothing is read until the name
+    is used. Registering the same name again with the same arguments is a no-op (an
+    experiment module may be imported twice); with other arguments it is an error.
+
+    Args:
+        dirname: the year folder (e.g. ``.../VOCdevkit/VOC2007``).
+        split: the ``ImageSets/Main/<split>.txt`` list.
+        class_names: names in contiguous-id order (``thing_classes``).
+        use_07_metric: score with VOC2007's 11-point AP instead of the area under the
+            interpolated curve (VOC2010+).
+        check_image_size: cross-check every xml ``<size>`` against the image header.
+
+    Honours ``DATASETS.SKIP_BAD_IMAGES``; the evaluator is "voc" (``VOCEvaluator``).
+    """
+    args = dict(dirname=os.fspath(dirname), split=split, thing_classes=list(class_names),
+                use_07_metric=bool(use_07_metric))
+    if name in DatasetCatalog:
+        old = MetadataCatalog.get(name)
+        if {k: old.get(k) for k in args} == args:
+            return
+        raise KeyError(f"dataset '{name}' is already registered with other arguments "
+                       f"({ {k: old.get(k) for k in args} })")
+    loader = functools.partial(_voc_loader, args["dirname"], split, tuple(class_names),
+                               check_image_size)
+    DatasetCatalog.register(name, loader)
+    CONFIGURABLE_LOADERS[name] = loader
+    # image_root: what a pre-run check of dataset files looks for.
+    MetadataCatalog.set(name, evaluator_type="voc",
+                        image_root=os.path.join(args["dirname"], "JPEGImages"), **args)
+
+
+def _builtin_voc_dir(folder: str) -> str:
+    # Resolved at load time so CROWDLOSS_DATASETS set after import is honoured.
+    return str(datasets_root() / "VOCdevkit" / folder)
+
+
 def register_all() -> None:
-    """Register crowdhuman_*, synthcrowd_*, coco_2017_* (train, val)."""
+    """Register crowdhuman_*, synthcrowd_*, coco_2017_* (train, val) and voc_*."""
     root = datasets_root()
+    for name, (folder, split) in _VOC_BUILTIN.items():
+        loader = functools.partial(_voc_loader, functools.partial(_builtin_voc_dir, folder),
+                                   split, VOC_CLASSES, True)
+        DatasetCatalog.register(name, loader)
+        CONFIGURABLE_LOADERS[name] = loader
+        MetadataCatalog.set(name, evaluator_type="voc", dirname=_builtin_voc_dir(folder),
+                            image_root=os.path.join(_builtin_voc_dir(folder), "JPEGImages"),
+                            split=split, thing_classes=list(VOC_CLASSES),
+                            use_07_metric=folder == "VOC2007")
     for split in ("train", "val"):
         for folder in ("crowdhuman", "synthcrowd"):
             name = f"{folder}_{split}"

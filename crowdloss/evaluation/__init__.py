@@ -1,8 +1,9 @@
-"""Evaluation: CrowdHuman (AP, MR^-2, Recall, JI), COCO via pycocotools (with oLRP), result
-files, plots.
+"""Evaluation: CrowdHuman (AP, MR^-2, Recall, JI), COCO via pycocotools (with oLRP), per-class
+(VOC) AP, result files, plots.
 
-The metric modules (``crowdhuman``, ``ji``, ``results_io``) need numpy and scipy only; the
-torch-side plumbing (``evaluator``) and ``coco`` are imported on first attribute access, so
+The metric modules (``crowdhuman``, ``ji``, ``results_io``, ``voc``) need numpy and scipy
+only; the torch-side plumbing (``evaluator``, ``class_ap``) and ``coco`` are imported on first
+attribute access, so
 ``python -m crowdloss.evaluation.crowdhuman`` starts without importing torch.
 """
 import importlib
@@ -18,6 +19,9 @@ _LAZY = {
     "olrp_from_cocoeval": "lrp", "OLRPResult": "lrp",
     "verify_expected_results": "expected", "check_expected_results": "expected",
     "ExpectedResultsError": "expected",
+    "VOCEvaluator": "class_ap", "PerClassAPEvaluator": "class_ap",
+    "evaluate_ap": "voc", "APResult": "voc",
+    "register_evaluator_type": "registry",
 }
 
 __all__ = sorted(_LAZY)

@@ -22,6 +22,7 @@ from crowdloss.utils import comm
 
 from .coco import evaluate_coco, instances_to_coco
 from .crowdhuman import evaluate_crowdhuman
+from .registry import evaluator_builder, registered_evaluator_types
 from .results_io import (crowdhuman_image_ids, load_dt, load_gt, make_dt_record,
                          odgt_to_coco_results, write_json, write_odgt)
 
@@ -219,7 +220,16 @@ class COCOEvaluator(DatasetEvaluator):
 
 def build_evaluator(cfg, dataset_name: str, output_dir: Optional[str] = None
                     ) -> DatasetEvaluator:
-    """The evaluator named by ``MetadataCatalog.get(dataset_name)["evaluator_type"]``."""
+    """The evaluator named by ``MetadataCatalog.get(dataset_name)["evaluator_type"]`` (plus a
+    per-class AP evaluator beside it when TEST.PER_CLASS_AP is set, see class_ap.py)."""
+    from .class_ap import add_per_class_ap
+
+    return add_per_class_ap(cfg, dataset_name, output_dir,
+                            _build_dataset_evaluator(cfg, dataset_name, output_dir))
+
+
+def _build_dataset_evaluator(cfg, dataset_name: str, output_dir: Optional[str] = None
+                             ) -> DatasetEvaluator:
     kind = MetadataCatalog.get(dataset_name).get("evaluator_type")
     if kind == "crowdhuman":
         return CrowdHumanEvaluator(
@@ -230,8 +240,12 @@ def build_evaluator(cfg, dataset_name: str, output_dir: Optional[str] = None
     if kind == "coco":
         return COCOEvaluator(dataset_name, output_dir=output_dir,
                              max_dets=int(cfg_get(cfg, "TEST.COCO_MAX_DETS")))
+    builder = evaluator_builder(kind) if isinstance(kind, str) else None
+    if builder is not None:  # "voc", "per_class_ap", or a type registered by the user
+        return builder(cfg, dataset_name, output_dir)
     raise ValueError(f"dataset '{dataset_name}': evaluator_type = {kind!r}; expected "
-                     "'crowdhuman' or 'coco' (set it with MetadataCatalog.set)")
+                     f"'crowdhuman', 'coco' or one of {registered_evaluator_types()} (set it "
+                     "with MetadataCatalog.set)")
 
 
 def inference_on_dataset(model: torch.nn.Module, data_loader, evaluator) -> dict:
