@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from crowdloss.config import BaseDetectionConfig
 from crowdloss.data.catalog import MetadataCatalog
 from crowdloss.evaluation.crowdhuman import main as crowdhuman_cli
 from crowdloss.evaluation.evaluator import (CrowdHumanEvaluator, DatasetEvaluator,
@@ -67,7 +68,7 @@ def batch(image_id):
 def test_crowdhuman_evaluator_numbers_and_files(tmp_path, eval_log):
     name, gt_file = register(tmp_path)
     out = tmp_path / "inference" / name
-    cfg = {"TEST": {"JI_MATCHING": "weight", "PLOT": True}, "DATASETS": {"BOX_TYPE": "fbox"}}
+    cfg = BaseDetectionConfig()  # TEST.JI_MATCHING "weight", PLOT True, BOX_TYPE "fbox"
     ev = build_evaluator(cfg, name, str(out))
     assert isinstance(ev, CrowdHumanEvaluator)
     ev.reset()
