@@ -4,8 +4,7 @@ from __future__ import annotations
 import functools
 import os
 
-from .build import CONFIGURABLE_LOADERS
-from .catalog import DatasetCatalog, MetadataCatalog, datasets_root
+from .catalog import CONFIGURABLE_LOADERS, DatasetCatalog, MetadataCatalog, datasets_root
 from .coco import load_coco_json
 from .crowdhuman import load_crowdhuman_odgt
 
@@ -13,16 +12,17 @@ __all__ = ["register_crowdhuman_instances", "register_all"]
 
 
 def _crowdhuman_loader(odgt_file, image_root, prepare, *, box_type="fbox",
-                       skip_bad_images=False):
+                       skip_bad_images=False, tag_map=None):
     if prepare is not None:
         prepare()
     return load_crowdhuman_odgt(odgt_file, image_root, box_type=box_type,
-                                skip_bad_images=skip_bad_images)
+                                skip_bad_images=skip_bad_images, tag_map=tag_map)
 
 
 def register_crowdhuman_instances(name: str, odgt_file: str, image_root: str, *,
                                   prepare=None) -> None:
-    """Register a CrowdHuman-format dataset (honours DATASETS.BOX_TYPE / SKIP_BAD_IMAGES).
+    """Register a CrowdHuman-format dataset (honours DATASETS.BOX_TYPE / SKIP_BAD_IMAGES /
+    TAG_MAP).
 
     Args:
         prepare: optional zero-argument callable run before loading (e.g. generate the data).
@@ -35,7 +35,8 @@ def register_crowdhuman_instances(name: str, odgt_file: str, image_root: str, *,
                         gt_file=os.fspath(odgt_file), image_root=os.fspath(image_root))
 
 
-def _builtin_crowdhuman(name, folder, split, *, box_type="fbox", skip_bad_images=False):
+def _builtin_crowdhuman(name, folder, split, *, box_type="fbox", skip_bad_images=False,
+                        tag_map=None):
     # Paths resolve at load time so CROWDLOSS_DATASETS set after import is honoured.
     root = datasets_root() / folder
     odgt, images = root / "annotations" / f"annotation_{split}.odgt", root / "Images"
@@ -44,15 +45,18 @@ def _builtin_crowdhuman(name, folder, split, *, box_type="fbox", skip_bad_images
         from .synthetic import ensure_synthcrowd  # cv2 drawing code only when needed
 
         ensure_synthcrowd(str(root))
-    return load_crowdhuman_odgt(odgt, images, box_type=box_type, skip_bad_images=skip_bad_images)
+    return load_crowdhuman_odgt(odgt, images, box_type=box_type, skip_bad_images=skip_bad_images,
+                                tag_map=tag_map)
 
 
-def _builtin_coco(name, split):
+def _builtin_coco(name, split, *, skip_bad_images=False, box_type="fbox", tag_map=None):
+    # box_type / tag_map are odgt options (CONFIGURABLE_LOADERS passes every option).
     root = datasets_root() / "coco"
     json_file = str(root / "annotations" / f"instances_{split}2017.json")
     MetadataCatalog.set(name, gt_file=json_file, json_file=json_file,
                         image_root=str(root / f"{split}2017"))
-    return load_coco_json(json_file, str(root / f"{split}2017"), dataset_name=name)
+    return load_coco_json(json_file, str(root / f"{split}2017"), dataset_name=name,
+                          skip_bad_images=skip_bad_images)
 
 
 def register_all() -> None:
@@ -69,7 +73,9 @@ def register_all() -> None:
                 gt_file=str(root / folder / "annotations" / f"annotation_{split}.odgt"),
                 image_root=str(root / folder / "Images"))
         name = f"coco_2017_{split}"
-        DatasetCatalog.register(name, functools.partial(_builtin_coco, name, split))
+        loader = functools.partial(_builtin_coco, name, split)
+        DatasetCatalog.register(name, loader)
+        CONFIGURABLE_LOADERS[name] = loader
         json_file = str(root / "coco" / "annotations" / f"instances_{split}2017.json")
         MetadataCatalog.set(name, evaluator_type="coco", gt_file=json_file, json_file=json_file,
                             image_root=str(root / "coco" / f"{split}2017"))

@@ -1,27 +1,15 @@
 """Dataset dict -> model input (docs/internals.md "Model input")."""
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 
 from ..config.access import cfg_get
 from ..structures import Instances
+from .image_io import BadImageError, read_image
 from .transforms import build_transforms
 
 __all__ = ["DatasetMapper", "read_image"]
-
-
-def read_image(path: str, fmt: str = "BGR") -> np.ndarray:
-    """HWC uint8 image in ``fmt`` ("BGR" or "RGB"); a clear error for missing/corrupt files."""
-    # Ignore EXIF orientation: sizes come from the header and boxes are in stored-pixel
-    # coordinates, so rotating on decode would silently misalign them.
-    img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if img is None:
-        raise ValueError(f"cannot read image {path}: missing, unreadable or corrupt")
-    if fmt == "RGB":
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)  # contiguous, unlike img[..., ::-1]
-    return img
 
 
 class DatasetMapper:
@@ -39,13 +27,16 @@ class DatasetMapper:
         self.is_train = is_train
 
     def __call__(self, dataset_dict: dict, rng=None) -> dict:
+        """Raises ``BadImageError`` (naming the path) for a missing, truncated or corrupt
+        image, and for one whose decoded size is not the dataset dict's (the file changed
+        after loading); the loaders decide whether that skips the image."""
         path = dataset_dict["file_name"]
         image = read_image(path, self.image_format)
         h, w = image.shape[:2]
         if (h, w) != (dataset_dict["height"], dataset_dict["width"]):
-            raise ValueError(f"{path}: image is {h}x{w} but the annotations say "
-                             f"{dataset_dict['height']}x{dataset_dict['width']} "
-                             "(stale size cache? delete the <odgt>.sizes.json)")
+            raise BadImageError(f"bad image {path}: it is {h}x{w} (height x width) but was "
+                                f"{dataset_dict['height']}x{dataset_dict['width']} when the "
+                                "dataset was loaded", path)
         annos = dataset_dict.get("annotations", [])
         boxes = np.array([a["bbox"] for a in annos], dtype=np.float32).reshape(-1, 4)
         classes = torch.tensor([a["category_id"] for a in annos], dtype=torch.long)
