@@ -8,6 +8,7 @@ loader (and its resume) and the test loader survive.
 """
 import json
 import logging
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -104,7 +105,7 @@ def bad_set(tmp_path):
 def test_odgt_loader_bad_image_is_an_error_naming_the_path(tmp_path, bad_set, bad):
     odgt, root = bad_set
     keep = {"i0", "i1", bad}
-    lines = [ln for ln in open(odgt).read().splitlines() if json.loads(ln)["ID"] in keep]
+    lines = [ln for ln in Path(odgt).read_text().splitlines() if json.loads(ln)["ID"] in keep]
     odgt = _odgt(tmp_path, lines, "one_bad.odgt")
     with pytest.raises(BadImageError, match=rf"Images/{bad}(\.jpg|\{{)"):
         load_crowdhuman_odgt(odgt, root)
@@ -121,7 +122,7 @@ def test_odgt_loader_skips_bad_images_with_their_paths_logged(bad_set, data_log)
 
 def test_size_cache_notices_an_image_truncated_after_it_was_cached(tmp_path, bad_set):
     odgt, root = bad_set
-    lines = open(odgt).read().splitlines()[:3]
+    lines = Path(odgt).read_text().splitlines()[:3]
     odgt = _odgt(tmp_path, lines, "good.odgt")
     assert len(load_crowdhuman_odgt(odgt, root)) == 3  # sizes cached
     write_cut_300(root / "i1.jpg")

@@ -170,22 +170,29 @@ class _StderrCapture:
     """Runs a call with fd 2 pointed at a private temporary file; returns what was written.
 
     One file per process (a forked DataLoader worker must not share its parent's file
-    offset), a lock per process (threads share fd 2).
+    offset), a lock per process (threads share fd 2). Only the raw descriptor is kept; the
+    file is already unlinked, so it disappears with the process.
     """
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._pid, self._file = None, None
+        self._pid, self._fd = None, None
+
+    def _own_fd(self) -> int:
+        if self._pid != os.getpid():
+            if self._fd is not None:
+                os.close(self._fd)  # the parent's, inherited by this forked child
+            with tempfile.TemporaryFile() as f:
+                self._fd, self._pid = os.dup(f.fileno()), os.getpid()
+        return self._fd
 
     def __call__(self, fn, *args):
         with self._lock:
             try:
-                if self._pid != os.getpid():
-                    self._file, self._pid = tempfile.TemporaryFile(), os.getpid()
+                fd = self._own_fd()
                 saved = os.dup(2)
             except OSError:  # no usable fd 2 (or no temp dir): decode without listening
                 return fn(*args), b""
-            fd = self._file.fileno()
             os.lseek(fd, 0, os.SEEK_SET)
             os.ftruncate(fd, 0)
             os.dup2(fd, 2)
