@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import crowdloss.data.crowdhuman as ch
+import crowdloss.data.image_io as image_io
 from crowdloss.data import (Annotations, DatasetCatalog, InferenceSampler, MetadataCatalog,
                             TrainingSampler, build_test_loader, build_train_loader,
                             build_transforms, get_dataset_dicts, load_coco_json,
@@ -62,9 +63,9 @@ def test_odgt_parse_ignore_clip_empty(tmp_path, images, caplog):
 
 
 @pytest.mark.parametrize("line,msg", [
-    ("{not json", "invalid JSON"), ('{"gtboxes": []}', "missing key 'ID'"),
+    ("{not json", "not a JSON object"), ('{"gtboxes": []}', "missing key 'ID'"),
     ('{"ID": "a"}', "gtboxes"), ('{"ID": "a", "gtboxes": [{"tag": "person", "fbox": [1, 2]}]}',
-                                  "4 numbers")])
+                                  "4 finite numbers")])
 def test_odgt_malformed(tmp_path, images, line, msg):
     odgt = _odgt(tmp_path, [{"ID": "b", "gtboxes": []}, line])
     with pytest.raises(ValueError, match=msg) as e:
@@ -72,11 +73,11 @@ def test_odgt_malformed(tmp_path, images, line, msg):
     assert f"{odgt}:2" in str(e.value)
 
 
-def test_sizes_from_header_cached(tmp_path, images, monkeypatch):
+def test_image_checks_cached(tmp_path, images, monkeypatch):
     odgt = _odgt(tmp_path, [{"ID": "a", "gtboxes": [_box()]}, {"ID": "b", "gtboxes": []}])
     calls = []
-    real = ch.read_image_size
-    monkeypatch.setattr(ch, "read_image_size", lambda p: calls.append(p) or real(p))
+    real = image_io.check_image_file
+    monkeypatch.setattr(image_io, "check_image_file", lambda p: calls.append(p) or real(p))
     first = load_crowdhuman_odgt(odgt, images)
     assert len(calls) == 2 and os.path.exists(odgt + ".sizes.json")
     assert load_crowdhuman_odgt(odgt, images) == first and len(calls) == 2  # cache hit
@@ -84,21 +85,21 @@ def test_sizes_from_header_cached(tmp_path, images, monkeypatch):
         f.write("\n")
     load_crowdhuman_odgt(odgt, images)
     assert len(calls) == 4
-    # explicit height/width: no header read at all
+    # explicit height/width: the image is still checked (and must agree)
     odgt2 = _odgt(tmp_path, [{"ID": "a", "height": 60, "width": 80, "gtboxes": []}])
     os.remove(odgt2 + ".sizes.json")
     load_crowdhuman_odgt(odgt2, images)
-    assert len(calls) == 4
+    assert len(calls) == 5
 
 
 def test_read_image_size_header(tmp_path):
     _write_img(tmp_path / "x", 37, 53)
     _write_img(tmp_path / "x", 21, 13, ".png")
-    assert ch.read_image_size(str(tmp_path / "x.jpg")) == (37, 53)
-    assert ch.read_image_size(str(tmp_path / "x.png")) == (21, 13)
+    assert image_io.read_image_size(str(tmp_path / "x.jpg")) == (37, 53)
+    assert image_io.read_image_size(str(tmp_path / "x.png")) == (21, 13)
     (tmp_path / "bad.jpg").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="bad.jpg"):
-        ch.read_image_size(str(tmp_path / "bad.jpg"))
+        image_io.read_image_size(str(tmp_path / "bad.jpg"))
 
 
 def test_missing_image_error_and_skip(tmp_path, images, caplog):
@@ -118,6 +119,7 @@ def test_coco_json_iscrowd(tmp_path):
                             {"image_id": 7, "bbox": [55, 0, 10, 10], "category_id": 1}]}
     p = tmp_path / "c.json"
     p.write_text(json.dumps(data))
+    _write_img(tmp_path / "x", 50, 60)
     dicts = load_coco_json(str(p), str(tmp_path), dataset_name="tcoco")
     annos = dicts[0]["annotations"]
     assert [a["category_id"] for a in annos] == [1, -1, 0]

@@ -62,8 +62,12 @@ def test_bad_gt_lines(tmp_path):
         load_gt(dup)
     bad = write_lines(tmp_path / "g2.odgt", [json.dumps({"ID": "a", "gtboxes": [{"fbox": [
         0, 0, 1, 1]}]})])
-    with pytest.raises(ValueError, match=r"g2.odgt:1: gtboxes\[0\] needs keys 'tag' and 'fbox'"):
+    with pytest.raises(ValueError, match=r"g2.odgt:1 gtboxes\[0\]: .* a 'tag'"):
         load_gt(bad)
+    no_box = write_lines(tmp_path / "g4.odgt", [json.dumps({"ID": "a", "gtboxes": [
+        {"tag": "person", "vbox": [0, 0, 1, 1]}]})])
+    with pytest.raises(ValueError, match=r"g4.odgt:1 gtboxes\[0\]: 'fbox' = None"):
+        load_gt(no_box)
     with pytest.raises(FileNotFoundError, match="nope.odgt"):
         load_gt(tmp_path / "nope.odgt")
     empty = write_lines(tmp_path / "g3.odgt", [""])
@@ -81,9 +85,13 @@ def test_image_sizes_gt_then_results_else_error_naming_the_id(tmp_path):
     dt_sized = write_lines(tmp_path / "d1.odgt", [dt_line("a", [[[110, 0, 10, 40], 0.9]],
                                                           height=100, width=120)])
     assert evaluate_crowdhuman(gt_nosize, dt_sized).counts["tp"] == 1
-    # image_sizes (the evaluator's inputs) come before the results record's size
-    r = evaluate_crowdhuman(gt_nosize, dt_sized, image_sizes={"a": (100, 200)})
-    assert r.counts["tp"] == 0
+    # image_sizes (the evaluator's inputs, read from the image) win over the results record's
+    # size, and a disagreement is an error naming the ID
+    assert evaluate_crowdhuman(gt_nosize, dt_sized, image_sizes={"a": (100, 120)}
+                               ).counts["tp"] == 1
+    with pytest.raises(ValueError, match=r"d1.odgt:1: image 'a' is 100x120 .* detections "
+                                         r"record but 100x200 in the image"):
+        evaluate_crowdhuman(gt_nosize, dt_sized, image_sizes={"a": (100, 200)})
 
 
 def test_image_root_reads_sizes_from_image_headers(tmp_path):

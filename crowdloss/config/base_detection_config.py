@@ -43,12 +43,17 @@ _config_dict: Dict[str, Any] = dict(
     DATASETS=dict(
         # CrowdHuman box to train on: "fbox" (full body), "vbox" (visible) or "hbox" (head).
         BOX_TYPE="fbox",
-        # Skip (and count) unreadable images instead of failing the run.
+        # Skip (and log, with the path) missing / truncated / corrupt images instead of failing
+        # the run: dropped at load time, replaced (deterministically) when only the decode in
+        # training finds them, left out of evaluation with their GT counted as missed.
         SKIP_BAD_IMAGES=False,
         # Training boxes flagged difficult (VOC): "drop" them (ssd.pytorch), "keep" them as
         # objects (detectron2) or "ignore" them (class -1, mmdetection). Evaluation always
         # keeps them flagged: the VOC metric ignores detections on them.
         TRAIN_DIFFICULT="drop",
+        # odgt tags other than "person" / "mask" -> "person" (a valid box) or "mask" (an
+        # ignore region), e.g. dict(crowd="mask"); an unmapped unknown tag is an error.
+        TAG_MAP=dict(),
     ),
     TEST=dict(
         # CrowdHuman JI: "weight" = max-weight bipartite matching (official), "greedy" otherwise.

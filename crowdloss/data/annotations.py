@@ -13,61 +13,9 @@ from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
+from .boxes import clip_and_drop
+
 __all__ = ["Annotations", "clip_and_drop"]
-
-
-def _take(field: Any, keep: np.ndarray) -> Any:
-    """``field[keep]`` for arrays; the same selection, same type, for lists / tuples."""
-    if isinstance(field, np.ndarray):
-        return field[keep]
-    picked = [field[int(i)] for i in np.flatnonzero(keep)]
-    return tuple(picked) if isinstance(field, tuple) else picked
-
-
-def clip_and_drop(boxes: np.ndarray, height: int, width: int, *fields: Any,
-                  where: str = "boxes") -> Tuple[Any, ...]:
-    """Clip xyxy boxes to the image and drop the ones left without area.
-
-    Coordinates are clipped to ``[0, width]`` (x) and ``[0, height]`` (y); a box whose clipped
-    width or height is ``<= 0`` is dropped, and so is the matching entry of every ``fields``
-    sequence (numpy arrays, lists or tuples of length M: classes, dataset annotation dicts...).
-
-    Args:
-        boxes: (M, 4) absolute xyxy; a float dtype is kept (float64 stays float64, so loaders
-            reading Python floats lose nothing), integers become float64.
-        height, width: image size in pixels (> 0).
-        *fields: per-box sequences to filter alike.
-        where: what to name in error messages (a file, a line, an image id).
-
-    Returns:
-        ``(boxes_kept (K, 4), *fields_kept, num_dropped)``.
-
-    Raises:
-        ValueError: ``boxes`` is not (M, 4), holds NaN / inf, a field's length is not M, or the
-            image size is not positive. Nothing is clipped silently from garbage.
-    """
-    arr = np.asarray(boxes)
-    if arr.size == 0:
-        arr = arr.reshape(0, 4)
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"{where}: expected boxes of shape (M, 4) xyxy, got {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.floating):
-        arr = arr.astype(np.float64)
-    if not (height > 0 and width > 0):
-        raise ValueError(f"{where}: image size must be positive, got {height}x{width}")
-    if not np.isfinite(arr).all():
-        k = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
-        raise ValueError(f"{where}: box {k} is not finite: {arr[k].tolist()}")
-    for j, f in enumerate(fields):
-        if len(f) != len(arr):
-            raise ValueError(f"{where}: field {j} has {len(f)} entries for {len(arr)} boxes")
-    # max / min with a per-column bound: one pass each (np.clip on strided views costs more).
-    out = np.minimum(np.maximum(arr, 0), np.array([width, height, width, height], arr.dtype))
-    keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
-    num_dropped = int(len(keep) - keep.sum())
-    if num_dropped == 0:
-        return (out, *fields, 0)
-    return (out[keep], *(_take(f, keep) for f in fields), num_dropped)
 
 
 class Annotations:

@@ -1,9 +1,16 @@
 """Dataset names + config -> dataset dicts and data loaders.
 
-Option-taking loaders: crowdhuman-format datasets honour ``DATASETS.BOX_TYPE`` and
-``DATASETS.SKIP_BAD_IMAGES``. They register twice: in ``DatasetCatalog`` (zero-argument, the
-defaults) and in ``CONFIGURABLE_LOADERS`` (name -> ``f(box_type=, skip_bad_images=)``), which
+Option-taking loaders: crowdhuman-format datasets honour ``DATASETS.BOX_TYPE``,
+``DATASETS.SKIP_BAD_IMAGES`` and ``DATASETS.TAG_MAP``, COCO-format ones SKIP_BAD_IMAGES. They
+register twice: in ``DatasetCatalog`` (zero-argument, the defaults) and in
+``CONFIGURABLE_LOADERS`` (name -> ``f(box_type=, skip_bad_images=, tag_map=)``), which
 ``get_dataset_dicts(names, cfg)`` prefers when a cfg is given.
+
+Bad images: the loaders drop what their load-time check finds (missing, truncated); what only
+a decode finds (``image_io.read_image``: corrupt data) surfaces in the mapper. With
+SKIP_BAD_IMAGES the training stream then maps a replacement image chosen from (seed, rank,
+position, attempt) alone, so a resumed run replaces it identically; the test loader leaves the
+image out (the evaluator counts its GT as missed).
 
 Training data order: the sampler's index stream is batched (optionally by aspect ratio) on
 indices alone, then each DataLoader worker maps every ``num_workers``-th batch; the DataLoader
@@ -18,15 +25,16 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Callable, Dict, List, Sequence, Union
+from typing import List, Sequence, Union
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from ..utils import comm
-from .catalog import DatasetCatalog
+from .catalog import CONFIGURABLE_LOADERS, DatasetCatalog
 from ..config.access import cfg_get
+from .image_io import BadImageError
 from .mapper import DatasetMapper
 from .samplers import AspectRatioGroupedBatcher, InferenceSampler, TrainingSampler
 from .voc import apply_difficult_policy
@@ -36,7 +44,7 @@ __all__ = ["get_dataset_dicts", "build_train_loader", "build_test_loader",
 
 logger = logging.getLogger(__name__)
 
-CONFIGURABLE_LOADERS: Dict[str, Callable[..., List[dict]]] = {}
+_MAX_REPLACEMENTS = 16  # bad images in a row before the training stream gives up
 
 
 def trivial_batch_collator(batch):
@@ -49,7 +57,7 @@ def get_dataset_dicts(names: Union[str, Sequence[str]], cfg=None, *,
     """Concatenate the datasets ``names``.
 
     Args:
-        cfg: if given, crowdhuman-format loaders get DATASETS.BOX_TYPE / SKIP_BAD_IMAGES.
+        cfg: if given, configurable loaders get DATASETS.BOX_TYPE / SKIP_BAD_IMAGES / TAG_MAP.
         filter_empty: drop images without any valid (category >= 0) box; the training loader
             passes DATALOADER.FILTER_EMPTY_ANNOTATIONS (evaluation must keep every image).
         training: the training view: annotations flagged ``difficult`` (VOC) get the
@@ -64,7 +72,8 @@ def get_dataset_dicts(names: Union[str, Sequence[str]], cfg=None, *,
         if cfg is not None and name in CONFIGURABLE_LOADERS:
             part = CONFIGURABLE_LOADERS[name](
                 box_type=cfg_get(cfg, "DATASETS.BOX_TYPE"),
-                skip_bad_images=bool(cfg_get(cfg, "DATASETS.SKIP_BAD_IMAGES")))
+                skip_bad_images=bool(cfg_get(cfg, "DATASETS.SKIP_BAD_IMAGES")),
+                tag_map=dict(cfg_get(cfg, "DATASETS.TAG_MAP") or {}))
         else:
             part = DatasetCatalog.get(name)
         if not part:
@@ -81,18 +90,59 @@ def get_dataset_dicts(names: Union[str, Sequence[str]], cfg=None, *,
     return dicts
 
 
+def _warn_skip(warned: set, path: str, error: Exception) -> None:
+    if path not in warned:  # once per image and process, not once per epoch
+        warned.add(path)
+        logger.warning("skipping bad image (DATASETS.SKIP_BAD_IMAGES): %s", error)
+
+
 class _TrainStream(IterableDataset):
-    def __init__(self, dicts, mapper, sampler, batch_size, group, start_iter, seed, rank):
+    def __init__(self, dicts, mapper, sampler, batch_size, group, start_iter, seed, rank,
+                 skip_bad_images=False):
         self.dicts, self.mapper, self.sampler = dicts, mapper, sampler
         self.batch_size, self.group, self.start_iter = batch_size, group, start_iter
-        self.seed, self.rank = seed, rank
+        self.seed, self.rank, self.skip_bad_images = seed, rank, skip_bad_images
+        self._bad, self._warned = set(), set()
+        self._pools = None
 
     def _batches(self):
         items = enumerate(self.sampler)  # (position in this rank's stream, dataset index)
         if self.group:
-            landscape = lambda item: self.dicts[item[1]]["width"] > self.dicts[item[1]]["height"]
+            landscape = lambda item: self._landscape(item[1])
             return iter(AspectRatioGroupedBatcher(items, landscape, self.batch_size))
         return (list(b) for b in iter(lambda: [next(items) for _ in range(self.batch_size)], None))
+
+    def _landscape(self, i: int) -> bool:
+        return self.dicts[i]["width"] > self.dicts[i]["height"]
+
+    def _replacement(self, i: int, pos: int, attempt: int) -> int:
+        # From (seed, rank, position, attempt) only: the known-bad set differs between
+        # processes and between a run and its resumption, so it must not steer the choice.
+        # Same orientation as the image replaced, so aspect-ratio groups stay pure.
+        if self._pools is None:
+            flags = [self._landscape(k) for k in range(len(self.dicts))]
+            self._pools = {f: [k for k, g in enumerate(flags) if g == f] for f in (False, True)}
+        pool = self._pools[self._landscape(i)] if self.group else range(len(self.dicts))
+        rng = np.random.default_rng([self.seed, self.rank, pos, attempt, 1])
+        return pool[int(rng.integers(len(pool)))]
+
+    def _map(self, pos: int, i: int) -> dict:
+        for attempt in range(_MAX_REPLACEMENTS + 1):
+            d = self.dicts[i]
+            if d["file_name"] not in self._bad:
+                # attempt 0 draws exactly what a run without bad images draws
+                key = [self.seed, self.rank, pos] + ([attempt] if attempt else [])
+                try:
+                    return self.mapper(d, np.random.default_rng(key))
+                except BadImageError as e:
+                    if not self.skip_bad_images:
+                        raise
+                    self._bad.add(d["file_name"])
+                    _warn_skip(self._warned, d["file_name"], e)
+            i = self._replacement(i, pos, attempt)
+        raise BadImageError(f"{_MAX_REPLACEMENTS + 1} bad images in a row at stream position "
+                            f"{pos} (the last: {self.dicts[i]['file_name']}); is the image "
+                            "directory damaged?")
 
     def __iter__(self):
         info = get_worker_info()
@@ -100,8 +150,7 @@ class _TrainStream(IterableDataset):
         for b, batch in enumerate(self._batches()):
             if b < self.start_iter or (b - self.start_iter) % nw != wid:
                 continue
-            yield [self.mapper(self.dicts[i], np.random.default_rng([self.seed, self.rank, pos]))
-                   for pos, i in batch]
+            yield [self._map(pos, i) for pos, i in batch]
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -120,7 +169,8 @@ def build_train_loader(cfg, start_iter: int = 0) -> DataLoader:
     stream = _TrainStream(dicts, DatasetMapper(cfg, True), sampler,
                           int(cfg_get(cfg, "SOLVER.IMS_PER_DEVICE")),
                           bool(cfg_get(cfg, "DATALOADER.ASPECT_RATIO_GROUPING")),
-                          start_iter, seed, comm.get_rank())
+                          start_iter, seed, comm.get_rank(),
+                          bool(cfg_get(cfg, "DATASETS.SKIP_BAD_IMAGES")))
     workers = int(cfg_get(cfg, "DATALOADER.NUM_WORKERS"))
     g = torch.Generator()
     g.manual_seed(seed + comm.get_rank())
@@ -129,20 +179,37 @@ def build_train_loader(cfg, start_iter: int = 0) -> DataLoader:
 
 
 class _MapDataset(Dataset):
-    def __init__(self, dicts, mapper):
-        self.dicts, self.mapper = dicts, mapper
+    """Maps dataset dict ``i``; with ``skip_bad_images`` a bad image maps to None."""
+
+    def __init__(self, dicts, mapper, skip_bad_images=False):
+        self.dicts, self.mapper, self.skip_bad_images = dicts, mapper, skip_bad_images
+        self._warned = set()
 
     def __len__(self):
         return len(self.dicts)
 
     def __getitem__(self, i):
-        return self.mapper(self.dicts[i], np.random.default_rng(i))
+        try:
+            return self.mapper(self.dicts[i], np.random.default_rng(i))
+        except BadImageError as e:
+            if not self.skip_bad_images:
+                raise
+            _warn_skip(self._warned, self.dicts[i]["file_name"], e)
+            return None
+
+
+def _skipping_collator(batch):
+    """The test loader's batch without the images its dataset skipped (possibly empty:
+    ``inference_on_dataset`` passes over empty batches)."""
+    return [x for x in batch if x is not None]
 
 
 def build_test_loader(cfg, dataset_name: str) -> DataLoader:
     """Batch-1 loader over this rank's contiguous shard of ``dataset_name``, in order."""
     dicts = get_dataset_dicts([dataset_name], cfg)
     sampler = torch.utils.data.BatchSampler(InferenceSampler(len(dicts)), 1, drop_last=False)
-    return DataLoader(_MapDataset(dicts, DatasetMapper(cfg, False)), batch_sampler=sampler,
+    skip = bool(cfg_get(cfg, "DATASETS.SKIP_BAD_IMAGES"))
+    return DataLoader(_MapDataset(dicts, DatasetMapper(cfg, False), skip),
+                      batch_sampler=sampler,
                       num_workers=int(cfg_get(cfg, "DATALOADER.NUM_WORKERS")),
-                      collate_fn=trivial_batch_collator)
+                      collate_fn=_skipping_collator)

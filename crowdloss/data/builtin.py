@@ -5,8 +5,7 @@ import functools
 import os
 from typing import Sequence
 
-from .build import CONFIGURABLE_LOADERS
-from .catalog import DatasetCatalog, MetadataCatalog, datasets_root
+from .catalog import CONFIGURABLE_LOADERS, DatasetCatalog, MetadataCatalog, datasets_root
 from .coco import load_coco_json
 from .crowdhuman import load_crowdhuman_odgt
 from .voc import VOC_CLASSES, load_voc_instances
@@ -24,16 +23,17 @@ _VOC_BUILTIN = {
 
 
 def _crowdhuman_loader(odgt_file, image_root, prepare, *, box_type="fbox",
-                       skip_bad_images=False):
+                       skip_bad_images=False, tag_map=None):
     if prepare is not None:
         prepare()
     return load_crowdhuman_odgt(odgt_file, image_root, box_type=box_type,
-                                skip_bad_images=skip_bad_images)
+                                skip_bad_images=skip_bad_images, tag_map=tag_map)
 
 
 def register_crowdhuman_instances(name: str, odgt_file: str, image_root: str, *,
                                   prepare=None) -> None:
-    """Register a CrowdHuman-format dataset (honours DATASETS.BOX_TYPE / SKIP_BAD_IMAGES).
+    """Register a CrowdHuman-format dataset (honours DATASETS.BOX_TYPE / SKIP_BAD_IMAGES /
+    TAG_MAP).
 
     Args:
         prepare: optional zero-argument callable run before loading (e.g. generate the data).
@@ -47,7 +47,8 @@ def register_crowdhuman_instances(name: str, odgt_file: str, image_root: str, *,
                         created_on_load=prepare is not None)
 
 
-def _builtin_crowdhuman(name, folder, split, *, box_type="fbox", skip_bad_images=False):
+def _builtin_crowdhuman(name, folder, split, *, box_type="fbox", skip_bad_images=False,
+                        tag_map=None):
     # Paths resolve at load time so CROWDLOSS_DATASETS set after import is honoured.
     root = datasets_root() / folder
     odgt, images = root / "annotations" / f"annotation_{split}.odgt", root / "Images"
@@ -56,15 +57,18 @@ def _builtin_crowdhuman(name, folder, split, *, box_type="fbox", skip_bad_images
         from .synthetic import ensure_synthcrowd  # cv2 drawing code only when needed
 
         ensure_synthcrowd(str(root))
-    return load_crowdhuman_odgt(odgt, images, box_type=box_type, skip_bad_images=skip_bad_images)
+    return load_crowdhuman_odgt(odgt, images, box_type=box_type, skip_bad_images=skip_bad_images,
+                                tag_map=tag_map)
 
 
-def _builtin_coco(name, split):
+def _builtin_coco(name, split, *, skip_bad_images=False, box_type="fbox", tag_map=None):
+    # box_type / tag_map are odgt options (CONFIGURABLE_LOADERS passes every option).
     root = datasets_root() / "coco"
     json_file = str(root / "annotations" / f"instances_{split}2017.json")
     MetadataCatalog.set(name, gt_file=json_file, json_file=json_file,
                         image_root=str(root / f"{split}2017"))
-    return load_coco_json(json_file, str(root / f"{split}2017"), dataset_name=name)
+    return load_coco_json(json_file, str(root / f"{split}2017"), dataset_name=name,
+                          skip_bad_images=skip_bad_images)
 
 
 def _voc_loader(dirname, split, class_names, check_image_size, *, skip_bad_images=False,
@@ -141,7 +145,9 @@ def register_all() -> None:
                 # generated on first load: the CLI's dataset check must not ask for the files
                 created_on_load=folder == "synthcrowd")
         name = f"coco_2017_{split}"
-        DatasetCatalog.register(name, functools.partial(_builtin_coco, name, split))
+        loader = functools.partial(_builtin_coco, name, split)
+        DatasetCatalog.register(name, loader)
+        CONFIGURABLE_LOADERS[name] = loader
         json_file = str(root / "coco" / "annotations" / f"instances_{split}2017.json")
         MetadataCatalog.set(name, evaluator_type="coco", gt_file=json_file, json_file=json_file,
                             image_root=str(root / "coco" / f"{split}2017"))

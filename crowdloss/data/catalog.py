@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
-__all__ = ["DatasetCatalog", "MetadataCatalog", "datasets_root"]
+__all__ = ["DatasetCatalog", "MetadataCatalog", "datasets_root", "CONFIGURABLE_LOADERS"]
 
 
 def datasets_root() -> Path:
@@ -69,3 +69,7 @@ class _MetadataCatalog(_Catalog):
 
 DatasetCatalog = _DatasetCatalog("dataset")
 MetadataCatalog = _MetadataCatalog("metadata")
+
+# Datasets whose loader takes the DATASETS options: name -> f(*, box_type, skip_bad_images,
+# tag_map). ``get_dataset_dicts(names, cfg)`` prefers these over the zero-argument loaders.
+CONFIGURABLE_LOADERS: Dict[str, Callable[..., List[dict]]] = {}

@@ -1,35 +1,23 @@
 """Dataset dict -> model input (docs/internals.md "Model input")."""
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 
 from ..config.access import cfg_get
 from ..structures import Instances
 from .annotations import Annotations
+from .image_io import BadImageError, read_image
 from .transforms import build_transforms
 
 __all__ = ["DatasetMapper", "read_image"]
-
-
-def read_image(path: str, fmt: str = "BGR") -> np.ndarray:
-    """HWC uint8 image in ``fmt`` ("BGR" or "RGB"); a clear error for missing/corrupt files."""
-    # Ignore EXIF orientation: sizes come from the header and boxes are in stored-pixel
-    # coordinates, so rotating on decode would silently misalign them.
-    img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if img is None:
-        raise ValueError(f"cannot read image {path}: missing, unreadable or corrupt")
-    if fmt == "RGB":
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)  # contiguous, unlike img[..., ::-1]
-    return img
 
 
 class DatasetMapper:
     """Read, augment and pack one dataset dict.
 
     The pipeline sees the image and all its annotations (``Annotations``: boxes, classes with
-    -1 = ignore); afterwards ONE :func:`~crowdloss.data.annotations.clip_and_drop` clips the
+    -1 = ignore); afterwards ONE :func:`~crowdloss.data.boxes.clip_and_drop` clips the
     boxes to the output image and drops those left without area (e.g. by a crop).
 
     Output: ``image`` uint8 (3, H, W) tensor after the pipeline, ``instances``
@@ -51,13 +39,16 @@ class DatasetMapper:
                                  f"INPUT.FORMAT is {self.image_format!r}; set the same order")
 
     def __call__(self, dataset_dict: dict, rng=None) -> dict:
+        """Raises ``BadImageError`` (naming the path) for a missing, truncated or corrupt
+        image, and for one whose decoded size is not the dataset dict's (the file changed
+        after loading); the loaders decide whether that skips the image."""
         path = dataset_dict["file_name"]
         image = read_image(path, self.image_format)
         h, w = image.shape[:2]
         if (h, w) != (dataset_dict["height"], dataset_dict["width"]):
-            raise ValueError(f"{path}: image is {h}x{w} but the annotations say "
-                             f"{dataset_dict['height']}x{dataset_dict['width']} "
-                             "(stale size cache? delete the <odgt>.sizes.json)")
+            raise BadImageError(f"bad image {path}: it is {h}x{w} (height x width) but was "
+                                f"{dataset_dict['height']}x{dataset_dict['width']} when the "
+                                "dataset was loaded", path)
         annos = Annotations.from_dataset_dict(dataset_dict.get("annotations", []), path)
         image, annos = self.pipeline(image, annos, rng)
         H, W = image.shape[:2]

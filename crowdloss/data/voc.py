@@ -18,7 +18,7 @@ the xml integers and adds 1 to every width and height.
 
 ``xmin == xmax`` is a legal one-pixel box; ``xmax < xmin`` (or y) is an error. Boxes reaching
 outside the image are clipped, and boxes left without area dropped, by the shared
-:func:`~crowdloss.data.annotations.clip_and_drop` (counted in the log).
+:func:`~crowdloss.data.boxes.clip_and_drop` (counted in the log).
 
 Difficult objects keep ``"difficult": True`` in their annotation dict; the evaluator ignores
 them, and training applies ``DATASETS.TRAIN_DIFFICULT`` (:func:`apply_difficult_policy`).
@@ -33,8 +33,8 @@ from xml.parsers import expat
 
 import numpy as np
 
-from .annotations import clip_and_drop
-from .crowdhuman import read_image_size
+from .boxes import clip_and_drop
+from .image_io import read_image_size
 
 __all__ = ["VOC_CLASSES", "DIFFICULT_POLICIES", "load_voc_instances", "apply_difficult_policy"]
 

@@ -22,7 +22,7 @@ import argparse
 import math
 import os
 import warnings
-from typing import List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Collection, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -123,7 +123,9 @@ def evaluate_crowdhuman(gt: Union[Source, Sequence[GTImage]],
                         dt: Union[Source, Mapping[str, DTImage]], *,
                         box_key: str = "fbox", ji_matching: str = "weight",
                         image_sizes: SizeSource = None,
-                        image_root: Optional[str] = None) -> CrowdHumanResult:
+                        image_root: Optional[str] = None,
+                        tag_map: Optional[Mapping[str, str]] = None,
+                        skipped_images: Collection[str] = ()) -> CrowdHumanResult:
     """Score detections against a CrowdHuman GT.
 
     Args:
@@ -133,12 +135,19 @@ def evaluate_crowdhuman(gt: Union[Source, Sequence[GTImage]],
             GT images without a record have no detections.
         box_key: GT box field ("fbox" = the full-body "box" mode).
         ji_matching: "weight" (CrowdDet) or "cardinality" (mmdetection).
-        image_sizes: ID -> (height, width) used when the GT file has none.
-        image_root: image directory, read for sizes when neither file has them.
+        image_sizes: ID -> (height, width) of the images (the data loader's), used when the
+            GT file has none; must agree with it otherwise.
+        image_root: image directory, read for sizes when the GT file and ``image_sizes``
+            have none (before the detections record's size, which must agree).
+        tag_map: GT tags other than "person" / "mask" -> one of those (else an error).
+        skipped_images: IDs of GT images the run could not read (bad image files): they have
+            no detections, their GT counts as missed, and without a known size their boxes
+            are only clipped at 0.
     """
     if ji_matching not in JI_MATCHINGS:
         raise ValueError(f"ji_matching = {ji_matching!r}; expected one of {JI_MATCHINGS}")
-    gt_images = gt if _is_parsed(gt, GTImage) else load_gt(gt, box_key=box_key)
+    gt_images = gt if _is_parsed(gt, GTImage) else load_gt(gt, box_key=box_key,
+                                                            tag_map=tag_map)
     if not gt_images:
         raise ValueError(f"the GT ({gt if isinstance(gt, (str, os.PathLike)) else 'records'}) "
                          "has no images")
@@ -147,13 +156,18 @@ def evaluate_crowdhuman(gt: Union[Source, Sequence[GTImage]],
     for image_id, d in dt_by_id.items():
         if image_id not in gt_ids:
             raise ValueError(f"{d.where}: ID '{image_id}' is not in the GT file")
+    skipped = set(skipped_images)
+    both = sorted(skipped & set(dt_by_id))
+    if both:
+        raise ValueError(f"images {both[:5]} are listed as skipped but have detections")
 
     thresholds = np.array(JI_THRESHOLDS)
     scores_all, covered_all, pair_d, pair_g, pair_w, ji_counts = [], [], [], [], [], []
     det_off = gt_off = num_valid = num_ignore = 0
     for g in gt_images:
         d = dt_by_id.get(g.image_id)
-        h, w = resolve_image_size(g, d, image_sizes, image_root)
+        h, w = resolve_image_size(g, d, image_sizes, image_root,
+                                  skipped=g.image_id in skipped)
         gboxes = clip_xywh_to_xyxy(g.boxes, h, w)
         valid_gt, ignore = gboxes[g.valid], gboxes[~g.valid]
         if d is not None and d.scores.size:
@@ -289,6 +303,16 @@ def format_results(result: CrowdHumanResult) -> str:
     return "\n".join(lines)
 
 
+def _parse_tag_map(parser: argparse.ArgumentParser, text: Optional[str]) -> Dict[str, str]:
+    out = {}
+    for item in filter(None, (text or "").split(",")):
+        tag, sep, target = item.partition("=")
+        if not sep or not tag:
+            parser.error(f"--tag-map: {item!r} is not TAG=person or TAG=mask")
+        out[tag] = target
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> CrowdHumanResult:
     parser = argparse.ArgumentParser(
         prog="python -m crowdloss.evaluation.crowdhuman",
@@ -297,6 +321,9 @@ def main(argv: Optional[Sequence[str]] = None) -> CrowdHumanResult:
     parser.add_argument("--dt", required=True, help="results odgt (ours or CrowdDet's)")
     parser.add_argument("--box-key", default="fbox", help="GT box field (default fbox)")
     parser.add_argument("--ji-matching", default="weight", choices=JI_MATCHINGS)
+    parser.add_argument("--tag-map", default=None, metavar="TAG=person|mask,...",
+                        help="GT tags other than person / mask and what they are "
+                             "(otherwise an unknown tag is an error)")
     parser.add_argument("--image-root", default=None,
                         help="read image sizes from these images when the files have none")
     parser.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots here")
@@ -304,7 +331,8 @@ def main(argv: Optional[Sequence[str]] = None) -> CrowdHumanResult:
                         help="write the full-precision results as JSON")
     args = parser.parse_args(argv)
     result = evaluate_crowdhuman(args.gt, args.dt, box_key=args.box_key,
-                                 ji_matching=args.ji_matching, image_root=args.image_root)
+                                 ji_matching=args.ji_matching, image_root=args.image_root,
+                                 tag_map=_parse_tag_map(parser, args.tag_map))
     print(format_results(result))
     if args.json:
         write_json(args.json, result.to_dict())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import json
 import logging
 import os
 import time
@@ -101,11 +102,15 @@ class CrowdHumanEvaluator(DatasetEvaluator):
     1-based position in the GT odgt, mapping in ``coco_image_ids.json``), ``metrics.json`` and,
     with ``plot``, ``mr_fppi.png`` / ``precision_recall.png`` titled with the dataset and
     ``source``.
+
+    GT images that were never predicted are the ones the data loader skipped as bad image
+    files (``DATASETS.SKIP_BAD_IMAGES``): their valid GT boxes count as missed, the log says
+    so, and ``counts`` has ``skipped_images`` / ``skipped_valid_gt``.
     """
 
     def __init__(self, dataset_name: str, *, output_dir: Optional[str] = None,
                  distributed: bool = True, ji_matching: str = "weight", plot: bool = True,
-                 box_key: str = "fbox"):
+                 box_key: str = "fbox", tag_map: Optional[Dict[str, str]] = None):
         meta = MetadataCatalog.get(dataset_name)
         if not meta.get("gt_file"):
             raise KeyError(f"MetadataCatalog['{dataset_name}'] has no 'gt_file' (the GT odgt "
@@ -116,6 +121,7 @@ class CrowdHumanEvaluator(DatasetEvaluator):
         self._image_root = meta.get("image_root")
         self._output_dir, self._distributed = output_dir, distributed
         self._ji_matching, self._plot, self._box_key = ji_matching, plot, box_key
+        self._tag_map = dict(tag_map or {})
         self.reset()
 
     def reset(self) -> None:
@@ -136,21 +142,26 @@ class CrowdHumanEvaluator(DatasetEvaluator):
         if out:  # first, so that the detections survive whatever happens next
             os.makedirs(out, exist_ok=True)
             write_odgt(os.path.join(out, "crowdhuman_results.odgt"), records)
-        gt_images = load_gt(self._gt_file, box_key=self._box_key)
+        gt_images = load_gt(self._gt_file, box_key=self._box_key, tag_map=self._tag_map)
         image_ids = crowdhuman_image_ids(gt_images)
         if out and all(r["ID"] in image_ids for r in records):  # else evaluation says which
             write_json(os.path.join(out, "coco_instances_results.json"),
                        odgt_to_coco_results(records, image_ids=image_ids), compact=True)
             write_json(os.path.join(out, "coco_image_ids.json"), image_ids, compact=True)
-        # The inputs' sizes come second after the GT file's (docs/metrics.md "Inputs").
+        # Without sizes in the GT file, the inputs' (read from the images) are used.
         sizes = {r["ID"]: (r["height"], r["width"]) for r in records}
-        result = evaluate_crowdhuman(gt_images or self._gt_file, load_dt(records),
-                                     box_key=self._box_key, ji_matching=self._ji_matching,
-                                     image_sizes=sizes, image_root=self._image_root)
-        if len(records) != result.counts["images"]:
-            logger.warning("%s: %d images predicted, the GT file has %d (the rest count as "
-                           "images without detections)", self._name, len(records),
-                           result.counts["images"])
+        skipped = [g for g in gt_images if g.image_id not in sizes]
+        result = evaluate_crowdhuman(gt_images, load_dt(records), box_key=self._box_key,
+                                     ji_matching=self._ji_matching, image_sizes=sizes,
+                                     image_root=self._image_root,
+                                     skipped_images=[g.image_id for g in skipped])
+        missed = int(sum(int(g.valid.sum()) for g in skipped))
+        result.counts.update(skipped_images=len(skipped), skipped_valid_gt=missed)
+        if skipped:
+            logger.warning("%s: %d of %d GT images were not predicted (bad image files the "
+                           "loader skipped, see its warnings; first: %s): their %d valid GT "
+                           "boxes count as missed", self._name, len(skipped), len(gt_images),
+                           ", ".join(g.image_id for g in skipped[:5]), missed)
         c = result.counts
         # The metrics themselves are printed once, by the caller (print_csv_format).
         logger.info("CrowdHuman evaluation of %s: %d images, %d valid GT, %d ignore regions, "
@@ -185,11 +196,10 @@ class COCOEvaluator(DatasetEvaluator):
 
     def reset(self) -> None:
         self._results: List[dict] = []
+        self._image_ids: List[Any] = []
 
     def _category_ids(self, classes: np.ndarray) -> List[int]:
         if self._id_map is None:  # read the map from the GT once: sorted ids -> 0..K-1
-            import json
-
             with open(self._gt_file) as f:
                 cats = sorted(c["id"] for c in json.load(f)["categories"])
             self._id_map = dict(enumerate(cats))
@@ -199,16 +209,30 @@ class COCOEvaluator(DatasetEvaluator):
             raise KeyError(f"{self._name}: predicted class {e.args[0]} has no COCO category "
                            f"(known contiguous ids: {sorted(self._id_map)})") from None
 
+    def _report_skipped(self, predicted: set) -> None:
+        # pycocotools scores unpredicted images as images without detections: their GT is
+        # missed. Say so, since here that means bad image files the loader skipped.
+        gt_ids = _coco_gt_image_ids(self._gt_file)
+        skipped = [i for i in gt_ids if i not in predicted]
+        if skipped:
+            logger.warning("%s: %d of %d GT images were not predicted (bad image files the "
+                           "loader skipped; first: %s): their GT boxes count as missed",
+                           self._name, len(skipped), len(gt_ids),
+                           ", ".join(map(str, skipped[:5])))
+
     def process(self, inputs, outputs) -> None:
         for inp, out in zip(inputs, outputs):
             boxes, scores, classes = _predictions(out)
+            self._image_ids.append(inp["image_id"])
             self._results.extend(instances_to_coco(inp["image_id"], boxes, scores,
                                                    self._category_ids(classes)))
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
         results = _gather_to_main(self._results, self._distributed)
+        image_ids = _gather_to_main(self._image_ids, self._distributed)
         if results is None:
             return {}
+        self._report_skipped(set(image_ids))
         if self._output_dir:
             write_json(os.path.join(self._output_dir, "coco_instances_results.json"), results,
                        compact=True)
@@ -216,6 +240,11 @@ class COCOEvaluator(DatasetEvaluator):
         if self._output_dir:
             write_json(os.path.join(self._output_dir, "metrics.json"), metrics)
         return {"bbox": metrics}
+
+
+def _coco_gt_image_ids(gt_file: str) -> list:
+    with open(gt_file) as f:
+        return [img["id"] for img in json.load(f).get("images", [])]
 
 
 def build_evaluator(cfg, dataset_name: str, output_dir: Optional[str] = None
@@ -236,7 +265,8 @@ def _build_dataset_evaluator(cfg, dataset_name: str, output_dir: Optional[str] =
             dataset_name, output_dir=output_dir,
             ji_matching=cfg_get(cfg, "TEST.JI_MATCHING"),
             plot=bool(cfg_get(cfg, "TEST.PLOT")),
-            box_key=cfg_get(cfg, "DATASETS.BOX_TYPE"))
+            box_key=cfg_get(cfg, "DATASETS.BOX_TYPE"),
+            tag_map=dict(cfg_get(cfg, "DATASETS.TAG_MAP") or {}))
     if kind == "coco":
         return COCOEvaluator(dataset_name, output_dir=output_dir,
                              max_dets=int(cfg_get(cfg, "TEST.COCO_MAX_DETS")))
@@ -271,6 +301,8 @@ def inference_on_dataset(model: torch.nn.Module, data_loader, evaluator) -> dict
             for idx, inputs in enumerate(data_loader):
                 if idx == num_warmup:  # the first batches pay for allocator/cudnn warm-up
                     start, compute_time, counted = time.perf_counter(), 0.0, 0
+                if not inputs:  # every image of the batch skipped as bad (SKIP_BAD_IMAGES)
+                    continue
                 tic = time.perf_counter()
                 outputs = model(inputs)
                 if torch.cuda.is_available():

@@ -1,8 +1,9 @@
 """Reading and writing evaluation files: CrowdHuman odgt (GT and results), COCO results json.
 
-Every reader validates as it parses and raises ``ValueError("<file>:<line>: ...")`` naming
-the problem; nothing is silently dropped. Boxes are kept in the file's xywh form here; the
-metric code converts (x2 = x + w) and clips.
+GT lines are parsed by ``crowdloss.data.odgt``, the parser (and ignore rule) the data loader
+uses too. Every reader validates as it parses and raises ``ValueError("<file>:<line>: ...")``
+naming the problem; nothing is silently dropped. Boxes are kept in the file's xywh form here;
+the metric code converts (x2 = x + w) and clips.
 
 Shapes: M boxes of one GT image, D detections of one image.
 """
@@ -10,12 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from typing import (Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional,
-                    Tuple, Union)
+from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
+from crowdloss.data.image_io import find_image, read_image_size
+from crowdloss.data.odgt import OdgtImage, Source, iter_odgt, load_odgt, parse_image_size
 from crowdloss.utils.io import atomic_write
 
 __all__ = [
@@ -32,18 +33,7 @@ __all__ = [
     "resolve_image_size",
 ]
 
-Source = Union[str, os.PathLike, Iterable[dict]]
-
-
-class GTImage(NamedTuple):
-    """One GT odgt line. ``boxes`` (M, 4) xywh float64 in file order, ``valid`` bool (M,)."""
-
-    image_id: str
-    where: str
-    height: Optional[int]
-    width: Optional[int]
-    boxes: np.ndarray
-    valid: np.ndarray
+GTImage = OdgtImage  # one GT odgt line (crowdloss.data.odgt)
 
 
 class DTImage(NamedTuple):
@@ -55,45 +45,6 @@ class DTImage(NamedTuple):
     width: Optional[int]
     boxes: np.ndarray
     scores: np.ndarray
-
-
-def iter_odgt(source: Source) -> Iterator[Tuple[str, dict]]:
-    """Yield ``(where, record)`` for each non-blank line; ``where`` is ``"file:line"``."""
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"odgt file not found: {path}")
-        with open(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{where}: not a JSON object ({e.msg} at column "
-                                     f"{e.colno})") from None
-                if not isinstance(record, dict):
-                    raise ValueError(f"{where}: expected a JSON object, got "
-                                     f"{type(record).__name__}")
-                yield where, record
-    else:
-        for i, record in enumerate(source):
-            where = f"<records>[{i}]"
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a dict, got {type(record).__name__}")
-            yield where, record
-
-
-def _image_size(record: dict, where: str) -> Tuple[Optional[int], Optional[int]]:
-    if "height" not in record and "width" not in record:
-        return None, None
-    h, w = record.get("height"), record.get("width")
-    for name, v in (("height", h), ("width", w)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ValueError(f"{where}: '{name}' = {v!r}; expected a positive number "
-                             "(give both height and width, or neither)")
-    return int(h), int(w)
 
 
 def _box_array(boxes: List, where: str, field: str) -> np.ndarray:
@@ -125,25 +76,6 @@ def _box_array(boxes: List, where: str, field: str) -> np.ndarray:
     raise ValueError(f"{where}: {field.format('*')}: malformed boxes")  # pragma: no cover
 
 
-def _parse_gt(record: dict, where: str, box_key: str) -> GTImage:
-    if "ID" not in record:
-        raise ValueError(f"{where}: missing key 'ID'")
-    gtboxes = record.get("gtboxes")
-    if not isinstance(gtboxes, list):
-        raise ValueError(f"{where}: 'gtboxes' = {gtboxes!r}; expected a list")
-    raw, valid = [], []
-    for j, gt in enumerate(gtboxes):
-        if not isinstance(gt, dict) or "tag" not in gt or box_key not in gt:
-            raise ValueError(f"{where}: gtboxes[{j}] needs keys 'tag' and '{box_key}'")
-        extra = gt.get("extra") or {}
-        # Valid = a person not flagged ignore; masks and ignored persons are ignore regions.
-        valid.append(gt["tag"] == "person" and not extra.get("ignore", 0))
-        raw.append(gt[box_key])
-    boxes = _box_array(raw, where, "gtboxes[{}]." + box_key)
-    h, w = _image_size(record, where)
-    return GTImage(str(record["ID"]), where, h, w, boxes, np.array(valid, dtype=bool))
-
-
 def _parse_dt(record: dict, where: str) -> DTImage:
     if "ID" not in record:
         raise ValueError(f"{where}: missing key 'ID'")
@@ -165,21 +97,15 @@ def _parse_dt(record: dict, where: str) -> DTImage:
                     or not math.isfinite(s)), 0)
         raise ValueError(f"{where}: dtboxes[{bad}].score = {scores[bad]!r}; expected a "
                          "finite number")
-    h, w = _image_size(record, where)
+    h, w = parse_image_size(record, where)
     return DTImage(str(record["ID"]), where, h, w, boxes, arr.astype(np.float64, copy=False))
 
 
-def load_gt(source: Source, *, box_key: str = "fbox") -> List[GTImage]:
-    """GT images in file order. ``box_key``: "fbox" (full body, the "box" mode), "vbox"..."""
-    images, seen = [], {}
-    for where, record in iter_odgt(source):
-        img = _parse_gt(record, where, box_key)
-        if img.image_id in seen:
-            raise ValueError(f"{where}: duplicated ID '{img.image_id}' (first at "
-                             f"{seen[img.image_id]})")
-        seen[img.image_id] = where
-        images.append(img)
-    return images
+def load_gt(source: Source, *, box_key: str = "fbox",
+            tag_map: Optional[Mapping[str, str]] = None) -> List[GTImage]:
+    """GT images in file order. ``box_key``: "fbox" (full body, the "box" mode), "vbox"...;
+    ``tag_map``: extra tags -> "person" / "mask" (``DATASETS.TAG_MAP``)."""
+    return load_odgt(source, box_type=box_key, tag_map=tag_map)
 
 
 def load_dt(source: Source) -> Dict[str, DTImage]:
@@ -263,42 +189,55 @@ SizeSource = Union[Mapping[str, Tuple[int, int]], Callable[[str], Tuple[int, int
 
 
 def resolve_image_size(gt: GTImage, dt: Optional[DTImage], image_sizes: SizeSource,
-                       image_root: Optional[str]) -> Tuple[int, int]:
+                       image_root: Optional[str], *, skipped: bool = False
+                       ) -> Tuple[float, float]:
     """(height, width) of a GT image, for clipping.
 
-    Order: the GT file, ``image_sizes`` (the evaluator's inputs), the detections record,
-    the image header under ``image_root``, a callable ``image_sizes``; else an error naming
-    the ID.
+    The GT file's size wins; without one, the image's: ``image_sizes`` (a mapping: the sizes
+    the data loader read from the image headers), else the header under ``image_root``, else
+    a callable ``image_sizes``. Only when none of those exists is the detections record's size
+    used. Any two sizes that disagree are an error naming the ID: a results file written for
+    other images must not change the metrics silently.
+
+    Args:
+        skipped: the run could not read this image (its GT counts as missed): if no size is
+            known, (inf, inf) is returned, i.e. its boxes are only clipped at 0.
     """
+    known, source = None, None
     if gt.height is not None:
-        return gt.height, gt.width
+        known, source = (gt.height, gt.width), f"the GT file ({gt.where})"
     if isinstance(image_sizes, Mapping) and gt.image_id in image_sizes:
-        h, w = image_sizes[gt.image_id]
-        return int(h), int(w)
+        size = tuple(int(v) for v in image_sizes[gt.image_id])
+        if known is None:
+            known, source = size, "the image (as the data loader read it)"
+        elif size != known:
+            raise ValueError(f"image '{gt.image_id}': {size[0]}x{size[1]} (height x width) as "
+                             f"the data loader read it but {known[0]}x{known[1]} in {source}")
+    if known is None and image_root is not None:
+        try:
+            known, source = _read_size_from_root(image_root, gt.image_id)
+        except (OSError, ValueError):
+            if not skipped:
+                raise
+    if known is None and callable(image_sizes):
+        known, source = tuple(int(v) for v in image_sizes(gt.image_id)), "the image"
     if dt is not None and dt.height is not None:
-        return dt.height, dt.width
-    if image_root is not None:
-        return _read_size_from_root(image_root, gt.image_id)
-    if callable(image_sizes):
-        return tuple(int(v) for v in image_sizes(gt.image_id))
+        if known is None:
+            return dt.height, dt.width
+        if (dt.height, dt.width) != tuple(known):
+            raise ValueError(f"{dt.where}: image '{gt.image_id}' is {dt.height}x{dt.width} "
+                             f"(height x width) in the detections record but "
+                             f"{known[0]}x{known[1]} in {source}")
+    if known is not None:
+        return known
+    if skipped:
+        return math.inf, math.inf
     raise ValueError(f"{gt.where}: image '{gt.image_id}' has no height/width in the GT file "
                      "nor in its detections record; pass --image-root to read them from the "
                      "image files")
 
 
-def _read_size_from_root(image_root: str, image_id: str) -> Tuple[int, int]:
-    try:  # the data module's header reader (JPEG SOF / PNG IHDR), when present
-        from crowdloss.data.crowdhuman import read_image_size
-    except ImportError:  # pragma: no cover - data module not installed
-        read_image_size = None
-    for ext in (".jpg", ".png", ".jpeg"):
-        path = os.path.join(image_root, image_id + ext)
-        if os.path.isfile(path):
-            if read_image_size is not None:
-                return read_image_size(path)
-            from PIL import Image  # pragma: no cover
-
-            with Image.open(path) as im:  # pragma: no cover
-                return im.height, im.width
-    raise FileNotFoundError(f"image '{image_id}' not found under {image_root} "
-                            "(tried .jpg, .png, .jpeg)")
+def _read_size_from_root(image_root: str, image_id: str) -> Tuple[Tuple[int, int], str]:
+    """((height, width), path) from the header of ``<image_root>/<image_id>.{jpg,png,jpeg}``."""
+    path = find_image(image_root, image_id)
+    return read_image_size(path), path

@@ -15,7 +15,7 @@ Contract: a transform is a callable ``t(image, annos, rng) -> (image, annos)`` w
 - inputs are never modified in place; transforms return new arrays / Annotations.
 
 Boxes may leave the image or become empty inside a pipeline; the mapper runs
-:func:`~crowdloss.data.annotations.clip_and_drop` once on the final result. Mean subtraction
+:func:`~crowdloss.data.boxes.clip_and_drop` once on the final result. Mean subtraction
 is not a transform: the model normalises pixels with ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``.
 
 Config entry point (cvpods ``INPUT.AUG.TRAIN_PIPELINES`` / ``TEST_PIPELINES``):
