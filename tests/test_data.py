@@ -171,22 +171,20 @@ def test_aspect_grouping():
     assert all(len({i % 3 == 0 for i in b}) == 1 for b in batches)
 
 
-class _Cfg(dict):
-    __getattr__ = dict.__getitem__
-
-
 def _cfg(**over):
-    d = lambda **k: _Cfg(k)
-    cfg = d(SEED=1, INPUT=d(FORMAT="BGR", AUG=d(
+    from crowdloss.config import BaseDetectionConfig
+
+    cfg = BaseDetectionConfig()  # every key declared, as the loaders expect
+    cfg.merge(dict(SEED=1, INPUT=dict(FORMAT="BGR", AUG=dict(
         TRAIN_PIPELINES=[("ResizeShortestEdge", dict(short_edge_length=(32, 48), max_size=80,
                                                      sample_style="range")),
                          ("RandomFlip", dict(prob=0.5))],
         TEST_PIPELINES=[("ResizeShortestEdge", dict(short_edge_length=40, max_size=80))])),
-        DATASETS=d(TRAIN=("tiny_train",), TEST=("tiny_train",), BOX_TYPE="vbox",
-                   SKIP_BAD_IMAGES=False),
-        DATALOADER=d(NUM_WORKERS=0, ASPECT_RATIO_GROUPING=True, FILTER_EMPTY_ANNOTATIONS=True),
-        SOLVER=d(IMS_PER_DEVICE=2))
-    cfg.update(over)
+        DATASETS=dict(TRAIN=("tiny_train",), TEST=("tiny_train",), BOX_TYPE="vbox",
+                      SKIP_BAD_IMAGES=False),
+        DATALOADER=dict(NUM_WORKERS=0, ASPECT_RATIO_GROUPING=True, FILTER_EMPTY_ANNOTATIONS=True),
+        SOLVER=dict(IMS_PER_DEVICE=2)))
+    cfg.merge(over)
     return cfg
 
 
@@ -234,8 +232,7 @@ def test_loader_contract_and_resume(tiny):
 @pytest.mark.slow
 def test_loader_workers_same_order(tiny):
     ref = iter(build_train_loader(_cfg()))
-    par = iter(build_train_loader(_cfg(DATALOADER=_Cfg(NUM_WORKERS=2, ASPECT_RATIO_GROUPING=True,
-                                                       FILTER_EMPTY_ANNOTATIONS=True))))
+    par = iter(build_train_loader(_cfg(DATALOADER=dict(NUM_WORKERS=2))))
     for _ in range(4):
         a, b = next(ref), next(par)
         assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))
@@ -264,6 +261,6 @@ def test_mapper_rgb_format(tiny):
     d = get_dataset_dicts("tiny_train")[0]
     bgr = DatasetMapper(_cfg(), False)(d)["image"]
     cfg = _cfg()
-    cfg["INPUT"] = _Cfg(FORMAT="RGB", AUG=cfg.INPUT.AUG)
+    cfg.INPUT.FORMAT = "RGB"
     rgb = DatasetMapper(cfg, False)(d)["image"]
     assert torch.equal(rgb, bgr.flip(0))

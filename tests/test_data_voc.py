@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from crowdloss.config import ConfigDict
+from crowdloss.config import BaseDetectionConfig, ConfigDict
 from crowdloss.data import (VOC_CLASSES, DatasetCatalog, MetadataCatalog, apply_difficult_policy,
                             build_train_loader, get_dataset_dicts, load_voc_instances,
                             register_voc_instances)
@@ -162,11 +162,13 @@ def test_difficult_policy():
 
 
 def _cfg(**datasets):
-    return ConfigDict(dict(
+    cfg = BaseDetectionConfig()
+    cfg.merge(dict(
         SEED=1, INPUT=dict(FORMAT="BGR", AUG=dict(TRAIN_PIPELINES=[])),
         DATASETS=dict(TRAIN=("voc_train_t",), BOX_TYPE="fbox", SKIP_BAD_IMAGES=False, **datasets),
         DATALOADER=dict(NUM_WORKERS=0, ASPECT_RATIO_GROUPING=False, FILTER_EMPTY_ANNOTATIONS=True),
         SOLVER=dict(IMS_PER_DEVICE=1)))
+    return cfg
 
 
 def test_training_view_applies_the_policy_before_filtering(tmp_path):
@@ -176,8 +178,7 @@ def test_training_view_applies_the_policy_before_filtering(tmp_path):
     register_voc_instances("voc_train_t", root, "trainval")
     # The test view keeps every box, flagged; the training view applies TRAIN_DIFFICULT.
     assert len(get_dataset_dicts(["voc_train_t"], _cfg())) == 2
-    with pytest.raises(KeyError, match="DATASETS.TRAIN_DIFFICULT"):
-        get_dataset_dicts(["voc_train_t"], _cfg(), training=True)  # read only when needed
+    assert _cfg().DATASETS.TRAIN_DIFFICULT == "drop"  # the declared default
     cfg = _cfg(TRAIN_DIFFICULT="drop")
     dicts = get_dataset_dicts(["voc_train_t"], cfg, training=True, filter_empty=True)
     assert [d["image_id"] for d in dicts] == ["b"]  # "a" held only a difficult box

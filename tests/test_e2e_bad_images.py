@@ -72,7 +72,8 @@ def test_bad_images_train_resume_and_evaluate(tmp_path):
 
     # pods_test: 2 of 4 val images skipped (one at load, one at decode), their GT missed
     proc = _run("test", ["OUTPUT_DIR", full, *skip], env)
-    metrics = json.loads((full / "inference" / "synthcrowd_val" / "metrics.json").read_text())
+    metrics = json.loads((full / "inference" / "model_final" / "synthcrowd_val" / "metrics.json")
+                         .read_text())
     assert metrics["counts"]["skipped_images"] == 2 and metrics["counts"]["images"] == 4
     assert metrics["counts"]["skipped_valid_gt"] > 0
     text = proc.stdout + proc.stderr
