@@ -1,4 +1,4 @@
-"""Box geometry and NMS on plain tensors (pure PyTorch)."""
+"""Box geometry, NMS and RoIAlign on plain tensors (pure PyTorch)."""
 from .boxes import (
     aligned_giou,
     aligned_iou,
@@ -13,6 +13,7 @@ from .boxes import (
     nonempty_boxes,
 )
 from .nms import batched_nms, nms
+from .roi_align import convert_boxes_to_rois, roi_align, roi_align_levels
 
 __all__ = [
     "aligned_giou",
@@ -28,4 +29,7 @@ __all__ = [
     "nonempty_boxes",
     "nms",
     "batched_nms",
+    "roi_align",
+    "roi_align_levels",
+    "convert_boxes_to_rois",
 ]
