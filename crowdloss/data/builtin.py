@@ -120,37 +120,57 @@ def _builtin_voc_dir(folder: str) -> str:
     return str(datasets_root() / "VOCdevkit" / folder)
 
 
+def _builtin_paths(name: str) -> dict:
+    """File metadata of a built-in dataset under the CURRENT datasets root (an env var set after
+    import, e.g. by a test or a launcher, must be honoured by pre-run checks too)."""
+    root = datasets_root()
+    if name in _VOC_BUILTIN:
+        folder = _builtin_voc_dir(_VOC_BUILTIN[name][0])
+        return dict(dirname=folder, image_root=os.path.join(folder, "JPEGImages"))
+    folder, split = name.rsplit("_", 1)
+    if folder == "coco_2017":
+        json_file = str(root / "coco" / "annotations" / f"instances_{split}2017.json")
+        return dict(gt_file=json_file, json_file=json_file,
+                    image_root=str(root / "coco" / f"{split}2017"))
+    return dict(gt_file=str(root / folder / "annotations" / f"annotation_{split}.odgt"),
+                image_root=str(root / folder / "Images"))
+
+
+BUILTIN_NAMES = (list(_VOC_BUILTIN)
+                 + [f"{f}_{s}" for s in ("train", "val") for f in ("crowdhuman", "synthcrowd")]
+                 + [f"coco_2017_{s}" for s in ("train", "val")])
+
+
+def refresh_builtin_metadata() -> None:
+    """Point the built-in datasets' file metadata at the current datasets root."""
+    for name in BUILTIN_NAMES:
+        MetadataCatalog.set(name, **_builtin_paths(name))
+
+
 def register_all() -> None:
     """Register crowdhuman_*, synthcrowd_*, coco_2017_* (train, val) and voc_*."""
-    root = datasets_root()
     for name, (folder, split) in _VOC_BUILTIN.items():
         loader = functools.partial(_voc_loader, functools.partial(_builtin_voc_dir, folder),
                                    split, VOC_CLASSES, True)
         DatasetCatalog.register(name, loader)
         CONFIGURABLE_LOADERS[name] = loader
-        MetadataCatalog.set(name, evaluator_type="voc", dirname=_builtin_voc_dir(folder),
-                            image_root=os.path.join(_builtin_voc_dir(folder), "JPEGImages"),
-                            split=split, thing_classes=list(VOC_CLASSES),
-                            use_07_metric=folder == "VOC2007")
+        MetadataCatalog.set(name, evaluator_type="voc", split=split,
+                            thing_classes=list(VOC_CLASSES), use_07_metric=folder == "VOC2007")
     for split in ("train", "val"):
         for folder in ("crowdhuman", "synthcrowd"):
             name = f"{folder}_{split}"
             loader = functools.partial(_builtin_crowdhuman, name, folder, split)
             DatasetCatalog.register(name, loader)
             CONFIGURABLE_LOADERS[name] = loader
-            MetadataCatalog.set(
-                name, evaluator_type="crowdhuman", thing_classes=["person"],
-                gt_file=str(root / folder / "annotations" / f"annotation_{split}.odgt"),
-                image_root=str(root / folder / "Images"),
-                # generated on first load: the CLI's dataset check must not ask for the files
-                created_on_load=folder == "synthcrowd")
+            # created_on_load: generated on first load, the CLI's check must not ask for files
+            MetadataCatalog.set(name, evaluator_type="crowdhuman", thing_classes=["person"],
+                                created_on_load=folder == "synthcrowd")
         name = f"coco_2017_{split}"
         loader = functools.partial(_builtin_coco, name, split)
         DatasetCatalog.register(name, loader)
         CONFIGURABLE_LOADERS[name] = loader
-        json_file = str(root / "coco" / "annotations" / f"instances_{split}2017.json")
-        MetadataCatalog.set(name, evaluator_type="coco", gt_file=json_file, json_file=json_file,
-                            image_root=str(root / "coco" / f"{split}2017"))
+        MetadataCatalog.set(name, evaluator_type="coco")
+    refresh_builtin_metadata()
 
 
 if "crowdhuman_train" not in DatasetCatalog:
