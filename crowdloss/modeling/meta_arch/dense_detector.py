@@ -10,6 +10,7 @@ shared part; a subclass writes ``losses(outputs, targets)`` (the small functions
                -> ``losses`` + any ``extra_losses`` (e.g. repulsion terms switched on by config)
     inference: per image, scores (sigmoid, or softmax with a background class) -> candidates
                above a threshold (top-k per level, or per class) -> decode -> clip -> NMS -> top D
+               (SSD: NMS on the raw boxes, then clip)
 
 Shape vocabulary: N images, R priors of one image (all levels concatenated, level order,
 row-major inside a level, anchors of a location fastest), R_l those of level l, K classes,
