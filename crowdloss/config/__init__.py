@@ -15,6 +15,7 @@ from .fcos_config import FCOSConfig
 from .output import default_output_dir, dump_config, link_log
 from .rescale import rescale_for_world_size
 from .retinanet_config import RetinaNetConfig
+from .ssd_config import SSDConfig, ssd_train_pipeline
 from .tracking import ReadTracker, UnreadKeyReport, UnreadKeysError, untracked
 from .validate import ConfigValueError, validate_config
 
@@ -26,6 +27,8 @@ __all__ = [
     "BaseDetectionConfig",
     "FCOSConfig",
     "RetinaNetConfig",
+    "SSDConfig",
+    "ssd_train_pipeline",
     "rescale_for_world_size",
     "default_output_dir",
     "dump_config",

@@ -30,8 +30,8 @@ Every load goes through :func:`load_weights` (``MODEL.WEIGHTS``, ``pods_test``) 
    evaluation needs ``.TEST`` (1.0: a random head scores garbage); resuming needs all of the
    model. Then ``load_state_dict(strict=False)``.
 
-Adding a format (e.g. yhenon's pytorch-retinanet or amdegroot's ssd.pytorch state dicts) is one
-function plus one registration::
+Adding a format (e.g. yhenon's pytorch-retinanet state dicts) is one function plus one
+registration (amdegroot's ssd.pytorch files are built in: ``modeling/ssd_weights.py``)::
 
     def convert_yhenon_retinanet(state_dict):      # {their name: tensor}
         return {our_name(k): v for k, v in state_dict.items() if keep(k)}
@@ -59,6 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from crowdloss.modeling import ssd_weights
 from crowdloss.modeling.backbone import weights as resnet_weights
 
 from .provenance import warn_provenance
@@ -363,3 +364,9 @@ register_weight_format("msra", resnet_weights.looks_msra, resnet_weights.convert
 register_weight_format("torchvision", resnet_weights.looks_torchvision,
                        resnet_weights.convert_torchvision_names,
                        input_convention=resnet_weights.PRETRAINED_PIXEL_STATS["torchvision"])
+register_weight_format("ssd_pytorch_vgg", ssd_weights.looks_ssd_pytorch_vgg,
+                       ssd_weights.convert_ssd_pytorch_vgg,
+                       input_convention=ssd_weights.SSD_PYTORCH_VGG_CONVENTION)
+register_weight_format("ssd_pytorch", ssd_weights.looks_ssd_pytorch,
+                       ssd_weights.convert_ssd_pytorch,
+                       input_convention=ssd_weights.SSD_PYTORCH_CONVENTION)

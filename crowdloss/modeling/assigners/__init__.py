@@ -4,5 +4,7 @@ from .base import AssignResult
 from .fcos import FCOSAssigner
 from .lla import LLAAssigner
 from .max_iou import MaxIoUAssigner
+from .ssd import SSDMatcher
 
-__all__ = ["AssignResult", "ATSSAssigner", "FCOSAssigner", "LLAAssigner", "MaxIoUAssigner"]
+__all__ = ["AssignResult", "ATSSAssigner", "FCOSAssigner", "LLAAssigner", "MaxIoUAssigner",
+           "SSDMatcher"]

@@ -1,7 +1,8 @@
-"""Backbones: ResNet/ResNeXt, FPN with P6/P7, and pretrained-weight conversion."""
+"""Backbones: ResNet/ResNeXt, FPN with P6/P7, SSD's VGG16, and pretrained-weight conversion."""
 from .backbone import Backbone
 from .fpn import FPN, LastLevelP6P7, build_resnet_fpn_p7_backbone
 from .resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet, build_resnet_backbone
+from .vgg import L2Norm, SSDVGG, build_ssd_vgg_backbone
 
 __all__ = [
     "Backbone",
@@ -13,4 +14,7 @@ __all__ = [
     "LastLevelP6P7",
     "build_resnet_backbone",
     "build_resnet_fpn_p7_backbone",
+    "L2Norm",
+    "SSDVGG",
+    "build_ssd_vgg_backbone",
 ]

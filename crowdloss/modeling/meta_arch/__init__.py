@@ -6,6 +6,7 @@ from .dense_detector import DenseDetector, DenseOutputs
 from .fcos import FCOS
 from .lla import LLAFCOS, LLARetinaNet
 from .retinanet import RetinaNet
+from .ssd import SSD
 
 __all__ = ["Detector", "DenseDetector", "DenseOutputs", "FCOS", "ATSS", "RetinaNet", "LLAFCOS",
-           "LLARetinaNet"]
+           "LLARetinaNet", "SSD"]

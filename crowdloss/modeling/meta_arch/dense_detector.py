@@ -10,6 +10,7 @@ shared part; a subclass writes ``losses(outputs, targets)`` (the small functions
                -> ``losses`` + any ``extra_losses`` (e.g. repulsion terms switched on by config)
     inference: per image, scores (sigmoid, or softmax with a background class) -> candidates
                above a threshold (top-k per level, or per class) -> decode -> clip -> NMS -> top D
+               (SSD: NMS on the raw boxes, then clip)
 
 Shape vocabulary: N images, R priors of one image (all levels concatenated, level order,
 row-major inside a level, anchors of a location fastest), R_l those of level l, K classes,
@@ -27,6 +28,7 @@ from crowdloss.ops import batched_nms, clip_boxes, nonempty_boxes
 from crowdloss.structures import Instances
 from crowdloss.utils import comm
 
+from ..losses.repulsion import build_repulsion_losses
 from ..priors import Priors
 from ..targets import BatchTargets, ImageTargets
 from .base import Detector, build_backbone_from_cfg
@@ -73,7 +75,8 @@ class DenseOutputs:
 def dense_config_kwargs(cfg, node, key: str) -> Tuple[dict, list]:
     """Constructor arguments every dense detector reads the same way from its head's config
     node (``cfg.MODEL.FCOS``, ``cfg.MODEL.RETINANET``, ... named ``key`` in errors), and the
-    ``ShapeSpec`` of each of the head's input levels."""
+    ``ShapeSpec`` of each of the head's input levels. The repulsion terms that
+    ``MODEL.REPULSION`` enables become ``extra_losses``."""
     backbone = build_backbone_from_cfg(cfg)
     shapes = backbone.output_shape()
     missing = [name for name in node.IN_FEATURES if name not in shapes]
@@ -90,6 +93,7 @@ def dense_config_kwargs(cfg, node, key: str) -> Tuple[dict, list]:
         nms_thresh_test=node.NMS_THRESH_TEST,
         max_detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
         norm_sync=node.NORM_SYNC,
+        extra_losses=build_repulsion_losses(cfg),
     ), [shapes[name] for name in node.IN_FEATURES]
 
 
@@ -115,6 +119,9 @@ class DenseDetector(Detector):
         norm_sync: average the loss normaliser over ranks instead of the local count.
         extra_losses: callables ``(outputs, targets, normalizer) -> {name: loss}`` added to the
             detector's own losses (terms switched on by config, e.g. repulsion).
+        clip_before_nms: clip the decoded boxes to the input before NMS (True) or NMS the
+            raw boxes and clip the survivors (False: SSD, whose fixed square input has no
+            padding, as ssd.pytorch's ``Detect``).
     """
 
     def __init__(
@@ -137,6 +144,7 @@ class DenseDetector(Detector):
         max_detections_per_image: int = 100,
         norm_sync: bool = True,
         extra_losses: Sequence[Callable] = (),
+        clip_before_nms: bool = True,
     ):
         super().__init__(backbone=backbone, pixel_mean=pixel_mean, pixel_std=pixel_std)
         if scoring not in _SCORINGS or candidates_per not in _CANDIDATES:
@@ -158,6 +166,7 @@ class DenseDetector(Detector):
         self.max_detections_per_image = int(max_detections_per_image)
         self.norm_sync = bool(norm_sync)
         self.extra_losses = list(extra_losses)
+        self.clip_before_nms = bool(clip_before_nms)
 
     @property
     def num_logits(self) -> int:
@@ -255,18 +264,24 @@ class DenseDetector(Detector):
                 prob = torch.sqrt(prob * quality[prior_idx])
             scores_all.append(prob)
             classes_all.append(classes)
-        boxes = clip_boxes(torch.cat(boxes_all), image_size)
+        boxes = torch.cat(boxes_all)
         scores = torch.cat(scores_all)
         classes = torch.cat(classes_all)
-        # Clip to the unpadded input before NMS (as mmdetection's decoders do) so that boxes
-        # of priors in the padding, empty once clipped, never take a place of the top D.
-        nonempty = nonempty_boxes(boxes)
-        boxes, scores, classes = boxes[nonempty], scores[nonempty], classes[nonempty]
+        if self.clip_before_nms:
+            # Clip to the unpadded input before NMS (as mmdetection's decoders do) so that
+            # boxes of priors in the padding, empty once clipped, never take a place of the
+            # top D.
+            boxes = clip_boxes(boxes, image_size)
+            nonempty = nonempty_boxes(boxes)
+            boxes, scores, classes = boxes[nonempty], scores[nonempty], classes[nonempty]
         keep = batched_nms(boxes, scores, classes, self.nms_thresh_test)
         keep = keep[: self.max_detections_per_image]
-        return Instances(
-            image_size, pred_boxes=boxes[keep], scores=scores[keep], pred_classes=classes[keep]
-        )
+        boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+        if not self.clip_before_nms:
+            boxes = clip_boxes(boxes, image_size)
+            nonempty = nonempty_boxes(boxes)
+            boxes, scores, classes = boxes[nonempty], scores[nonempty], classes[nonempty]
+        return Instances(image_size, pred_boxes=boxes, scores=scores, pred_classes=classes)
 
     def _top_candidates(self, scores: torch.Tensor):
         """(P, K) probabilities -> (prob, prior index, class) of the candidates above the

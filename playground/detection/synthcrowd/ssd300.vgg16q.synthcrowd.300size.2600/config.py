@@ -1,0 +1,60 @@
+"""SSD300 on synthcrowd, quarter-width VGG16 with BN, from scratch on the CPU.
+
+The two synthcrowd SSD experiments (ssd300.vgg16q / ssd300.repgt_repbox.vgg16q
+.synthcrowd.300size.2600) differ ONLY in the repulsion terms; their solver is the one of the
+synthcrowd FCOS-family experiments (2600 iterations, batch 4, lr 0.02, one process).
+"""
+from crowdloss.config import SSDConfig
+
+_config_dict = dict(
+    MODEL=dict(
+        WEIGHTS="",
+        # VGG16 at a quarter of its width (conv4_3: 128 channels, fc7: 256; about 1.9 GMACs
+        # per 300 x 300 image) with BatchNorm in the trunk: trained from scratch on the CPU.
+        VGG=dict(WIDTH_FACTOR=0.25, NORM="BN"),
+        SSD=dict(
+            NUM_CLASSES=1,
+            IMAGE_SIZE=300,
+            # ssd.pytorch's COCO box sizes (smaller than its VOC ones): synthcrowd persons are
+            # 20-200 px tall once resized to 300 x 300.
+            MIN_SIZES=[21, 45, 99, 153, 207, 261],
+            MAX_SIZES=[45, 99, 153, 207, 261, 315],
+            TOPK_CANDIDATES_TEST=1000,
+            NMS_THRESH_TEST=0.6,
+        ),
+    ),
+    DATASETS=dict(
+        TRAIN=("synthcrowd_train",),
+        TEST=("synthcrowd_val",),
+    ),
+    DATALOADER=dict(NUM_WORKERS=1),
+    # The synthcrowd FCOS-family experiments' solver, key for key (see README.md).
+    SOLVER=dict(
+        LR_SCHEDULER=dict(MAX_ITER=2600, STEPS=(2000, 2420), WARMUP_ITERS=100,
+                          WARMUP_FACTOR=1.0 / 1000),
+        OPTIMIZER=dict(NAME="D2SGD", BASE_LR=0.02, WEIGHT_DECAY=1e-4, MOMENTUM=0.9),
+        IMS_PER_BATCH=4,
+        IMS_PER_DEVICE=4,
+        REFERENCE_WORLD_SIZE=1,
+        CHECKPOINT_PERIOD=500,
+    ),
+    INPUT=dict(
+        AUG=dict(
+            # Flip and the fixed square input only: the full SSD augmentation (zoom out / in,
+            # photometric) is written for 120k-iteration schedules, not 2600.
+            TRAIN_PIPELINES=[("RandomFlip", dict()), ("Resize", dict(height=300, width=300))],
+            TEST_PIPELINES=[("Resize", dict(height=300, width=300))],
+        ),
+    ),
+    SEED=0,
+    TEST=dict(EVAL_PERIOD=0, DETECTIONS_PER_IMAGE=300),
+)
+
+
+class CustomSSDConfig(SSDConfig):
+    def __init__(self):
+        super().__init__()
+        self._register_configuration(_config_dict)
+
+
+config = CustomSSDConfig()
