@@ -9,8 +9,10 @@ With ``ratio = world_size / REFERENCE_WORLD_SIZE``:
 
 - ``IMS_PER_BATCH = IMS_PER_DEVICE x world_size``;
 - ``BASE_LR x ratio``;
-- ``MAX_ITER``, ``STEPS``, ``CHECKPOINT_PERIOD``, ``TEST.EVAL_PERIOD`` divided by ratio, rounded
-  half up, at least 1 where they were positive (0 and negative periods keep their meaning);
+- ``MAX_ITER``, ``STEPS``, ``CHECKPOINT_PERIOD``, ``TEST.EVAL_PERIOD`` and the model's
+  iteration counts (``MODEL_ITERATION_KEYS``, where the config has them: aLRP's self-balance
+  period, "an epoch") divided by ratio, rounded half up, at least 1 where they were positive
+  (0 and negative periods keep their meaning);
 - ``WARMUP_ITERS`` unchanged: warmup guards the first updates, whatever their size;
 - ``REFERENCE_WORLD_SIZE`` becomes ``world_size``, so the resolved config is self-consistent
   and rescaling it again is a no-op.
@@ -23,7 +25,12 @@ from __future__ import annotations
 
 from typing import List
 
-__all__ = ["rescale_for_world_size"]
+from .access import cfg_get
+
+__all__ = ["rescale_for_world_size", "MODEL_ITERATION_KEYS"]
+
+# Model keys that count training iterations (section path, key); rescaled like MAX_ITER.
+MODEL_ITERATION_KEYS = (("MODEL.ALRP", "SB_PERIOD"),)
 
 
 def _scaled_iters(value: int, reference: int, world_size: int) -> int:
@@ -99,6 +106,12 @@ def rescale_for_world_size(cfg, world_size: int) -> List[str]:
         old = section[key]
         section[key] = _scaled_iters(int(old), reference, world_size)
         note(f"{name}.{key}", old, section[key])
+    for path, key in MODEL_ITERATION_KEYS:
+        section = cfg_get(cfg, path, None)
+        if section is not None and key in section:
+            old = section[key]
+            section[key] = _scaled_iters(int(old), reference, world_size)
+            note(f"{path}.{key}", old, section[key])
     old_steps = sched.STEPS
     sched.STEPS = type(old_steps)(_scaled_iters(int(s), reference, world_size) for s in old_steps)
     note("SOLVER.LR_SCHEDULER.STEPS", old_steps, sched.STEPS)

@@ -5,7 +5,8 @@ from .base import Detector
 from .dense_detector import DenseDetector, DenseOutputs
 from .fcos import FCOS
 from .lla import LLAFCOS, LLARetinaNet
+from .ranking_retinanet import ALRPLossRetinaNet, APLossRetinaNet
 from .retinanet import RetinaNet
 
 __all__ = ["Detector", "DenseDetector", "DenseOutputs", "FCOS", "ATSS", "RetinaNet", "LLAFCOS",
-           "LLARetinaNet"]
+           "LLARetinaNet", "ALRPLossRetinaNet", "APLossRetinaNet"]
