@@ -9,7 +9,7 @@ from .catalog import DatasetCatalog, MetadataCatalog, datasets_root
 from .coco import load_coco_json
 from .crowdhuman import load_crowdhuman_odgt
 
-__all__ = ["register_crowdhuman_instances", "register_all"]
+__all__ = ["register_crowdhuman_instances", "register_all", "COCO_SERVER_SPLITS"]
 
 
 def _crowdhuman_loader(odgt_file, image_root, prepare, *, box_type="fbox",
@@ -55,8 +55,25 @@ def _builtin_coco(name, split):
     return load_coco_json(json_file, str(root / f"{split}2017"), dataset_name=name)
 
 
+def _builtin_coco_image_info(name, json_name, image_folder):
+    # An image-info json: images and categories, no annotations (a server-scored split).
+    root = datasets_root() / "coco"
+    json_file = str(root / "annotations" / json_name)
+    MetadataCatalog.set(name, gt_file=json_file, json_file=json_file,
+                        image_root=str(root / image_folder))
+    return load_coco_json(json_file, str(root / image_folder), dataset_name=name)
+
+
+# name -> (image-info json, image folder, the COCO server's split name). test-dev images are
+# part of the test2017 download.
+COCO_SERVER_SPLITS = {
+    "coco_2017_test-dev": ("image_info_test-dev2017.json", "test2017", "test-dev2017"),
+}
+
+
 def register_all() -> None:
-    """Register crowdhuman_*, synthcrowd_*, coco_2017_* (train, val)."""
+    """Register crowdhuman_*, synthcrowd_*, coco_2017_* (train, val; test-dev: image info
+    only, its detections are written for the COCO server instead of scored)."""
     root = datasets_root()
     for split in ("train", "val"):
         for folder in ("crowdhuman", "synthcrowd"):
@@ -73,6 +90,13 @@ def register_all() -> None:
         json_file = str(root / "coco" / "annotations" / f"instances_{split}2017.json")
         MetadataCatalog.set(name, evaluator_type="coco", gt_file=json_file, json_file=json_file,
                             image_root=str(root / "coco" / f"{split}2017"))
+    for name, (json_name, folder, server_split) in COCO_SERVER_SPLITS.items():
+        DatasetCatalog.register(name, functools.partial(_builtin_coco_image_info, name,
+                                                        json_name, folder))
+        json_file = str(root / "coco" / "annotations" / json_name)
+        MetadataCatalog.set(name, evaluator_type="coco", gt_file=json_file, json_file=json_file,
+                            image_root=str(root / "coco" / folder), has_annotations=False,
+                            submission_split=server_split)
 
 
 if "crowdhuman_train" not in DatasetCatalog:
