@@ -15,6 +15,7 @@ import torch
 from crowdloss.data import MetadataCatalog
 from crowdloss.engine import DefaultRunner
 from crowdloss.evaluation import COCOEvaluator
+from crowdloss.evaluation import evaluator as evaluator_module
 from crowdloss.evaluation.coco import write_coco_submission
 from crowdloss.modeling.meta_arch import ALRPLossRetinaNet
 
@@ -44,17 +45,19 @@ def testdev_root(tmp_path, monkeypatch):
     return root
 
 
-def captured(name):
-    got = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = got.append
-    log = logging.getLogger(name)
-    log.addHandler(handler)
-    level, log.level = log.level, logging.INFO
-    return handler, got, level
+class ListLogger(logging.Logger):
+    """A logger of its own (other tests may reconfigure or disable crowdloss' loggers)."""
+
+    def __init__(self):
+        super().__init__("test_coco_submission", logging.INFO)
+        self.messages = []
+        handler = logging.Handler(logging.INFO)
+        handler.emit = lambda record: self.messages.append(record.getMessage())
+        self.addHandler(handler)
 
 
-def test_testdev_detections_are_written_for_the_server_not_scored(testdev_root, tmp_path):
+def test_testdev_detections_are_written_for_the_server_not_scored(testdev_root, tmp_path,
+                                                                  monkeypatch):
     cfg = tiny_cfg("RetinaNet")
     cfg.MODEL.RETINANET.NUM_CLASSES = 3
     cfg.merge(dict(DATASETS=dict(TEST=("coco_2017_test-dev",)), OUTPUT_DIR=str(tmp_path / "out"),
@@ -64,12 +67,9 @@ def test_testdev_detections_are_written_for_the_server_not_scored(testdev_root, 
     torch.manual_seed(0)
     model = ALRPLossRetinaNet.from_config(cfg)
     assert MetadataCatalog.get("coco_2017_test-dev")["has_annotations"] is False
-    handler, logs, level = captured("crowdloss.evaluation.evaluator")
-    try:
-        results = DefaultRunner.test(cfg, model)
-    finally:
-        logging.getLogger("crowdloss.evaluation.evaluator").removeHandler(handler)
-        logging.getLogger("crowdloss.evaluation.evaluator").setLevel(level)
+    log = ListLogger()
+    monkeypatch.setattr(evaluator_module, "logger", log)
+    results = DefaultRunner.test(cfg, model)
     # 7 detections per image (SCORE_THRESH_TEST 0, DETECTIONS_PER_IMAGE 7).
     assert results == {"coco_2017_test-dev": {"submission": {
         "detections": 14.0, "images_with_detections": 2.0}}}
@@ -89,7 +89,7 @@ def test_testdev_detections_are_written_for_the_server_not_scored(testdev_root, 
     with zipfile.ZipFile(folder / (name + ".zip")) as z:
         assert z.namelist() == [name + ".json"]
         assert json.loads(z.read(name + ".json")) == dets
-    text = "\n".join(r.getMessage() for r in logs)
+    text = "\n".join(log.messages)
     assert "NOT scored" in text and "COCO evaluation server" in text and name + ".zip" in text
 
 

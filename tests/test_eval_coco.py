@@ -65,7 +65,7 @@ def test_coco_evaluator_maps_contiguous_classes_and_writes_files(tmp_path):
     gt = {7: [(10, 10, 50, 100, 3)], 8: [(100, 100, 80, 60, 1)]}
     path = make_gt(tmp_path, gt, categories=((1, "person"), (3, "car")))
     MetadataCatalog.set("coco_toy_eval", evaluator_type="coco", gt_file=path)
-    cfg = {"TEST": {"COCO_MAX_DETS": 300}}
+    cfg = {"TEST": {"COCO_MAX_DETS": 300, "COCO_SUBMISSION_NAME": "crowdloss"}}
     out_dir = tmp_path / "inference" / "coco_toy_eval"
     ev = build_evaluator(cfg, "coco_toy_eval", str(out_dir))
     assert isinstance(ev, COCOEvaluator)

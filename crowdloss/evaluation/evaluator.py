@@ -234,8 +234,7 @@ def build_evaluator(cfg, dataset_name: str, output_dir: Optional[str] = None
     if kind == "coco":
         return COCOEvaluator(dataset_name, output_dir=output_dir,
                              max_dets=int(cfg_get(cfg, "TEST.COCO_MAX_DETS", 100)),
-                             submission_name=cfg_get(cfg, "TEST.COCO_SUBMISSION_NAME",
-                                                     "crowdloss"))
+                             submission_name=cfg_get(cfg, "TEST.COCO_SUBMISSION_NAME"))
     raise ValueError(f"dataset '{dataset_name}': evaluator_type = {kind!r}; expected "
                      "'crowdhuman' or 'coco' (set it with MetadataCatalog.set)")
 
