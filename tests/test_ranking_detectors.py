@@ -237,7 +237,8 @@ def test_train_step_and_inference(kind, num_classes):
         losses = model(batch)
         for k, v in losses.items():
             assert v.dim() == 0 and torch.isfinite(v), (k, v)
-        assert 0 < float(losses["loss_cls"]) <= 1 and float(losses["loss_box_reg"]) > 0
+        assert 0 < float(losses["loss_cls"].detach()) <= 1
+        assert float(losses["loss_box_reg"].detach()) > 0
         sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
         bad = [n for n, p in model.named_parameters()
                if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
