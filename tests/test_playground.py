@@ -95,9 +95,13 @@ def test_coco_experiment_builds_with_the_public_settings(rel):
     size = 500 if "500size" in rel else 800
     train = build_transforms(cfg.INPUT.AUG.TRAIN_PIPELINES)
     names = [type(t).__name__ for t in train.transforms]
-    assert names == ["PhotometricDistort", "Expand", "MinIoURandomCrop", "RandomFlip", "Resize"]
+    assert names == ["PhotometricDistort", "LightingNoise", "Expand", "MinIoURandomCrop",
+                     "RandomFlip", "Resize"]
     square = {500: 512, 800: 800}[size]  # "500" trains on 512 x 512 squares
-    assert dict(cfg.INPUT.AUG.TRAIN_PIPELINES)["Resize"] == dict(height=square, width=square)
+    resize = train.transforms[-1]
+    assert (resize.height, resize.width, len(resize.interp)) == (square, square, 5)
+    crop = train.transforms[3]
+    assert crop.modes[2:] == (0.1, 0.3, 0.7, 0.9) and crop.iou_rule == "any"
     resize = dict(cfg.INPUT.AUG.TEST_PIPELINES)["ResizeShortestEdge"]
     assert (resize["short_edge_length"], resize["max_size"]) == (size, {500: 833, 800: 1333}[size])
     r = cfg.MODEL.RETINANET

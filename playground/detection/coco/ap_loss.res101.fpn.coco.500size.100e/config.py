@@ -72,6 +72,7 @@ _config_dict = dict(
                                             saturation_range=(0.5, 1.5), hue_delta=18,
                                             prob=0.5, channel_swap_prob=0.0,
                                             image_format="BGR")),
+                ("LightingNoise", dict(std=0.1, prob=0.5, image_format="BGR")),
                 ("Expand", dict(mean=_MEAN, ratio_range=(1.0, 4.0), prob=0.5)),
                 # Its crop modes: whole image, any patch, or a patch overlapping SOME object
                 # by IoU >= 0.1 / 0.3 / 0.7 / 0.9.
@@ -79,7 +80,8 @@ _config_dict = dict(
                                           min_crop_size=0.3, aspect_ratio_range=(0.5, 2.0),
                                           max_trials=50)),
                 ("RandomFlip", dict(prob=0.5)),
-                ("Resize", dict(height=512, width=512)),
+                # Interpolation drawn per image: cv2 linear, area, nearest, cubic, Lanczos4.
+                ("Resize", dict(height=512, width=512, interp=(1, 3, 0, 2, 4))),
             ],
             TEST_PIPELINES=[
                 ("ResizeShortestEdge",
