@@ -5,10 +5,13 @@ ones also run one train step and one eval pass on a small image.
 """
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from crowdloss.cli.common import load_experiment
+from crowdloss.data import Annotations
+from crowdloss.data.mapper import DatasetMapper
 from crowdloss.data.transforms import build_transforms
 from crowdloss.modeling.meta_arch import (ALRPLossRetinaNet, APLossRetinaNet, ATSS, FCOS,
                                           LLAFCOS, LLARetinaNet, RetinaNet)
@@ -102,6 +105,14 @@ def test_coco_experiment_builds_with_the_public_settings(rel):
     assert (resize.height, resize.width, len(resize.interp)) == (square, square, 5)
     crop = train.transforms[3]
     assert crop.modes[2:] == (0.1, 0.3, 0.7, 0.9) and crop.iou_rule == "any"
+    DatasetMapper(cfg, True)  # the colour transforms' channel order matches INPUT.FORMAT
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (120, 90, 3), dtype=np.uint8)
+    annos = Annotations(np.array([[10, 20, 60, 100], [0, 0, 30, 30]], dtype=np.float32),
+                        np.array([3, -1]))
+    for _ in range(5):
+        out, _ = train(image, annos, rng)
+        assert out.shape == (square, square, 3) and out.dtype == np.uint8
     resize = dict(cfg.INPUT.AUG.TEST_PIPELINES)["ResizeShortestEdge"]
     assert (resize["short_edge_length"], resize["max_size"]) == (size, {500: 833, 800: 1333}[size])
     r = cfg.MODEL.RETINANET
