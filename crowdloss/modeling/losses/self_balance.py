@@ -1,11 +1,11 @@
-"""Self-balance (SB) of aLRP Loss (Oksuz et al., arXiv 2009.13592, section 5): the weight of
-the localisation component, re-estimated from the losses of the previous period.
+"""Self-balance (SB) of aLRP Loss (Oksuz et al., arXiv 2009.13592): the weight of the
+localisation component, re-estimated from the losses of the previous period.
 
-Total loss L = L_cls + w L_loc. The paper observes that the classification and localisation
-gradients of aLRP Loss have magnitudes in the ratio of the two loss values, so it sets
-w = (mean L_loc + mean L_cls) / mean L_loc, the means taken over the previous epoch; w starts at
-50. Iteration-based schedules have no epochs, so a "period" here is a number of training
-forward passes (one per iteration, or ``BATCH_SUBDIVISIONS`` per iteration).
+Total loss L = L_cls + w L_loc. Instead of a tuned constant, the paper (and its code) sets
+w = (mean L_loc + mean L_cls) / mean L_loc, the means taken over the previous epoch, starting
+from w = 50: the weight follows the ratio of the two components as training goes.
+Iteration-based schedules have no epochs, so a "period" here is a number of training forward
+passes (one per iteration, or ``BATCH_SUBDIVISIONS`` per iteration).
 
 All the state (the weight, the running sums and counters) lives in buffers: it is saved with
 the model and a resumed run continues the period exactly where the interrupted one stopped.
