@@ -227,12 +227,12 @@ def test_bad_alrp_settings_name_their_key():
 @pytest.mark.parametrize("kind", list(DETECTORS))
 @pytest.mark.parametrize("num_classes", [1, 3])
 def test_train_step_and_inference(kind, num_classes):
-    model = build(kind, num_classes, SB_PERIOD=2)
+    model = build(kind, num_classes, SB_PERIOD=1)
     batch = crowd_batch() if num_classes == 1 else three_class_batch()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
     weights = []
-    for _ in range(3):
+    for _ in range(2):
         opt.zero_grad()
         losses = model(batch)
         for k, v in losses.items():
@@ -246,10 +246,10 @@ def test_train_step_and_inference(kind, num_classes):
         opt.step()
         weights.append(float(losses.get("sb_weight", -1.0)))
     if kind == "alrp":
-        assert weights[:2] == [50.0, 50.0] and weights[2] != 50.0  # updated after 2 passes
+        assert weights[0] == 50.0 and weights[1] != 50.0  # updated after each pass
     model.eval()
     with torch.no_grad():
-        out = model(batch)
+        out = model(batch[:2])
     for o in out:
         inst = o["instances"]
         assert len(inst) <= 7 and bool((inst.pred_classes < num_classes).all())
