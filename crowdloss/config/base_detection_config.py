@@ -76,6 +76,9 @@ _config_dict: Dict[str, Any] = dict(
         # CrowdHuman JI: "weight" = max-weight bipartite matching (official), "greedy" otherwise.
         JI_MATCHING="weight",
         COCO_MAX_DETS=100,
+        # Algorithm name in detections_<split>_<name>_results.json, written (not scored) for
+        # splits without annotations such as coco_2017_test-dev; no "_" (the server's separator).
+        COCO_SUBMISSION_NAME="crowdloss",
         # Write PR / MR-FPPI plots under inference/<dataset>/.
         PLOT=True,
         # Per-class AP beside any dataset's own metrics: "" (off), "voc_devkit" or

@@ -9,8 +9,10 @@ With ``ratio = world_size / REFERENCE_WORLD_SIZE``:
 
 - ``IMS_PER_BATCH = IMS_PER_DEVICE x world_size``;
 - ``BASE_LR x ratio``;
-- ``MAX_ITER``, ``STEPS``, ``CHECKPOINT_PERIOD``, ``TEST.EVAL_PERIOD`` divided by ratio, rounded
-  half up, at least 1 where they were positive (0 and negative periods keep their meaning);
+- ``MAX_ITER``, ``STEPS``, ``CHECKPOINT_PERIOD``, ``TEST.EVAL_PERIOD`` and the model's
+  iteration counts (``MODEL_ITERATION_KEYS``, where the config has them: aLRP's self-balance
+  period, "an epoch") divided by ratio, rounded half up, at least 1 where they were positive
+  (0 and negative periods keep their meaning);
 - ``WARMUP_ITERS`` unchanged: warmup guards the first updates, whatever their size;
 - ``REFERENCE_WORLD_SIZE`` becomes ``world_size``, so the resolved config is self-consistent
   and rescaling it again is a no-op.
@@ -27,9 +29,14 @@ from __future__ import annotations
 
 from typing import List
 
+from .access import cfg_get
 from .tracking import untracked
 
-__all__ = ["rescale_for_world_size"]
+__all__ = ["rescale_for_world_size", "MODEL_ITERATION_KEYS"]
+
+# Model keys that count training iterations (section path, key); rescaled like MAX_ITER where
+# the config has them (MODEL.ALRP exists in the RetinaNet configs only).
+MODEL_ITERATION_KEYS = (("MODEL.ALRP", "SB_PERIOD"),)
 
 
 def _scaled_iters(value: int, reference: int, world_size: int) -> int:
@@ -111,6 +118,15 @@ def _rescale(cfg, reference: int, per_device: int, batch: int, world_size: int) 
         old = section[key]
         section[key] = _scaled_iters(int(old), reference, world_size)
         note(f"{name}.{key}", old, section[key])
+    for path, key in MODEL_ITERATION_KEYS:
+        try:
+            section = cfg_get(cfg, path)
+        except KeyError:  # a config without that model
+            continue
+        if key in section:
+            old = section[key]
+            section[key] = _scaled_iters(int(old), reference, world_size)
+            note(f"{path}.{key}", old, section[key])
     old_steps = sched.STEPS
     sched.STEPS = type(old_steps)(_scaled_iters(int(s), reference, world_size) for s in old_steps)
     note("SOLVER.LR_SCHEDULER.STEPS", old_steps, sched.STEPS)

@@ -1,5 +1,6 @@
 """``RetinaNetConfig``: RetinaNet with focal loss (arXiv 1708.02002), plus LLA on its anchors
-(arXiv 2101.04307). cvpods key names and defaults.
+(arXiv 2101.04307) and the ranking losses on its head: aLRP Loss (arXiv 2009.13592, ``ALRP``)
+and AP Loss (arXiv 1904.06373, ``APLOSS``). cvpods key names and defaults.
 """
 from __future__ import annotations
 
@@ -46,6 +47,21 @@ _config_dict: Dict[str, Any] = dict(
             HEAD_CHANNELS=256,
         ),
         LLA=dict(TOPK=10, REG_COST=1.5, IOU_WEIGHT=0.5),
+        # ALRPLossRetinaNet: L_cls + w L_loc, w by self-balance (docs/algorithms.md).
+        ALRP=dict(
+            # Half-width of the smoothed step H of the ranking (the paper's 1.0).
+            DELTA=1.0,
+            # Localisation error: "giou" 1 - GIoU (the paper) or "iou" 2 (1 - IoU), in [0, 2].
+            LOC_ERROR="giou",
+            # Self-balance: w starts at SB_INIT and, every SB_PERIOD iterations ("an epoch"),
+            # becomes (mean L_loc + mean L_cls) / mean L_loc over them; 0 keeps SB_INIT.
+            # 3665 = one COCO train2017 epoch (117266 images with boxes) at 32 images per
+            # iteration. Rescaled with the schedule when the world size changes.
+            SB_INIT=50.0,
+            SB_PERIOD=3665,
+        ),
+        # APLossRetinaNet: AP Loss + REG_WEIGHT x smooth L1 (beta SMOOTH_L1_BETA) / (4 x P).
+        APLOSS=dict(DELTA=1.0, SMOOTH_L1_BETA=1.0, REG_WEIGHT=1.0),
     ),
 )
 

@@ -10,7 +10,8 @@ from .coco import load_coco_json
 from .crowdhuman import load_crowdhuman_odgt
 from .voc import VOC_CLASSES, load_voc_instances
 
-__all__ = ["register_crowdhuman_instances", "register_voc_instances", "register_all"]
+__all__ = ["register_crowdhuman_instances", "register_voc_instances", "register_all",
+           "COCO_SERVER_SPLITS"]
 
 # name -> (year folder under datasets/VOCdevkit, split); VOC07 test is scored with the
 # 11-point AP of its year. Train on 07+12 with DATASETS.TRAIN = ("voc_2007_trainval",
@@ -120,6 +121,22 @@ def _builtin_voc_dir(folder: str) -> str:
     return str(datasets_root() / "VOCdevkit" / folder)
 
 
+def _builtin_coco_image_info(name, json_name, image_folder):
+    # An image-info json: images and categories, no annotations (a server-scored split).
+    root = datasets_root() / "coco"
+    json_file = str(root / "annotations" / json_name)
+    MetadataCatalog.set(name, gt_file=json_file, json_file=json_file,
+                        image_root=str(root / image_folder))
+    return load_coco_json(json_file, str(root / image_folder), dataset_name=name)
+
+
+# name -> (image-info json, image folder, the COCO server's split name). test-dev images are
+# part of the test2017 download.
+COCO_SERVER_SPLITS = {
+    "coco_2017_test-dev": ("image_info_test-dev2017.json", "test2017", "test-dev2017"),
+}
+
+
 def _builtin_paths(name: str) -> dict:
     """File metadata of a built-in dataset under the CURRENT datasets root (an env var set after
     import, e.g. by a test or a launcher, must be honoured by pre-run checks too)."""
@@ -127,6 +144,11 @@ def _builtin_paths(name: str) -> dict:
     if name in _VOC_BUILTIN:
         folder = _builtin_voc_dir(_VOC_BUILTIN[name][0])
         return dict(dirname=folder, image_root=os.path.join(folder, "JPEGImages"))
+    if name in COCO_SERVER_SPLITS:
+        json_name, image_folder, _ = COCO_SERVER_SPLITS[name]
+        json_file = str(root / "coco" / "annotations" / json_name)
+        return dict(gt_file=json_file, json_file=json_file,
+                    image_root=str(root / "coco" / image_folder))
     folder, split = name.rsplit("_", 1)
     if folder == "coco_2017":
         json_file = str(root / "coco" / "annotations" / f"instances_{split}2017.json")
@@ -138,7 +160,7 @@ def _builtin_paths(name: str) -> dict:
 
 BUILTIN_NAMES = (list(_VOC_BUILTIN)
                  + [f"{f}_{s}" for s in ("train", "val") for f in ("crowdhuman", "synthcrowd")]
-                 + [f"coco_2017_{s}" for s in ("train", "val")])
+                 + [f"coco_2017_{s}" for s in ("train", "val")] + list(COCO_SERVER_SPLITS))
 
 
 def refresh_builtin_metadata() -> None:
@@ -147,8 +169,11 @@ def refresh_builtin_metadata() -> None:
         MetadataCatalog.set(name, **_builtin_paths(name))
 
 
+
+
 def register_all() -> None:
-    """Register crowdhuman_*, synthcrowd_*, coco_2017_* (train, val) and voc_*."""
+    """Register crowdhuman_*, synthcrowd_*, coco_2017_* (train, val; test-dev: image info
+    only, its detections are written for the COCO server instead of scored) and voc_*."""
     for name, (folder, split) in _VOC_BUILTIN.items():
         loader = functools.partial(_voc_loader, functools.partial(_builtin_voc_dir, folder),
                                    split, VOC_CLASSES, True)
@@ -170,6 +195,11 @@ def register_all() -> None:
         DatasetCatalog.register(name, loader)
         CONFIGURABLE_LOADERS[name] = loader
         MetadataCatalog.set(name, evaluator_type="coco")
+    for name, (json_name, folder, server_split) in COCO_SERVER_SPLITS.items():
+        DatasetCatalog.register(name, functools.partial(_builtin_coco_image_info, name,
+                                                        json_name, folder))
+        MetadataCatalog.set(name, evaluator_type="coco", has_annotations=False,
+                            submission_split=server_split)
     refresh_builtin_metadata()
 
 

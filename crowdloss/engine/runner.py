@@ -1,9 +1,11 @@
 """DefaultRunner: builds everything from a config and runs the training loop with hooks.
 
 One iteration (``run_step``): zero_grad; for each of ``SOLVER.BATCH_SUBDIVISIONS`` sub-batches
-draw this rank's batch, forward (under autocast when AMP is on), check the loss is finite, and
-backward ``loss / subdivisions`` (DDP ``no_sync`` on all but the last, so gradients are reduced
-once); optional gradient clipping; one optimizer step. The hooks then step the LR schedule,
+draw this rank's batch, forward (under autocast when AMP is on), check every returned scalar is
+finite, and backward the sum of the ``loss_*`` entries / subdivisions (DDP ``no_sync`` on all
+but the last, so gradients are reduced once); optional gradient clipping; one optimizer step.
+Entries not named ``loss_*`` (e.g. a loss weight the model adapts) are only logged, averaged
+over sub-batches and ranks like the losses. The hooks then step the LR schedule,
 time, checkpoint, evaluate and write metrics, in that order.
 """
 from __future__ import annotations
@@ -289,7 +291,13 @@ class DefaultRunner:
             with sync:
                 with self._autocast():
                     loss_dict = self.model(batch)
-                losses = sum(loss_dict.values())
+                # Only ``loss_*`` entries are optimised; others (e.g. aLRP's self-balance
+                # weight) are scalars to log.
+                loss_terms = [v for k, v in loss_dict.items() if k.startswith("loss_")]
+                if not loss_terms:
+                    raise ValueError(f"the model returned no 'loss_*' entry in training, only "
+                                     f"{sorted(loss_dict)}; losses must be named loss_*")
+                losses = sum(loss_terms)
                 # One device sync for all terms; a non-finite term makes the sum non-finite.
                 terms = torch.stack([v.detach().float().reshape(()) for v in loss_dict.values()])
                 values = dict(zip(loss_dict.keys(), terms.tolist()))
@@ -312,7 +320,8 @@ class DefaultRunner:
         metrics = comm.reduce_dict({k: torch.tensor(v) for k, v in sorted(sums.items())})
         metrics = {k: float(v) for k, v in metrics.items()}
         self.storage.put_scalars(**metrics)
-        self.storage.put_scalar("total_loss", sum(metrics.values()))
+        self.storage.put_scalar("total_loss",
+                                sum(v for k, v in metrics.items() if k.startswith("loss_")))
         self.storage.put_scalar("data_time", data_time)
 
     def clip_gradients(self) -> Optional[float]:

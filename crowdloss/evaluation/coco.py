@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
-from typing import Dict, List, Sequence, Union
+import re
+import zipfile
+from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
+from crowdloss.utils.io import atomic_write
+
 from .lrp import LRP_MODES, olrp_from_cocoeval
 
-__all__ = ["COCO_METRIC_NAMES", "coco_metric_names", "evaluate_coco", "instances_to_coco"]
+__all__ = ["COCO_METRIC_NAMES", "coco_metric_names", "evaluate_coco", "instances_to_coco",
+           "write_coco_submission", "check_submission_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +60,54 @@ def instances_to_coco(image_id, boxes_xyxy: np.ndarray, scores: np.ndarray,
     xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1).round(2).tolist()
     return [{"image_id": image_id, "category_id": int(c), "bbox": box, "score": float(s)}
             for box, s, c in zip(xywh, np.asarray(scores).tolist(), category_ids)]
+
+
+_SUBMISSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]*$")
+
+
+def check_submission_name(name: str, key: str = "TEST.COCO_SUBMISSION_NAME") -> str:
+    """The algorithm part of ``detections_<split>_<name>_results.json``: letters, digits,
+    ``.+-`` (no ``_``, which separates the fields of the name the COCO server reads)."""
+    if not isinstance(name, str) or not _SUBMISSION_NAME.match(name):
+        raise ValueError(f"{key} = {name!r}; expected letters, digits, '.', '+' or '-' "
+                         "(no '_' or '/': the COCO server reads detections_<split>_<name>_"
+                         "results.json), e.g. 'aLRPLoss'")
+    return name
+
+
+def write_coco_submission(results: List[dict], output_dir: str, split: str,
+                          name: str) -> Tuple[str, str]:
+    """Write detections for the COCO evaluation server, without scoring them.
+
+    Args:
+        results: COCO results entries (integer ``image_id`` / ``category_id``, xywh ``bbox``,
+            ``score``) of every image of the split.
+        output_dir: where ``detections_<split>_<name>_results.json`` and the ``.zip`` holding
+            it (what the server takes) are written.
+        split: the server's name of the split, e.g. "test-dev2017".
+        name: the algorithm name (``check_submission_name``).
+
+    Returns:
+        (json path, zip path).
+    """
+    check_submission_name(name)
+    for i, r in enumerate(results):
+        for key in ("image_id", "category_id"):
+            value = r.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"COCO submission results[{i}]: {key} = {value!r}; the server "
+                                 "needs integer ids (the dataset's own image ids)")
+    stem = f"detections_{split}_{name}_results"
+    text = json.dumps([dict(r, image_id=int(r["image_id"]), category_id=int(r["category_id"]))
+                       for r in results])
+    json_path = atomic_write(os.path.join(output_dir, stem + ".json"), text)
+
+    def write_zip(f):
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            z.writestr(stem + ".json", text)
+
+    zip_path = atomic_write(os.path.join(output_dir, stem + ".zip"), write_zip)
+    return json_path, zip_path
 
 
 def evaluate_coco(gt_json: Union[str, os.PathLike], results: Union[str, List[dict]], *,

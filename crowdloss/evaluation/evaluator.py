@@ -21,7 +21,8 @@ from crowdloss.config.access import cfg_get
 from crowdloss.data.catalog import MetadataCatalog
 from crowdloss.utils import comm
 
-from .coco import evaluate_coco, instances_to_coco
+from .coco import (check_submission_name, evaluate_coco, instances_to_coco,
+                   write_coco_submission)
 from .crowdhuman import evaluate_crowdhuman
 from .registry import evaluator_builder, registered_evaluator_types
 from .results_io import (crowdhuman_image_ids, load_dt, load_gt, make_dt_record,
@@ -181,10 +182,17 @@ class CrowdHumanEvaluator(DatasetEvaluator):
 
 
 class COCOEvaluator(DatasetEvaluator):
-    """COCO bbox AP/AR via pycocotools against the dataset's GT json (``gt_file``)."""
+    """COCO bbox AP/AR via pycocotools against the dataset's GT json (``gt_file``).
+
+    A split without annotations (metadata ``has_annotations=False``, e.g. ``coco_2017_test-
+    dev``: its ``gt_file`` is the image-info json) is not scored: the detections are written
+    for the evaluation server as ``detections_<submission_split>_<submission_name>_results``
+    ``.json`` / ``.zip`` under ``output_dir``.
+    """
 
     def __init__(self, dataset_name: str, *, output_dir: Optional[str] = None,
-                 max_dets: int = 100, distributed: bool = True):
+                 max_dets: int = 100, distributed: bool = True,
+                 submission_name: str = "crowdloss"):
         meta = MetadataCatalog.get(dataset_name)
         if not meta.get("gt_file"):
             raise KeyError(f"MetadataCatalog['{dataset_name}'] has no 'gt_file' (the COCO "
@@ -192,6 +200,13 @@ class COCOEvaluator(DatasetEvaluator):
         self._name, self._gt_file = dataset_name, meta["gt_file"]
         self._id_map = meta.get("contiguous_id_to_thing_dataset_id")
         self._output_dir, self._max_dets, self._distributed = output_dir, max_dets, distributed
+        self._scored = bool(meta.get("has_annotations", True))
+        self._split = meta.get("submission_split", dataset_name)
+        if not self._scored:
+            self._submission_name = check_submission_name(submission_name)
+            if not output_dir:
+                raise ValueError(f"{dataset_name} has no annotations: its detections are "
+                                 "written for the COCO server, which needs an output_dir")
         self.reset()
 
     def reset(self) -> None:
@@ -232,6 +247,15 @@ class COCOEvaluator(DatasetEvaluator):
         image_ids = _gather_to_main(self._image_ids, self._distributed)
         if results is None:
             return {}
+        if not self._scored:
+            json_path, zip_path = write_coco_submission(results, self._output_dir, self._split,
+                                                        self._submission_name)
+            logger.info("%s has no annotations: %d detections NOT scored here; submit %s "
+                        "(holding %s) to the COCO evaluation server", self._name, len(results),
+                        zip_path, os.path.basename(json_path))
+            images = len({r["image_id"] for r in results})
+            return {"submission": {"detections": float(len(results)),
+                                   "images_with_detections": float(images)}}
         self._report_skipped(set(image_ids))
         if self._output_dir:
             write_json(os.path.join(self._output_dir, "coco_instances_results.json"), results,
@@ -269,7 +293,8 @@ def _build_dataset_evaluator(cfg, dataset_name: str, output_dir: Optional[str] =
             tag_map=dict(cfg_get(cfg, "DATASETS.TAG_MAP") or {}))
     if kind == "coco":
         return COCOEvaluator(dataset_name, output_dir=output_dir,
-                             max_dets=int(cfg_get(cfg, "TEST.COCO_MAX_DETS")))
+                             max_dets=int(cfg_get(cfg, "TEST.COCO_MAX_DETS")),
+                             submission_name=cfg_get(cfg, "TEST.COCO_SUBMISSION_NAME"))
     builder = evaluator_builder(kind) if isinstance(kind, str) else None
     if builder is not None:  # "voc", "per_class_ap", or a type registered by the user
         return builder(cfg, dataset_name, output_dir)

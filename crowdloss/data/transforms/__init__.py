@@ -7,12 +7,13 @@ clip boxes. Randomness comes only from the ``rng`` it is given. See ``docs/trans
 
 Registered names: ``ResizeShortestEdge``, ``RandomFlip``, ``Resize`` (fixed size), and the SSD
 training augmentations (arXiv 1512.02325) ``PhotometricDistort``, ``Expand`` and
-``MinIoURandomCrop``.
+``MinIoURandomCrop``, and the PCA ``LightingNoise`` of the AP Loss / aLRP Loss augmentation.
 """
 from .base import TRANSFORMS, Pipeline, build_transforms, register_transform
 from .geometry import RandomFlip, Resize, ResizeShortestEdge
+from .photometric import LightingNoise
 from .ssd import Expand, MinIoURandomCrop, PhotometricDistort
 
 __all__ = ["ResizeShortestEdge", "RandomFlip", "Resize", "Expand", "MinIoURandomCrop",
-           "PhotometricDistort", "Pipeline", "build_transforms", "register_transform",
+           "PhotometricDistort", "LightingNoise", "Pipeline", "build_transforms", "register_transform",
            "TRANSFORMS"]

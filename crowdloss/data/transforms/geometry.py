@@ -107,25 +107,42 @@ class RandomFlip:
         return image, annos.replace(boxes=boxes)
 
 
+_INTERPS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA,
+            cv2.INTER_LANCZOS4)
+
+
 @register_transform
 class Resize:
     """Resize to exactly ``height`` x ``width``, ignoring the aspect ratio (SSD300 / SSD512).
 
-    Boxes scale by (width / W, height / H). Deterministic: draws nothing from ``rng``.
+    Boxes scale by (width / W, height / H). Deterministic (draws nothing from ``rng``) unless
+    ``interp`` is a list of flags: then one is drawn uniformly per image, as the AP Loss / aLRP
+    Loss code's resize does (linear, area, nearest, cubic, Lanczos).
 
     Args:
         height, width: output size in pixels.
-        interp: cv2 interpolation flag; bilinear is what ssd.pytorch's ``cv2.resize`` uses.
+        interp: cv2 interpolation flag (bilinear is what ssd.pytorch's ``cv2.resize`` uses), or
+            a list of flags to draw from.
     """
 
-    def __init__(self, *, height: int = 300, width: int = 300, interp: int = cv2.INTER_LINEAR):
+    def __init__(self, *, height: int = 300, width: int = 300, interp=cv2.INTER_LINEAR):
         if int(height) <= 0 or int(width) <= 0:
             raise ValueError(f"Resize: height and width must be positive, got {height}x{width}")
-        self.height, self.width, self.interp = int(height), int(width), interp
+        flags = tuple(interp) if isinstance(interp, (list, tuple)) else (interp,)
+        if not flags or any(f not in _INTERPS for f in flags):
+            raise ValueError(f"Resize: interp must be a cv2 interpolation flag in {_INTERPS} "
+                             f"(nearest, linear, cubic, area, lanczos4) or a list of them, got "
+                             f"{interp!r}")
+        self.height, self.width = int(height), int(width)
+        # A tuple means "draw one per image"; a single flag is used as given.
+        self.interp = flags if isinstance(interp, (list, tuple)) else interp
 
     def __call__(self, image, annos, rng):
+        interp = self.interp
+        if isinstance(interp, tuple):
+            interp = interp[int(rng.integers(len(interp)))]
         h, w = image.shape[:2]
         if (h, w) == (self.height, self.width):
             return image, annos
-        image = cv2.resize(image, (self.width, self.height), interpolation=self.interp)
+        image = cv2.resize(image, (self.width, self.height), interpolation=interp)
         return image, _scale_boxes(annos, self.width / w, self.height / h)

@@ -5,8 +5,9 @@ from .base import Detector
 from .dense_detector import DenseDetector, DenseOutputs
 from .fcos import FCOS
 from .lla import LLAFCOS, LLARetinaNet
+from .ranking_retinanet import ALRPLossRetinaNet, APLossRetinaNet
 from .retinanet import RetinaNet
 from .ssd import SSD
 
 __all__ = ["Detector", "DenseDetector", "DenseOutputs", "FCOS", "ATSS", "RetinaNet", "LLAFCOS",
-           "LLARetinaNet", "SSD"]
+           "LLARetinaNet", "SSD", "ALRPLossRetinaNet", "APLossRetinaNet"]

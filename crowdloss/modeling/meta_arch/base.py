@@ -102,8 +102,9 @@ class Detector(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def forward(self, batched_inputs: List[dict]):
-        """Training: dict of scalar ``loss_*``. Eval: ``[{"instances": Instances}]`` in
-        original-image coordinates (the dict's height/width, else the input size)."""
+        """Training: dict of scalar ``loss_*`` (plus any scalars to log only). Eval:
+        ``[{"instances": Instances}]`` in original-image coordinates (the dict's height/width,
+        else the input size)."""
         images, image_sizes = self.preprocess_image(batched_inputs)
         if self.training:
             gt_instances = []
