@@ -12,7 +12,6 @@ from crowdloss.config import RetinaNetConfig
 
 _config_dict = dict(
     MODEL=dict(
-        DEVICE="cpu",
         WEIGHTS="",
         BACKBONE=dict(FREEZE_AT=0),
         RESNETS=dict(DEPTH=18, NORM="BN", STEM_OUT_CHANNELS=32, RES2_OUT_CHANNELS=32),
