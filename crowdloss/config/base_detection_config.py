@@ -1,4 +1,5 @@
-"""``BaseDetectionConfig``: ``BaseConfig`` + the ResNet / FPN backbone and detection test keys.
+"""``BaseDetectionConfig``: ``BaseConfig`` + the ResNet / FPN backbone, the repulsion terms any
+dense detector can add, and detection test keys.
 
 Key names and defaults are cvpods' (``base_detection_config.py``), trimmed to what crowdloss
 builds; the CrowdHuman evaluation keys (``TEST.JI_MATCHING`` ...) are ours (their meaning:
@@ -38,6 +39,22 @@ _config_dict: Dict[str, Any] = dict(
             FUSE_TYPE="sum",
             # P6/P7 are computed from this feature.
             TOP_BLOCK_IN_FEATURE="p5",
+        ),
+        # Repulsion Loss (arXiv 1711.07752) added to any dense detector's own losses:
+        # + WEIGHT x RepGT (push each positive's box off the GT, other than its own, that
+        # overlaps its prior most) and + WEIGHT x RepBox (push apart the boxes of positives
+        # attracted to different GTs). SIGMA is Smooth_ln's; the paper's best are 1.0 (RepGT)
+        # and 0.0 (RepBox), with weights (alpha, beta) 0.5. See docs/ssd.md.
+        REPULSION=dict(
+            REPGT=dict(ENABLED=False, WEIGHT=0.5, SIGMA=1.0),
+            # MAX_BLOCK_ELEMENTS bounds the pair blocks (rows x columns) held at once.
+            REPBOX=dict(ENABLED=False, WEIGHT=0.5, SIGMA=0.0, MAX_BLOCK_ELEMENTS=1 << 20),
+            # Smooth_ln's sigma is capped at 1 - EPS (-ln(1 - x) is infinite at x = 1); also
+            # RepBox's denominator eps.
+            EPS=1e-3,
+            # A point prior (FCOS family) stands for a square of this many strides when RepGT
+            # ranks the GTs by IoU with the prior (ATSS's anchor of a point: 8).
+            POINT_PRIOR_SCALE=8.0,
         ),
     ),
     DATASETS=dict(
