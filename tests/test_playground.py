@@ -1,7 +1,8 @@
 """Every playground experiment loads by file path and its net.py builds the model.
 
 The CrowdHuman (R-50/R-101) ones are only built; the synthcrowd CPU ones also run one train
-step and one eval pass on a small image.
+step and one eval pass on a small image. The Faster R-CNN ones' own values are checked in
+test_playground_rcnn.py.
 """
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from crowdloss.cli.common import load_experiment
-from crowdloss.modeling.meta_arch import ATSS, FCOS, LLAFCOS, LLARetinaNet, RetinaNet
+from crowdloss.modeling.meta_arch import (ATSS, FCOS, LLAFCOS, GeneralizedRCNN, LLARetinaNet,
+                                          RetinaNet)
 from crowdloss.structures import Instances
 
 PLAYGROUND = Path(__file__).resolve().parents[1] / "playground" / "detection"
@@ -23,7 +25,16 @@ EXPECTED = {
     "synthcrowd/lla.res18.fpn.synthcrowd.256size.2600": LLAFCOS,
     "synthcrowd/fcos.res18.fpn.synthcrowd.256size.2600": FCOS,
     "synthcrowd/atss.res18.fpn.synthcrowd.256size.2600": ATSS,
+    "crowdhuman/faster_rcnn.res50.fpn.crowdhuman.800size.1x": GeneralizedRCNN,
+    "crowdhuman/faster_rcnn.repgt_repbox.res50.fpn.crowdhuman.800size.1x": GeneralizedRCNN,
+    "synthcrowd/faster_rcnn.res18.fpn.synthcrowd.256size.2600": GeneralizedRCNN,
+    "synthcrowd/faster_rcnn.repgt_repbox.res18.fpn.synthcrowd.256size.2600": GeneralizedRCNN,
 }
+
+
+def _dense(prefix):
+    """The one-stage experiments under ``prefix`` (the checks below use their head keys)."""
+    return [r for r in EXPECTED if r.startswith(prefix) and EXPECTED[r] is not GeneralizedRCNN]
 
 
 def test_every_experiment_dir_is_listed():
@@ -33,7 +44,7 @@ def test_every_experiment_dir_is_listed():
         assert (PLAYGROUND / rel / "README.md").is_file(), rel
 
 
-@pytest.mark.parametrize("rel", [r for r in EXPECTED if r.startswith("crowdhuman/")])
+@pytest.mark.parametrize("rel", _dense("crowdhuman/"))
 def test_crowdhuman_experiment_builds(rel):
     exp = load_experiment(str(PLAYGROUND / rel))
     cfg = exp.config
@@ -106,6 +117,15 @@ def test_synthcrowd_experiments_share_one_schedule():
             node = node[part]
         return repr(node)
 
-    cfgs = [load_experiment(str(PLAYGROUND / r)).config for r in EXPECTED if "synthcrowd" in r]
+    cfgs = [load_experiment(str(PLAYGROUND / r)).config for r in _dense("synthcrowd/")]
     for key in keys:
         assert len({pick(c, key) for c in cfgs}) == 1, key
+    # The two-stage ones share everything but the detector (their FPN starts at res2).
+    rcnn = [load_experiment(str(PLAYGROUND / r)).config for r in EXPECTED
+            if r.startswith("synthcrowd/") and EXPECTED[r] is GeneralizedRCNN]
+    shared = ["MODEL.BACKBONE", "MODEL.RESNETS.DEPTH", "MODEL.RESNETS.NORM",
+              "MODEL.RESNETS.STEM_OUT_CHANNELS", "MODEL.RESNETS.RES2_OUT_CHANNELS",
+              "MODEL.FPN.OUT_CHANNELS", "MODEL.WEIGHTS", "SOLVER", "INPUT", "DATALOADER",
+              "DATASETS", "SEED", "TEST.DETECTIONS_PER_IMAGE"]
+    for key in shared:
+        assert len({pick(c, key) for c in cfgs + rcnn}) == 1, key

@@ -25,12 +25,16 @@ EXPERIMENTS = sorted(str(p.parent.relative_to(PLAYGROUND))
 _FCOS_FAMILY = ["MODEL.SHIFT_GENERATOR.NUM_SHIFTS"]
 EXPECTED_UNREAD = {
     "crowdhuman/atss.res50.fpn.crowdhuman.800size.30k": [],
+    "crowdhuman/faster_rcnn.repgt_repbox.res50.fpn.crowdhuman.800size.1x": [],
+    "crowdhuman/faster_rcnn.res50.fpn.crowdhuman.800size.1x": [],
     "crowdhuman/fcos.res50.fpn.crowdhuman.800size.30k": [],
     "crowdhuman/lla.res101.fpn.crowdhuman.800size.30k": [],
     "crowdhuman/lla.res50.fpn.crowdhuman.800size.30k": [],
     "crowdhuman/lla.retinanet.res50.fpn.crowdhuman.800size.30k": [],
     "crowdhuman/retinanet.res50.fpn.crowdhuman.800size.30k": [],
     "synthcrowd/atss.res18.fpn.synthcrowd.256size.2600": [],
+    "synthcrowd/faster_rcnn.repgt_repbox.res18.fpn.synthcrowd.256size.2600": [],
+    "synthcrowd/faster_rcnn.res18.fpn.synthcrowd.256size.2600": [],
     "synthcrowd/fcos.res18.fpn.synthcrowd.256size.2600": [],
     "synthcrowd/lla.res18.fpn.synthcrowd.256size.2600": [],
 }
