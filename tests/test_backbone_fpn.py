@@ -8,7 +8,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from crowdloss.config import BaseDetectionConfig
-from crowdloss.modeling.backbone import FPN, LastLevelP6P7, ResNet, build_resnet_fpn_p7_backbone
+from crowdloss.modeling.backbone import (FPN, LastLevelMaxPool, LastLevelP6P7, ResNet,
+                                          build_resnet_fpn_backbone, build_resnet_fpn_p7_backbone)
 from crowdloss.structures import ShapeSpec
 
 
@@ -145,3 +146,18 @@ def test_fpn_constructor_errors():
               top_block=LastLevelP6P7(in_channels=16, out_channels=16, in_feature="p4"))
     assert list(two.output_shape()) == ["p3", "p4", "p5", "p6"]
     assert two.size_divisibility == 16
+
+
+def test_fpn_p2_p6_with_max_pooled_p6():
+    cfg = fpn_cfg(IN_FEATURES=["res2", "res3", "res4", "res5"])
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    net = build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3))
+    assert isinstance(net.top_block, LastLevelMaxPool) and net.size_divisibility == 32
+    assert not any(k.startswith("top_block") for k in net.state_dict())  # no parameters
+    out = net(pad_to(torch.randn(1, 3, 67, 93), 32))
+    spec = net.output_shape()
+    assert list(out) == list(spec) == ["p2", "p3", "p4", "p5", "p6"]
+    assert [spec[k].stride for k in spec] == [4, 8, 16, 32, 64]
+    assert out["p2"].shape[-2:] == (24, 24) and out["p5"].shape[-2:] == (3, 3)  # 96 x 96 input
+    # P6 takes every other cell of P5 (a 1x1 max-pool with stride 2): ceil(3 / 2) = 2.
+    assert torch.equal(out["p6"], out["p5"][:, :, ::2, ::2])

@@ -1,7 +1,8 @@
 """Every playground experiment loads by file path and its net.py builds the model.
 
 The CrowdHuman, COCO and VOC ones are only built; the synthcrowd CPU ones also run one
-train step and one eval pass on a small image.
+train step and one eval pass on a small image. The Faster R-CNN ones' own values are checked
+in test_playground_rcnn.py.
 """
 import copy
 from pathlib import Path
@@ -17,7 +18,8 @@ from crowdloss.data.mapper import DatasetMapper
 from crowdloss.data.transforms import build_transforms
 from crowdloss.modeling.losses import RepBoxLoss, RepGTLoss
 from crowdloss.modeling.meta_arch import (ALRPLossRetinaNet, APLossRetinaNet, ATSS, FCOS,
-                                          LLAFCOS, SSD, LLARetinaNet, RetinaNet)
+                                          GeneralizedRCNN, LLAFCOS, SSD, LLARetinaNet,
+                                          RetinaNet)
 from crowdloss.structures import Instances
 
 PLAYGROUND = Path(__file__).resolve().parents[1] / "playground" / "detection"
@@ -49,6 +51,10 @@ EXPECTED = {
     "synthcrowd/retinanet.res18.fpn.synthcrowd.256size.2600": RetinaNet,
     "synthcrowd/ap_loss.res18.fpn.synthcrowd.256size.2600": APLossRetinaNet,
     "synthcrowd/alrp_loss.res18.fpn.synthcrowd.256size.2600": ALRPLossRetinaNet,
+    "crowdhuman/faster_rcnn.res50.fpn.crowdhuman.800size.1x": GeneralizedRCNN,
+    "crowdhuman/faster_rcnn.repgt_repbox.res50.fpn.crowdhuman.800size.1x": GeneralizedRCNN,
+    "synthcrowd/faster_rcnn.res18.fpn.synthcrowd.256size.2600": GeneralizedRCNN,
+    "synthcrowd/faster_rcnn.repgt_repbox.res18.fpn.synthcrowd.256size.2600": GeneralizedRCNN,
 }
 # The public aLRP Loss code's settings: (images per iteration, per GPU, LR, epochs, LR steps).
 COCO_SCHEDULES = {
@@ -71,7 +77,14 @@ REPULSION_VARIANTS = {
 
 
 def _family(prefix, ssd):
-    return [r for r in EXPECTED if r.startswith(prefix) and (EXPECTED[r] is SSD) == ssd]
+    """The one-stage experiments under ``prefix``: the SSD ones, or the ResNet-FPN ones."""
+    return [r for r in EXPECTED if r.startswith(prefix) and EXPECTED[r] is not GeneralizedRCNN
+            and (EXPECTED[r] is SSD) == ssd]
+
+
+def _rcnn(prefix):
+    """The two-stage experiments under ``prefix`` (test_playground_rcnn.py checks their values)."""
+    return [r for r in EXPECTED if r.startswith(prefix) and EXPECTED[r] is GeneralizedRCNN]
 
 
 def test_every_experiment_dir_is_listed():
@@ -164,7 +177,7 @@ def _synth_input(h, w, seed):
     return {"image": image, "instances": inst, "height": h, "width": w}
 
 
-@pytest.mark.parametrize("rel", _family("synthcrowd/", ssd=False))
+@pytest.mark.parametrize("rel", _family("synthcrowd/", ssd=False) + _rcnn("synthcrowd/"))
 def test_synthcrowd_experiment_trains_one_step(rel):
     exp = load_experiment(str(PLAYGROUND / rel))
     cfg = exp.config
@@ -223,6 +236,14 @@ def test_synthcrowd_experiments_share_one_schedule():
         assert len({pick(r, key) for r in ssd}) == 1, key
     for key in ("SOLVER", "SEED", "DATASETS", "TEST.DETECTIONS_PER_IMAGE"):
         assert len({pick(r, key) for r in fpn + ssd}) == 1, key
+    # The two-stage ones share everything but the detector (their FPN starts at res2).
+    rcnn = _rcnn("synthcrowd/")
+    shared = ["MODEL.BACKBONE", "MODEL.RESNETS.DEPTH", "MODEL.RESNETS.NORM",
+              "MODEL.RESNETS.STEM_OUT_CHANNELS", "MODEL.RESNETS.RES2_OUT_CHANNELS",
+              "MODEL.FPN.OUT_CHANNELS", "MODEL.WEIGHTS", "SOLVER", "INPUT", "DATALOADER",
+              "DATASETS", "SEED", "TEST.DETECTIONS_PER_IMAGE"]
+    for key in shared:
+        assert len({pick(r, key) for r in fpn + rcnn}) == 1, key
 
 
 @pytest.mark.parametrize("variant", sorted(REPULSION_VARIANTS))

@@ -13,6 +13,7 @@ from .base_detection_config import BaseDetectionConfig
 from .config_dict import ConfigDict, ConfigKeyError
 from .fcos_config import FCOSConfig
 from .output import default_output_dir, dump_config, link_log
+from .rcnn_fpn_config import RCNNFPNConfig
 from .rescale import rescale_for_world_size
 from .retinanet_config import RetinaNetConfig
 from .ssd_config import SSDConfig, ssd_train_pipeline
@@ -29,6 +30,7 @@ __all__ = [
     "RetinaNetConfig",
     "SSDConfig",
     "ssd_train_pipeline",
+    "RCNNFPNConfig",
     "rescale_for_world_size",
     "default_output_dir",
     "dump_config",

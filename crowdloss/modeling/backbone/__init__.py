@@ -1,6 +1,8 @@
-"""Backbones: ResNet/ResNeXt, FPN with P6/P7, SSD's VGG16, and pretrained-weight conversion."""
+"""Backbones: ResNet/ResNeXt, FPN with P6/P7 or P6 max-pool, SSD's VGG16, and pretrained-weight
+conversion."""
 from .backbone import Backbone
-from .fpn import FPN, LastLevelP6P7, build_resnet_fpn_p7_backbone
+from .fpn import (FPN, LastLevelMaxPool, LastLevelP6P7, build_resnet_fpn_backbone,
+                  build_resnet_fpn_p7_backbone)
 from .resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet, build_resnet_backbone
 from .vgg import L2Norm, SSDVGG, build_ssd_vgg_backbone
 
@@ -12,9 +14,11 @@ __all__ = [
     "ResNet",
     "FPN",
     "LastLevelP6P7",
+    "LastLevelMaxPool",
     "build_resnet_backbone",
     "build_resnet_fpn_p7_backbone",
     "L2Norm",
     "SSDVGG",
     "build_ssd_vgg_backbone",
+    "build_resnet_fpn_backbone",
 ]

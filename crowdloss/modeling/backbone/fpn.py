@@ -1,9 +1,10 @@
-"""Feature Pyramid Network (arXiv 1612.03144) with the P6/P7 top block of RetinaNet and FCOS.
+"""Feature Pyramid Network (arXiv 1612.03144) with its two top blocks: the P6/P7 convs of
+RetinaNet and FCOS, and the P6 max-pool of the original FPN (Faster R-CNN's RPN).
 
 Parameter names follow detectron2/cvpods (``bottom_up.*``, ``fpn_lateral3``, ``fpn_output3``,
 ``top_block.p6``, ``top_block.p7``) so their checkpoints load directly.
 
-Shapes: N images, C_out = ``out_channels``; level l (p3..p7) is (N, C_out, H_l, W_l) with
+Shapes: N images, C_out = ``out_channels``; level l (p2..p7) is (N, C_out, H_l, W_l) with
 stride 2^l; P6/P7 are ceil-halvings of the previous level.
 """
 from __future__ import annotations
@@ -23,7 +24,8 @@ from crowdloss.config.access import cfg_get
 from .backbone import Backbone
 from .resnet import build_resnet_backbone
 
-__all__ = ["FPN", "LastLevelP6P7", "build_resnet_fpn_p7_backbone"]
+__all__ = ["FPN", "LastLevelP6P7", "LastLevelMaxPool", "build_resnet_fpn_p7_backbone",
+           "build_resnet_fpn_backbone"]
 
 
 class LastLevelP6P7(nn.Module):
@@ -50,6 +52,20 @@ class LastLevelP6P7(nn.Module):
         return [p6, p7]
 
 
+class LastLevelMaxPool(nn.Module):
+    """P6 = P5 subsampled by 2 (max-pool with a 1x1 window, stride 2): the extra level of the
+    original FPN, on which Faster R-CNN's RPN places its largest anchors. No parameters; P6
+    has ceil(H5 / 2) x ceil(W5 / 2) cells."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_levels = 1
+        self.in_feature = "p5"
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return [F.max_pool2d(x, kernel_size=1, stride=2, padding=0)]
+
+
 class FPN(Backbone):
     """Top-down pathway with lateral connections over a bottom-up backbone.
 
@@ -59,7 +75,7 @@ class FPN(Backbone):
             stride must be twice the previous one.
         out_channels: width of every output level.
         norm: norm of the lateral and output convs ("" = none, convs then have a bias).
-        top_block: extra coarser levels (``LastLevelP6P7``) or None.
+        top_block: extra coarser levels (``LastLevelP6P7``, ``LastLevelMaxPool``) or None.
         fuse_type: "sum" (lateral + upsampled) or "avg" (their mean).
     """
 
@@ -175,5 +191,21 @@ def build_resnet_fpn_p7_backbone(cfg, input_shape: ShapeSpec) -> FPN:
         norm=cfg_get(cfg, "MODEL.FPN.NORM"),
         top_block=LastLevelP6P7(in_channels=top_in_channels, out_channels=out_channels,
                                 in_feature=in_feature),
+        fuse_type=cfg_get(cfg, "MODEL.FPN.FUSE_TYPE"),
+    )
+
+
+def build_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
+    """ResNet + FPN P2-P5 + P6 max-pooled from P5 (Faster R-CNN, detectron2's
+    ``build_resnet_fpn_backbone``), from ``MODEL.RESNETS.*`` / ``MODEL.FPN.*``. The FPN levels
+    follow ``MODEL.FPN.IN_FEATURES`` (res2-res5 in ``RCNNFPNConfig``); P6 always comes from P5
+    (``MODEL.FPN.TOP_BLOCK_IN_FEATURE`` is the P6/P7 block's key and is not read here)."""
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg_get(cfg, "MODEL.FPN.IN_FEATURES"),
+        out_channels=int(cfg_get(cfg, "MODEL.FPN.OUT_CHANNELS")),
+        norm=cfg_get(cfg, "MODEL.FPN.NORM"),
+        top_block=LastLevelMaxPool(),
         fuse_type=cfg_get(cfg, "MODEL.FPN.FUSE_TYPE"),
     )

@@ -23,11 +23,14 @@ from ..postprocess import detector_postprocess
 __all__ = ["Detector", "build_backbone_from_cfg"]
 
 
-def build_backbone_from_cfg(cfg) -> nn.Module:
+def build_backbone_from_cfg(cfg, default=None) -> nn.Module:
     """``cfg.build_backbone(cfg, input_shape)`` as attached by an experiment's net.py (cvpods
-    convention); the ResNet-FPN-P7 backbone when net.py attached none."""
+    convention); when net.py attached none, ``default`` (a builder of the same signature), else
+    the ResNet-FPN-P7 backbone of the one-stage detectors."""
     # An attribute net.py may attach, not a config key: absent means the default backbone.
     builder = cfg.get("build_backbone") if isinstance(cfg, dict) else getattr(cfg, "build_backbone", None)
+    if builder is None:
+        builder = default
     if builder is None:
         from crowdloss.modeling.backbone import build_resnet_fpn_p7_backbone as builder
     return builder(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))

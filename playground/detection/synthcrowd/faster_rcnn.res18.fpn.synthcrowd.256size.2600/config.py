@@ -1,0 +1,92 @@
+"""Faster R-CNN (arXiv 1506.01497) with FPN: half-width ResNet-18, synthcrowd, 256 px, 2600
+iters, CPU.
+
+The two-stage counterpart of the synthcrowd experiments (lla / fcos / atss
+.res18.fpn.synthcrowd.256size.2600): the SAME backbone (ResNet-18 at half width, BatchNorm,
+FPN 64 channels; here P2-P6), input, batch, LR and schedule (those experiments' current
+schedule), so that it differs from them in the detector only. The detector keeps the values
+of the CrowdHuman experiment (faster_rcnn.res50.fpn.crowdhuman.800size.1x: anchor ratios 1, 2,
+3, smooth L1 beta 1.0, 50 % foreground ROIs, proposals of side <= 2 px dropped) except what
+the CPU needs: the cvpods FPN defaults for the RPN top-k (2000 / 1000 before NMS, 1000 after)
+and a 256-d box head. Written for ONE process (REFERENCE_WORLD_SIZE 1); no pretrained
+weights, so the backbone trains from scratch with BatchNorm (FREEZE_AT 0).
+"""
+from crowdloss.config import RCNNFPNConfig
+
+_config_dict = dict(
+    MODEL=dict(
+        WEIGHTS="",
+        BACKBONE=dict(FREEZE_AT=0),
+        RESNETS=dict(DEPTH=18, NORM="BN", STEM_OUT_CHANNELS=32, RES2_OUT_CHANNELS=32),
+        FPN=dict(OUT_CHANNELS=64),
+        ANCHOR_GENERATOR=dict(
+            SIZES=[[32], [64], [128], [256], [512]],
+            ASPECT_RATIOS=[[1.0, 2.0, 3.0]],
+        ),
+        PROPOSAL_GENERATOR=dict(MIN_SIZE=2),
+        RPN=dict(
+            PRE_NMS_TOPK_TRAIN=2000,
+            PRE_NMS_TOPK_TEST=1000,
+            POST_NMS_TOPK_TRAIN=1000,
+            POST_NMS_TOPK_TEST=1000,
+            SMOOTH_L1_BETA=1.0,
+        ),
+        ROI_HEADS=dict(
+            NUM_CLASSES=1,
+            POSITIVE_FRACTION=0.5,
+        ),
+        ROI_BOX_HEAD=dict(
+            # A narrow head for the CPU: 2 FC layers of 256 (1024 in the R-50 experiment).
+            NUM_FC=2,
+            FC_DIM=256,
+            SMOOTH_L1_BETA=1.0,
+        ),
+    ),
+    DATASETS=dict(
+        TRAIN=("synthcrowd_train",),
+        TEST=("synthcrowd_val",),
+    ),
+    DATALOADER=dict(NUM_WORKERS=1),
+    SOLVER=dict(
+        LR_SCHEDULER=dict(
+            MAX_ITER=2600,
+            STEPS=(2000, 2420),
+            WARMUP_ITERS=100,
+        ),
+        OPTIMIZER=dict(
+            BASE_LR=0.02,
+        ),
+        IMS_PER_BATCH=4,
+        IMS_PER_DEVICE=4,
+        REFERENCE_WORLD_SIZE=1,
+        CHECKPOINT_PERIOD=500,
+    ),
+    INPUT=dict(
+        AUG=dict(
+            TRAIN_PIPELINES=[
+                ("ResizeShortestEdge",
+                 dict(short_edge_length=(256,), max_size=384, sample_style="choice")),
+                ("RandomFlip", dict()),
+            ],
+            TEST_PIPELINES=[
+                ("ResizeShortestEdge",
+                 dict(short_edge_length=320, max_size=480, sample_style="choice")),
+            ],
+        ),
+    ),
+    # The fixed seed of the other synthcrowd experiments (chosen before any run, not tuned).
+    SEED=0,
+    TEST=dict(
+        EVAL_PERIOD=0,  # evaluate once, after training
+        DETECTIONS_PER_IMAGE=300,
+    ),
+)
+
+
+class CustomRCNNFPNConfig(RCNNFPNConfig):
+    def __init__(self):
+        super().__init__()
+        self._register_configuration(_config_dict)
+
+
+config = CustomRCNNFPNConfig()
