@@ -7,14 +7,8 @@ from .events import (
     TensorboardWriter,
     get_event_storage,
 )
-from .hooks import (
-    EvalHook,
-    HookBase,
-    IterationTimer,
-    LRScheduler,
-    PeriodicCheckpointer,
-    PeriodicWriter,
-)
+from . import hooks
+from .hooks import *  # noqa: F401,F403  (the hook classes, listed in hooks.__all__)
 from .runner import DefaultRunner
 from .solver import build_lr_scheduler, build_optimizer
 
@@ -28,20 +22,15 @@ __all__ = [
     "JSONWriter",
     "TensorboardWriter",
     "CommonMetricPrinter",
-    "HookBase",
-    "LRScheduler",
-    "IterationTimer",
-    "PeriodicCheckpointer",
-    "EvalHook",
-    "PeriodicWriter",
     "build_optimizer",
     "build_lr_scheduler",
+    *hooks.__all__,
 ]
 
 
 def __getattr__(name):
-    # launch.py is a teammate's module: import it on first use so that the rest of the
-    # engine works (and imports cheaply) whatever its state.
+    # launch pulls in torch.multiprocessing and the process-group machinery: import it on first
+    # use, so that importing the engine for a runner or a checkpointer stays cheap.
     if name == "launch":
         from .launch import launch
 

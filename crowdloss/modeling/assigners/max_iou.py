@@ -58,8 +58,8 @@ class MaxIoUAssigner(BaseAssigner):
     def _assign(self, priors: Priors, gt_boxes: Tensor, gt_classes: Tensor,
                 pred_logits: Optional[Tensor], pred_boxes: Optional[Tensor]) -> AssignResult:
         if priors.is_points:
-            raise ValueError("MaxIoUAssigner.assign: needs (R, 4) anchor priors, got points "
-                             "(use an AnchorGenerator)")
+            raise ValueError(f"{type(self).__name__}.assign: needs (R, 4) anchor priors, got "
+                             "points (use an AnchorGenerator)")
         anchors = priors.tensor
         num_anchors = anchors.shape[0]
         result = AssignResult.background(num_anchors, device=anchors.device)
@@ -76,11 +76,8 @@ class MaxIoUAssigner(BaseAssigner):
             matched = torch.where(positive, best_gt, torch.full_like(best_gt, -1))
             # Step 3.
             if self.allow_low_quality_matches:
-                per_gt_best = iou.max(dim=1).values  # (V,)
-                is_best = (iou == per_gt_best[:, None]) & (per_gt_best[:, None] > 0)
-                low_iou, low_gt = torch.where(is_best, iou, torch.full_like(iou, -1.0)).max(dim=0)
-                low = (low_iou >= 0) & ~positive
-                matched[low] = low_gt[low]
+                low, low_gt = self._low_quality_matches(iou, positive)
+                matched = torch.where(low, low_gt, matched)
                 positive |= low
                 result.ignored[low] = False
             result.gt_inds[positive] = valid_idx[matched[positive]]
@@ -91,3 +88,14 @@ class MaxIoUAssigner(BaseAssigner):
             covered = (box_ioa(anchors, ignore) > self.ignore_ioa_thresh).any(dim=1)
             result.ignored[covered & ~positive] = True
         return result
+
+    def _low_quality_matches(self, iou: Tensor, positive: Tensor):
+        """Step 3 -> (bool (R,) anchors it makes positive, long (R,) their valid-GT index).
+
+        Every anchor reaching a GT's best IoU (> 0, all ties) that step 2 left non-positive;
+        an anchor that is the best of several GTs goes to the one it overlaps most.
+        """
+        per_gt_best = iou.max(dim=1).values  # (V,)
+        is_best = (iou == per_gt_best[:, None]) & (per_gt_best[:, None] > 0)
+        low_iou, low_gt = torch.where(is_best, iou, torch.full_like(iou, -1.0)).max(dim=0)
+        return (low_iou >= 0) & ~positive, low_gt

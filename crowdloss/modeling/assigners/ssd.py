@@ -2,20 +2,15 @@
 
 Shape vocabulary: M gts of one image (V valid ones, G ignore regions), R default boxes.
 """
-from typing import Optional
-
 import torch
 from torch import Tensor
 
-from crowdloss.ops import box_ioa, box_iou
-
-from ..priors import Priors
-from .base import AssignResult, BaseAssigner
+from .max_iou import MaxIoUAssigner
 
 __all__ = ["SSDMatcher"]
 
 
-class SSDMatcher(BaseAssigner):
+class SSDMatcher(MaxIoUAssigner):
     """Threshold matching plus the best default box of every GT, with ssd.pytorch's overrides.
 
     Steps of ``assign`` (ssd.pytorch's ``match``, in absolute pixels instead of [0, 1]
@@ -33,8 +28,8 @@ class SSDMatcher(BaseAssigner):
       4. Ignore regions (class -1) never match. A box that is not positive and whose IoA
          (intersection / box area) with any ignore region exceeds ``ignore_ioa_thresh`` is
          ``ignored``: neither positive nor a negative that hard negative mining could pick
-         (the rule of ``MaxIoUAssigner``; ssd.pytorch has no ignore regions). ``ignore_ioa_thresh``
-         >= 1 switches this off.
+         (the rule of ``MaxIoUAssigner``, whose steps 1, 2 and 4 this is; ssd.pytorch has no
+         ignore regions). ``ignore_ioa_thresh`` >= 1 switches this off.
 
     Args:
         iou_thresh: positive at or above this IoU (0.5 in SSD).
@@ -44,39 +39,17 @@ class SSDMatcher(BaseAssigner):
     def __init__(self, *, iou_thresh: float = 0.5, ignore_ioa_thresh: float = 0.5):
         if not 0.0 < iou_thresh <= 1.0:
             raise ValueError(f"SSDMatcher: iou_thresh must be in (0, 1], got {iou_thresh}")
-        self.iou_thresh = float(iou_thresh)
-        self.ignore_ioa_thresh = float(ignore_ioa_thresh)
+        # No grey zone (negative threshold = positive one); step 3 always on.
+        super().__init__(pos_iou_thresh=iou_thresh, neg_iou_thresh=iou_thresh,
+                         allow_low_quality_matches=True, ignore_ioa_thresh=ignore_ioa_thresh)
 
-    def _assign(self, priors: Priors, gt_boxes: Tensor, gt_classes: Tensor,
-                pred_logits: Optional[Tensor], pred_boxes: Optional[Tensor]) -> AssignResult:
-        if priors.is_points:
-            raise ValueError("SSDMatcher.assign: needs (R, 4) default boxes, got points "
-                             "(use AnchorGenerator.from_ssd)")
-        boxes = priors.tensor
-        num = boxes.shape[0]
-        result = AssignResult.background(num, device=boxes.device)
-        valid_idx = torch.nonzero(gt_classes >= 0).squeeze(1)
-        positive = torch.zeros(num, dtype=torch.bool, device=boxes.device)
-        if valid_idx.numel() > 0:
-            iou = box_iou(gt_boxes[valid_idx], boxes)  # (V, R)
-            # Step 2.
-            best_iou, best_gt = iou.max(dim=0)
-            positive = best_iou >= self.iou_thresh
-            matched = best_gt
-            # Step 3: the last GT naming a box as its best wins (scatter with "amax" over the
-            # GT order is the deterministic form of ssd.pytorch's sequential loop).
-            per_gt_iou, per_gt_box = iou.max(dim=1)  # (V,)
-            gts = torch.arange(valid_idx.numel(), device=boxes.device)
-            overlapping = per_gt_iou > 0
-            owner = torch.full((num,), -1, dtype=torch.long, device=boxes.device)
-            owner.scatter_reduce_(0, per_gt_box[overlapping], gts[overlapping], reduce="amax")
-            forced = owner >= 0
-            matched = torch.where(forced, owner, matched)
-            positive |= forced
-            result.gt_inds[positive] = valid_idx[matched[positive]]
-        # Step 4.
-        ignore = gt_boxes[gt_classes < 0]
-        if ignore.shape[0] > 0 and self.ignore_ioa_thresh < 1.0:
-            covered = (box_ioa(boxes, ignore) > self.ignore_ioa_thresh).any(dim=1)
-            result.ignored[covered & ~positive] = True
-        return result
+    def _low_quality_matches(self, iou: Tensor, positive: Tensor):
+        """Step 3: each GT's best box is forced to it, overriding a threshold match; the last
+        GT naming a box wins (scatter with "amax" over the GT order is the deterministic form
+        of ssd.pytorch's sequential loop)."""
+        per_gt_iou, per_gt_box = iou.max(dim=1)  # (V,)
+        gts = torch.arange(iou.shape[0], device=iou.device)
+        overlapping = per_gt_iou > 0
+        owner = torch.full((iou.shape[1],), -1, dtype=torch.long, device=iou.device)
+        owner.scatter_reduce_(0, per_gt_box[overlapping], gts[overlapping], reduce="amax")
+        return owner >= 0, owner
