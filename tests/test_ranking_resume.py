@@ -51,7 +51,7 @@ def crashing_loader(crash_at):
 def make_cfg(exp_dir, out, *, crash_at=None, max_iter=MAX_ITER):
     cfg = load_experiment(str(exp_dir)).config
     cfg.merge_from_list([
-        "OUTPUT_DIR", str(out),
+        "OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu",  # the CLI picks it from the launch
         "SOLVER.LR_SCHEDULER.MAX_ITER", str(max_iter), "SOLVER.LR_SCHEDULER.STEPS", "(4,)",
         "SOLVER.LR_SCHEDULER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", str(PERIOD),
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.IMS_PER_DEVICE", "2",

@@ -163,12 +163,20 @@ BUILTIN_NAMES = (list(_VOC_BUILTIN)
                  + [f"coco_2017_{s}" for s in ("train", "val")] + list(COCO_SERVER_SPLITS))
 
 
+# The paths last written by refresh_builtin_metadata, per dataset: a value that still equals
+# them follows the datasets root; one a user (or a test) set since is theirs and kept.
+_WRITTEN: dict = {}
+
+
 def refresh_builtin_metadata() -> None:
-    """Point the built-in datasets' file metadata at the current datasets root."""
+    """Point the built-in datasets' file metadata at the current datasets root, leaving any
+    path that was set by hand since the last refresh alone."""
     for name in BUILTIN_NAMES:
-        MetadataCatalog.set(name, **_builtin_paths(name))
-
-
+        meta, before = MetadataCatalog.get(name), _WRITTEN.get(name, {})
+        fresh = {key: value for key, value in _builtin_paths(name).items()
+                 if key not in meta or meta[key] == before.get(key)}
+        MetadataCatalog.set(name, **fresh)
+        _WRITTEN[name] = {**before, **fresh}
 
 
 def register_all() -> None:
