@@ -14,6 +14,7 @@ from .config_dict import ConfigDict, ConfigKeyError
 from .fcos_config import FCOSConfig
 from .output import default_output_dir, dump_config, link_log
 from .rescale import rescale_for_world_size
+from .pytorch_retinanet_config import PyTorchRetinaNetConfig
 from .retinanet_config import RetinaNetConfig
 from .tracking import ReadTracker, UnreadKeyReport, UnreadKeysError, untracked
 from .validate import ConfigValueError, validate_config
@@ -26,6 +27,7 @@ __all__ = [
     "BaseDetectionConfig",
     "FCOSConfig",
     "RetinaNetConfig",
+    "PyTorchRetinaNetConfig",
     "rescale_for_world_size",
     "default_output_dir",
     "dump_config",

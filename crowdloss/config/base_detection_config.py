@@ -39,6 +39,9 @@ _config_dict: Dict[str, Any] = dict(
             # P6/P7 are computed from this feature.
             TOP_BLOCK_IN_FEATURE="p5",
         ),
+        # Batch padding: "ceil" to the next multiple of the backbone's size divisibility;
+        # "always" adds a whole block even to a multiple (pytorch-retinanet: 608 -> 640).
+        PAD_MODE="ceil",
     ),
     DATASETS=dict(
         # CrowdHuman box to train on: "fbox" (full body), "vbox" (visible) or "hbox" (head).
