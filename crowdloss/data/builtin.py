@@ -6,7 +6,7 @@ import os
 from typing import Sequence
 
 from .catalog import CONFIGURABLE_LOADERS, DatasetCatalog, MetadataCatalog, datasets_root
-from .coco import load_coco_json
+from .coco import COCO_CLASSES, load_coco_json
 from .crowdhuman import load_crowdhuman_odgt
 from .voc import VOC_CLASSES, load_voc_instances
 
@@ -150,7 +150,8 @@ def register_all() -> None:
         CONFIGURABLE_LOADERS[name] = loader
         json_file = str(root / "coco" / "annotations" / f"instances_{split}2017.json")
         MetadataCatalog.set(name, evaluator_type="coco", gt_file=json_file, json_file=json_file,
-                            image_root=str(root / "coco" / f"{split}2017"))
+                            image_root=str(root / "coco" / f"{split}2017"),
+                            thing_classes=list(COCO_CLASSES))
 
 
 if "crowdhuman_train" not in DatasetCatalog:
