@@ -1,7 +1,7 @@
 """Every playground experiment loads by file path and its net.py builds the model.
 
-The CrowdHuman (R-50/R-101) ones are only built; the synthcrowd CPU ones also run one train
-step and one eval pass on a small image.
+The CrowdHuman (R-18 to R-152) and COCO ones are only built; the synthcrowd CPU ones also run
+one train step and one eval pass on a small image.
 """
 from pathlib import Path
 
@@ -23,7 +23,13 @@ EXPECTED = {
     "synthcrowd/lla.res18.fpn.synthcrowd.256size.2600": LLAFCOS,
     "synthcrowd/fcos.res18.fpn.synthcrowd.256size.2600": FCOS,
     "synthcrowd/atss.res18.fpn.synthcrowd.256size.2600": ATSS,
+    "synthcrowd/retinanet.res18.fpn.synthcrowd.person_head.256size.2600": RetinaNet,
+    "coco/retinanet.res50.fpn.coco.608size.720k": RetinaNet,
+    **{f"crowdhuman/retinanet.res{d}.fpn.crowdhuman.coco_ft.608size.750k": RetinaNet
+       for d in (18, 34, 50, 101, 152)},
 }
+# The CrowdHuman seed's recipe (pytorch-retinanet network, CSV data, COCO start).
+SEED_RECIPE = [r for r in EXPECTED if ".coco_ft." in r]
 
 
 def test_every_experiment_dir_is_listed():
@@ -33,7 +39,8 @@ def test_every_experiment_dir_is_listed():
         assert (PLAYGROUND / rel / "README.md").is_file(), rel
 
 
-@pytest.mark.parametrize("rel", [r for r in EXPECTED if r.startswith("crowdhuman/")])
+@pytest.mark.parametrize("rel", [r for r in EXPECTED if r.startswith("crowdhuman/")
+                                 and r not in SEED_RECIPE])
 def test_crowdhuman_experiment_builds(rel):
     exp = load_experiment(str(PLAYGROUND / rel))
     cfg = exp.config
@@ -57,6 +64,43 @@ def test_crowdhuman_experiment_builds(rel):
     assert cfg.MODEL.RESNETS.DEPTH == depth
 
 
+@pytest.mark.parametrize("rel", SEED_RECIPE)
+def test_crowdhuman_seed_recipe_builds(rel):
+    exp = load_experiment(str(PLAYGROUND / rel))
+    cfg = exp.config
+    depth = int(rel.split(".res")[1].split(".")[0])
+    assert cfg.MODEL.RESNETS.DEPTH == depth and cfg.MODEL.RESNETS.STRIDE_IN_1X1 is False
+    assert cfg.MODEL.WEIGHTS.endswith(f"coco_resnet_{depth}" + ("_map_0_335" if depth == 50
+                                                                  else "") + "_state_dict.pt")
+    assert cfg.MODEL.WEIGHTS_CLASSES == ("coco",) and cfg.MODEL.RETINANET.NUM_CLASSES == 81
+    assert (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST) == (("csv_train",), ("csv_val",))
+    assert cfg.DATASETS.CSV.CLASSES == "crowdhuman/csv/classes.csv"
+    opt = cfg.SOLVER.OPTIMIZER
+    assert (opt.NAME, opt.BASE_LR, opt.WEIGHT_DECAY) == ("Adam", 1e-5, 0.0)
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    assert clip.ENABLED and (clip.CLIP_TYPE, clip.CLIP_VALUE) == ("norm", 0.1)
+    assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.IMS_PER_DEVICE) == (2, 2)
+    assert cfg.SOLVER.REFERENCE_WORLD_SIZE == 1
+    assert cfg.SOLVER.LR_SCHEDULER.MAX_ITER == 750000 and tuple(cfg.SOLVER.LR_SCHEDULER.STEPS) == ()
+    assert cfg.TEST.PER_CLASS_AP == "retinanet_csv"
+    resize = dict(cfg.INPUT.AUG.TEST_PIPELINES)["ResizeShortestEdge"]
+    assert (resize["short_edge_length"], resize["max_size"]) == (608, 1024)
+    model = exp.build_model(cfg)
+    assert type(model) is RetinaNet and model.pad_mode == "always"
+    assert model.head.cls_score.out_channels == 9 * 81
+
+
+def test_coco_experiment_builds():
+    exp = load_experiment(str(PLAYGROUND / "coco/retinanet.res50.fpn.coco.608size.720k"))
+    cfg = exp.config
+    assert (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST) == (("coco_2017_train",), ("coco_2017_val",))
+    assert cfg.MODEL.WEIGHTS == "https://download.pytorch.org/models/resnet50-19c8e357.pth"
+    assert cfg.SOLVER.OPTIMIZER.NAME == "Adam" and cfg.SOLVER.LR_SCHEDULER.MAX_ITER == 720000
+    assert cfg.TEST.DETECTIONS_PER_IMAGE == 100
+    model = exp.build_model(cfg)
+    assert type(model) is RetinaNet and model.head.cls_score.out_channels == 9 * 80
+
+
 def _synth_input(h, w, seed):
     g = torch.Generator().manual_seed(seed)
     inst = Instances(
@@ -78,7 +122,7 @@ def test_synthcrowd_experiment_trains_one_step(rel):
     cfg.MODEL.DEVICE = "cpu"  # what pods_train decides on this test's CPU
     assert cfg.SOLVER.IMS_PER_BATCH // cfg.SOLVER.IMS_PER_DEVICE == cfg.SOLVER.REFERENCE_WORLD_SIZE
     assert cfg.MODEL.BACKBONE.FREEZE_AT == 0 and cfg.MODEL.RESNETS.NORM in ("BN", "GN")
-    assert cfg.DATASETS.TRAIN == ("synthcrowd_train",)
+    assert cfg.DATASETS.TRAIN[0].startswith("synthcrowd_")
     torch.manual_seed(0)
     model = exp.build_model(cfg)
     assert type(model) is EXPECTED[rel]
@@ -93,19 +137,40 @@ def test_synthcrowd_experiment_trains_one_step(rel):
     assert len(out[0]["instances"]) <= cfg.TEST.DETECTIONS_PER_IMAGE
 
 
+def _pick(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return repr(node)
+
+
 def test_synthcrowd_experiments_share_one_schedule():
     # Identical backbone, head width, input, batch, LR and schedule: only the method differs.
     keys = [
         "MODEL.RESNETS", "MODEL.FPN", "MODEL.BACKBONE", "SOLVER", "INPUT", "DATALOADER",
         "MODEL.FCOS.NUM_CONVS", "MODEL.FCOS.HEAD_CHANNELS",
     ]
-
-    def pick(cfg, key):
-        node = cfg
-        for part in key.split("."):
-            node = node[part]
-        return repr(node)
-
-    cfgs = [load_experiment(str(PLAYGROUND / r)).config for r in EXPECTED if "synthcrowd" in r]
+    cfgs = [load_experiment(str(PLAYGROUND / r)).config for r in EXPECTED
+            if "synthcrowd" in r and "person_head" not in r]
     for key in keys:
-        assert len({pick(c, key) for c in cfgs}) == 1, key
+        assert len({_pick(c, key) for c in cfgs}) == 1, key
+
+
+def test_synthcrowd_person_head_has_the_same_size_and_schedule():
+    # pytorch-retinanet's network (torchvision stride, P6 from C5, RGB input) at the size and
+    # schedule of the others; only its gradient clipping differs (README.md).
+    keys = ["MODEL.RESNETS.DEPTH", "MODEL.RESNETS.NORM", "MODEL.RESNETS.STEM_OUT_CHANNELS",
+            "MODEL.RESNETS.RES2_OUT_CHANNELS", "MODEL.FPN.OUT_CHANNELS", "MODEL.BACKBONE",
+            "INPUT.AUG", "DATALOADER", "SOLVER.LR_SCHEDULER", "SOLVER.OPTIMIZER.NAME",
+            "SOLVER.OPTIMIZER.BASE_LR", "SOLVER.OPTIMIZER.WEIGHT_DECAY", "SOLVER.IMS_PER_BATCH",
+            "SOLVER.IMS_PER_DEVICE", "SOLVER.REFERENCE_WORLD_SIZE", "SOLVER.CHECKPOINT_PERIOD",
+            "SEED", "TEST.DETECTIONS_PER_IMAGE"]
+    ours = load_experiment(str(PLAYGROUND / "synthcrowd/retinanet.res18.fpn.synthcrowd."
+                                             "person_head.256size.2600")).config
+    atss = load_experiment(str(PLAYGROUND / "synthcrowd/atss.res18.fpn.synthcrowd."
+                                             "256size.2600")).config
+    for key in keys:
+        assert _pick(ours, key) == _pick(atss, key), key
+    assert (ours.MODEL.RETINANET.NUM_CONVS, ours.MODEL.RETINANET.HEAD_CHANNELS) == (
+        atss.MODEL.FCOS.NUM_CONVS, atss.MODEL.FCOS.HEAD_CHANNELS)
+    assert ours.MODEL.RETINANET.NUM_CLASSES == 2 and ours.TEST.PER_CLASS_AP == "retinanet_csv"

@@ -106,7 +106,9 @@ def check_datasets(cfg, keys: Sequence[str] = ("DATASETS.TRAIN", "DATASETS.TEST"
     """
     from crowdloss.config.access import cfg_get
     from crowdloss.data import DatasetCatalog, MetadataCatalog, datasets_root
+    from crowdloss.data.builtin import refresh_builtin_metadata
 
+    refresh_builtin_metadata()  # $CROWDLOSS_DATASETS may have changed since import
     for key in keys:
         for name in _names(cfg_get(cfg, key)):
             if name not in DatasetCatalog:

@@ -61,6 +61,31 @@ def _builtin_crowdhuman(name, folder, split, *, box_type="fbox", skip_bad_images
                                 tag_map=tag_map)
 
 
+PERSON_HEAD_CLASSES = ("person", "head")
+
+
+def _synthcrowd_person_head(name, split, *, skip_bad_images=False, **_other_options):
+    """synthcrowd as pytorch-retinanet CSV (built once from its odgt by the CrowdHuman CSV
+    builder: fbox persons, heads, ignore regions as class "ignore"), read back as CSV."""
+    from .crowdhuman_csv import build_crowdhuman_csv
+    from .csv import load_csv_annotations
+    from .synthetic import ensure_synthcrowd
+
+    root = datasets_root() / "synthcrowd"
+    ensure_synthcrowd(str(root))
+    odgt, images = root / "annotations" / f"annotation_{split}.odgt", root / "Images"
+    out = root / "csv" / f"person_head_{split}.csv"
+    # Rebuilt when the odgt is newer (a regenerated dataset); the content is a function of
+    # the odgt, so concurrent ranks writing it (atomically) agree.
+    if not out.is_file() or out.stat().st_mtime_ns < odgt.stat().st_mtime_ns:
+        build_crowdhuman_csv(str(odgt), str(images), str(out), ignore="class",
+                             ignore_class="ignore")
+    MetadataCatalog.set(name, gt_file=str(odgt), image_root=str(images),
+                        annotations_csv=str(out))
+    return load_csv_annotations(str(out), PERSON_HEAD_CLASSES, ignore_class="ignore",
+                                skip_bad_images=skip_bad_images, image_id="stem")
+
+
 def _builtin_coco(name, split, *, skip_bad_images=False, box_type="fbox", tag_map=None):
     # box_type / tag_map are odgt options (CONFIGURABLE_LOADERS passes every option).
     root = datasets_root() / "coco"
@@ -120,38 +145,70 @@ def _builtin_voc_dir(folder: str) -> str:
     return str(datasets_root() / "VOCdevkit" / folder)
 
 
-def register_all() -> None:
-    """Register crowdhuman_*, synthcrowd_*, coco_2017_* (train, val) and voc_*."""
+def _builtin_paths(name: str) -> dict:
+    """File metadata of a built-in dataset under the CURRENT datasets root (an env var set after
+    import, e.g. by a test or a launcher, must be honoured by pre-run checks too)."""
     root = datasets_root()
+    if name in _VOC_BUILTIN:
+        folder = _builtin_voc_dir(_VOC_BUILTIN[name][0])
+        return dict(dirname=folder, image_root=os.path.join(folder, "JPEGImages"))
+    folder, split = name.rsplit("_", 1)
+    if folder == "synthcrowd_person_head":  # CSV rows built from synthcrowd's odgt
+        folder = "synthcrowd"
+    if folder == "coco_2017":
+        json_file = str(root / "coco" / "annotations" / f"instances_{split}2017.json")
+        return dict(gt_file=json_file, json_file=json_file,
+                    image_root=str(root / "coco" / f"{split}2017"))
+    return dict(gt_file=str(root / folder / "annotations" / f"annotation_{split}.odgt"),
+                image_root=str(root / folder / "Images"))
+
+
+BUILTIN_NAMES = (list(_VOC_BUILTIN)
+                 + [f"{f}_{s}" for s in ("train", "val") for f in ("crowdhuman", "synthcrowd")]
+                 + [f"coco_2017_{s}" for s in ("train", "val")]
+                 + [f"synthcrowd_person_head_{s}" for s in ("train", "val")])
+
+
+def refresh_builtin_metadata() -> None:
+    """Point the built-in datasets' file metadata at the current datasets root."""
+    for name in BUILTIN_NAMES:
+        MetadataCatalog.set(name, **_builtin_paths(name))
+
+
+def register_all() -> None:
+    """Register crowdhuman_*, synthcrowd_*, synthcrowd_person_head_*, coco_2017_* (train, val)
+    and voc_*."""
     for name, (folder, split) in _VOC_BUILTIN.items():
         loader = functools.partial(_voc_loader, functools.partial(_builtin_voc_dir, folder),
                                    split, VOC_CLASSES, True)
         DatasetCatalog.register(name, loader)
         CONFIGURABLE_LOADERS[name] = loader
-        MetadataCatalog.set(name, evaluator_type="voc", dirname=_builtin_voc_dir(folder),
-                            image_root=os.path.join(_builtin_voc_dir(folder), "JPEGImages"),
-                            split=split, thing_classes=list(VOC_CLASSES),
-                            use_07_metric=folder == "VOC2007")
+        MetadataCatalog.set(name, evaluator_type="voc", split=split,
+                            thing_classes=list(VOC_CLASSES), use_07_metric=folder == "VOC2007")
     for split in ("train", "val"):
         for folder in ("crowdhuman", "synthcrowd"):
             name = f"{folder}_{split}"
             loader = functools.partial(_builtin_crowdhuman, name, folder, split)
             DatasetCatalog.register(name, loader)
             CONFIGURABLE_LOADERS[name] = loader
-            MetadataCatalog.set(
-                name, evaluator_type="crowdhuman", thing_classes=["person"],
-                gt_file=str(root / folder / "annotations" / f"annotation_{split}.odgt"),
-                image_root=str(root / folder / "Images"),
-                # generated on first load: the CLI's dataset check must not ask for the files
-                created_on_load=folder == "synthcrowd")
+            # created_on_load: generated on first load, the CLI's check must not ask for files
+            MetadataCatalog.set(name, evaluator_type="crowdhuman", thing_classes=["person"],
+                                created_on_load=folder == "synthcrowd")
         name = f"coco_2017_{split}"
         loader = functools.partial(_builtin_coco, name, split)
         DatasetCatalog.register(name, loader)
         CONFIGURABLE_LOADERS[name] = loader
-        json_file = str(root / "coco" / "annotations" / f"instances_{split}2017.json")
-        MetadataCatalog.set(name, evaluator_type="coco", gt_file=json_file, json_file=json_file,
-                            image_root=str(root / "coco" / f"{split}2017"),
-                            thing_classes=list(COCO_CLASSES))
+        MetadataCatalog.set(name, evaluator_type="coco", thing_classes=list(COCO_CLASSES))
+        # person + head from synthcrowd's images: trained on CSV rows as the CrowdHuman seed
+        # trains, scored with the CrowdHuman metrics on its person class (the odgt).
+        name = f"synthcrowd_person_head_{split}"
+        loader = functools.partial(_synthcrowd_person_head, name, split)
+        DatasetCatalog.register(name, loader)
+        CONFIGURABLE_LOADERS[name] = loader
+        MetadataCatalog.set(name, evaluator_type="crowdhuman",
+                            thing_classes=list(PERSON_HEAD_CLASSES), ap_convention="retinanet_csv",
+                            created_on_load=True)
+    refresh_builtin_metadata()
 
 
 if "crowdhuman_train" not in DatasetCatalog:

@@ -21,7 +21,7 @@ from .boxes import DroppedBoxes, clip_and_drop
 from .catalog import CONFIGURABLE_LOADERS, DatasetCatalog, MetadataCatalog
 from .image_io import BadImageError, ImageCheckCache
 
-__all__ = ["load_coco_json", "register_coco_instances", "COCO_CLASSES"]
+__all__ = ["load_coco_json", "register_coco_instances", "COCO_CLASSES", "COCO_DARKNET_ALIASES"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,11 @@ COCO_CLASSES = (
     "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
     "toothbrush",
 )
+# darknet's coco.names (and so the CrowdHuman seed's class-names file) spells six classes
+# otherwise: its name -> COCO's.
+COCO_DARKNET_ALIASES = {"motorbike": "motorcycle", "aeroplane": "airplane", "sofa": "couch",
+                        "pottedplant": "potted plant", "diningtable": "dining table",
+                        "tvmonitor": "tv"}
 
 
 def _require(obj: dict, key: str, where: str):

@@ -36,15 +36,13 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
+from crowdloss.data.coco import COCO_DARKNET_ALIASES
+
 __all__ = ["ClassChannels", "ClassRemap", "resolve_class_names", "remap_class_channels",
            "class_remap_from_config", "normalise_class_name", "COCO_DARKNET_ALIASES"]
 
 logger = logging.getLogger("crowdloss.engine")
 
-# darknet's coco.names (the seed's class-names file) -> COCO's official names.
-COCO_DARKNET_ALIASES = {"motorbike": "motorcycle", "aeroplane": "airplane", "sofa": "couch",
-                        "pottedplant": "potted plant", "diningtable": "dining table",
-                        "tvmonitor": "tv"}
 
 
 class ClassChannels(NamedTuple):
