@@ -1,6 +1,7 @@
 """MODEL.WEIGHTS_CLASSES: a COCO checkpoint's classifier channels re-ordered to the model's
 classes by name, per anchor; new classes keep the prior init; coverage counts the fraction."""
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,3 +119,39 @@ def test_names_from_config(tmp_path):
         assert remap.target == ("person", "head") and len(remap.source) == 80
     finally:
         MetadataCatalog.remove(name)
+
+
+@pytest.mark.slow
+def test_pods_train_fine_tunes_a_coco_checkpoint_on_person_head_classes(tmp_path, monkeypatch):
+    # The seed recipe end to end at R-18: a pytorch-retinanet COCO state dict in MODEL.WEIGHTS,
+    # CSV data with COCO's classes + head, one iteration; the loader keeps 80 of 81 classes.
+    from crowdloss.cli import train as pods_train
+    from crowdloss.data.crowdhuman_csv import build_class_map, build_crowdhuman_csv
+    from crowdloss.data.synthetic import generate_synthcrowd
+
+    root = tmp_path / "datasets"
+    ch = root / "crowdhuman"
+    generate_synthcrowd(str(ch), num_train=2, num_val=1, seed=4, workers=1)
+    for split in ("train", "val"):
+        build_crowdhuman_csv(str(ch / "annotations" / f"annotation_{split}.odgt"),
+                             str(ch / "Images"), str(ch / "csv" / f"{split}.csv"),
+                             ignore="class")
+    build_class_map(coco_names("darknet") + ["head"], str(ch / "csv" / "classes.csv"))
+    weights = tmp_path / "coco_resnet_18.pt"
+    torch.save(ref.state_dict(18, 80, seed=2), weights)
+    monkeypatch.setenv("CROWDLOSS_DATASETS", str(root))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "out"
+    exp = (Path(__file__).resolve().parents[1] / "playground" / "detection" / "crowdhuman"
+           / "retinanet.res18.fpn.crowdhuman.coco_ft.608size.750k")
+    pods_train.run(["--dir", str(exp), "OUTPUT_DIR", str(out), "MODEL.WEIGHTS", str(weights),
+                    "MODEL.DEVICE", "cpu", "SOLVER.LR_SCHEDULER.MAX_ITER", "1",
+                    "DATALOADER.NUM_WORKERS", "0", "TEST.PLOT", "False",
+                    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96",
+                    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96"])
+    log = (out / "log.txt").read_text()
+    assert "(format pytorch_retinanet)" in log
+    assert "80 of the model's 81 classes kept from the checkpoint's 80" in log
+    assert "new with the prior-probability init: head" in log
+    assert "motorbike <- motorcycle" in log and "2 partly filled (classes remapped)" in log
+    assert (out / "model_final.pth").is_file() and "Evaluation results for csv_val" in log
