@@ -3,7 +3,8 @@
 The model is the CrowdHuman seed recipe's (pytorch-retinanet RetinaNet R-50-FPN, 81 classes)
 tested at short side 800 / long side 1333, with random weights whose classifier is set so that
 a crowd-like number of candidates reaches the post-processing (~4000 above 0.05, person and
-head; hundreds of detections after NMS: a model detecting nothing would flatter it). Images are 1080 x 1620 JPEG scenes.
+head; hundreds of detections after NMS: a model detecting nothing would flatter it). Images
+are 1080 x 1620 JPEG scenes.
 
 Per image, median of ``--runs`` after a warm-up, at one thread and at all threads:
 

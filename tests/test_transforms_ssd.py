@@ -336,13 +336,16 @@ def synthcrowd(tmp_path_factory):
 
 
 def _ssd_cfg(**over):
-    cfg = ConfigDict(dict(SEED=3, INPUT=dict(FORMAT="BGR", AUG=dict(TRAIN_PIPELINES=SSD300)),
-                          DATASETS=dict(TRAIN=("ssd_synth_train",), BOX_TYPE="fbox",
-                                        SKIP_BAD_IMAGES=False),
-                          DATALOADER=dict(NUM_WORKERS=0, ASPECT_RATIO_GROUPING=False,
-                                          FILTER_EMPTY_ANNOTATIONS=True),
-                          SOLVER=dict(IMS_PER_DEVICE=2)))
-    cfg.update(over)
+    from crowdloss.config import BaseDetectionConfig
+
+    cfg = BaseDetectionConfig()  # every key the loaders read is declared
+    cfg.merge(dict(SEED=3, INPUT=dict(FORMAT="BGR", AUG=dict(TRAIN_PIPELINES=SSD300)),
+                   DATASETS=dict(TRAIN=("ssd_synth_train",), BOX_TYPE="fbox",
+                                 SKIP_BAD_IMAGES=False),
+                   DATALOADER=dict(NUM_WORKERS=0, ASPECT_RATIO_GROUPING=False,
+                                   FILTER_EMPTY_ANNOTATIONS=True),
+                   SOLVER=dict(IMS_PER_DEVICE=2)))
+    cfg.merge(over)
     return cfg
 
 

@@ -68,7 +68,8 @@ def _size_ratio_cell(sizes: List[float], aspect_ratios: List[float],
     cell = []
     for size, ratio in pairs:
         if size <= 0 or ratio <= 0:
-            raise ValueError(f"AnchorGenerator: sizes and aspect ratios must be > 0, got {size}, {ratio}")
+            raise ValueError(f"AnchorGenerator: sizes and aspect ratios must be > 0, got "
+                             f"{size}, {ratio}")
         w = math.sqrt(size * size / ratio)
         cell.append([w, ratio * w])
     return cell

@@ -42,7 +42,8 @@ _FPN = {"P3_1": "fpn_lateral3", "P4_1": "fpn_lateral4", "P5_1": "fpn_lateral5",
 _HEADS = {"regressionModel": ("head.bbox_subnet", "head.bbox_pred"),
           "classificationModel": ("head.cls_subnet", "head.cls_score")}
 _FPN_KEY = re.compile(r"^fpn\.(P\d(?:_\d)?)\.(weight|bias)$")
-_HEAD_KEY = re.compile(r"^(regressionModel|classificationModel)\.(conv(\d+)|output)\.(weight|bias)$")
+_HEAD_KEY = re.compile(
+    r"^(regressionModel|classificationModel)\.(conv(\d+)|output)\.(weight|bias)$")
 _SIGNATURE = ("fpn.P3_1.weight", "regressionModel.conv1.weight",
               "classificationModel.output.weight")
 

@@ -28,7 +28,8 @@ _config_dict = dict(
         # No public COCO model at depth 152: train one (playground/detection/coco at DEPTH 152,
         # or pytorch-retinanet's train.py --depth 152) and save its state dict here; or start
         # from ImageNet: MODEL.WEIGHTS <torchvision resnet152 .pth> (README.md).
-        WEIGHTS=os.path.join(cache_dir(), "pytorch-retinanet", "coco_resnet_152_state_dict.pt"),
+        WEIGHTS=os.path.join(cache_dir(), "pytorch-retinanet",
+                             "coco_resnet_152_state_dict.pt"),
         # The checkpoint's classes, in its channel order.
         WEIGHTS_CLASSES=("coco",),
         RESNETS=dict(DEPTH=152),

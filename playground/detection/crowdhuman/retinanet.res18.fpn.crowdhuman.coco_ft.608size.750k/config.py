@@ -28,7 +28,8 @@ _config_dict = dict(
         # No public COCO model at depth 18: train one (playground/detection/coco at DEPTH 18,
         # or pytorch-retinanet's train.py --depth 18) and save its state dict here; or start
         # from ImageNet: MODEL.WEIGHTS <torchvision resnet18 .pth> (README.md).
-        WEIGHTS=os.path.join(cache_dir(), "pytorch-retinanet", "coco_resnet_18_state_dict.pt"),
+        WEIGHTS=os.path.join(cache_dir(), "pytorch-retinanet",
+                             "coco_resnet_18_state_dict.pt"),
         # The checkpoint's classes, in its channel order.
         WEIGHTS_CLASSES=("coco",),
         RESNETS=dict(DEPTH=18, RES2_OUT_CHANNELS=64),

@@ -27,7 +27,8 @@ _config_dict = dict(
     MODEL=dict(
         # pytorch-retinanet's COCO model (33.5 COCO AP; the "Pre-trained model" link of
         # github.com/yhenon/pytorch-retinanet), put here by hand: it has no stable URL.
-        WEIGHTS=os.path.join(cache_dir(), "pytorch-retinanet", "coco_resnet_50_map_0_335_state_dict.pt"),
+        WEIGHTS=os.path.join(cache_dir(), "pytorch-retinanet",
+                             "coco_resnet_50_map_0_335_state_dict.pt"),
         # The checkpoint's classes, in its channel order.
         WEIGHTS_CLASSES=("coco",),
         RESNETS=dict(DEPTH=50),
