@@ -25,11 +25,13 @@ setup(
         "dev": ["pytest>=7", "pytest-timeout"],
         "plot": ["matplotlib"],
         "tensorboard": ["tensorboard"],
+        "export": ["onnx>=1.15", "onnxruntime>=1.17"],
     },
     entry_points={
         "console_scripts": [
             "pods_train=crowdloss.cli.train:main",
             "pods_test=crowdloss.cli.test:main",
+            "pods_demo=crowdloss.cli.demo:main",
         ]
     },
 )

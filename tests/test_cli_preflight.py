@@ -129,10 +129,12 @@ def test_check_datasets_names_missing_files_and_close_names(tmp_path, monkeypatc
     with pytest.raises(KeyError, match=r"DATASETS.TRAIN: dataset 'crowdhumen_train' is not "
                                        r"registered; did you mean 'crowdhuman_train'"):
         check_datasets(cfg)
-    MetadataCatalog.set("crowdhuman_train", gt_file=str(tmp_path / "nope.odgt"))
+    # Built-in paths follow the datasets root of the moment (refreshed before the check).
+    monkeypatch.setenv("CROWDLOSS_DATASETS", str(tmp_path / "nope"))
     try:
         cfg.DATASETS.TRAIN = ("crowdhuman_train",)
-        with pytest.raises(FileNotFoundError, match=r"nope.odgt, which does not exist; see "
+        with pytest.raises(FileNotFoundError, match=r"nope/crowdhuman/annotations/annotation_"
+                                                    r"train.odgt, which does not exist; see "
                                                     r"datasets/README.md"):
             check_datasets(cfg)
         cfg.DATASETS.TRAIN = ("synthcrowd_train",)  # generated on first load: not checked

@@ -47,7 +47,7 @@ def test_defaults_and_every_shipped_config_class_are_valid():
     ("SOLVER.OPTIMIZER.BASE_LR", math.nan, "finite"),
     ("SOLVER.OPTIMIZER.WEIGHT_DECAY", -1e-4, ">= 0"),
     ("SOLVER.OPTIMIZER.MOMENTUM", 1.0, "< 1"),
-    ("SOLVER.OPTIMIZER.NAME", "Adam", "expected one of"),
+    ("SOLVER.OPTIMIZER.NAME", "Adamax", "expected one of"),
     ("SOLVER.IMS_PER_DEVICE", 0, "integer >= 1"),
     ("SOLVER.IMS_PER_BATCH", 0, "integer >= 1"),
     ("SOLVER.BATCH_SUBDIVISIONS", 0, "integer >= 1"),

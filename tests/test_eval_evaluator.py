@@ -215,3 +215,29 @@ def test_unpredicted_gt_image_gets_its_size_from_image_root(tmp_path, eval_log):
         ev.process(*batch(image_id))
     res = ev.evaluate()["crowdhuman"]
     assert res["Recall"] == 0.75 and ev.result.counts["images"] == 4  # i3 had no dets
+
+
+def test_two_class_models_are_scored_on_their_person_class(tmp_path):
+    # person + head (the CrowdHuman seed's kind of model): head detections exactly on the
+    # persons must not count; the person detections alone give the one-class numbers.
+    name, _ = register(tmp_path, "ch_two_class_eval")
+    cfg = BaseDetectionConfig()
+    cfg.TEST.PLOT = False
+    single = build_evaluator(cfg, name)
+    MetadataCatalog.set(name, thing_classes=["head", "person"])  # person is class 1 here
+    double = build_evaluator(cfg, name)
+    for ev in (single, double):
+        ev.reset()
+    for image_id in PRED:
+        inputs, outputs = batch(image_id)
+        single.process(inputs, outputs)
+        inst = outputs[0]["instances"]
+        both = Instances(inst.image_size, pred_boxes=torch.cat([inst.pred_boxes] * 2),
+                         scores=torch.cat([inst.scores, inst.scores + 0.05]),
+                         pred_classes=torch.cat([torch.ones(len(inst), dtype=torch.long),
+                                                 torch.zeros(len(inst), dtype=torch.long)]))
+        double.process(inputs, [{"instances": both}])
+    assert double.evaluate() == single.evaluate()
+    MetadataCatalog.set(name, thing_classes=["head", "car"])
+    with pytest.raises(KeyError, match="need its class 'person'"):
+        build_evaluator(cfg, name)

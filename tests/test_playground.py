@@ -1,8 +1,8 @@
 """Every playground experiment loads by file path and its net.py builds the model.
 
-The CrowdHuman, COCO and VOC ones are only built; the synthcrowd CPU ones also run one
-train step and one eval pass on a small image. The Faster R-CNN ones' own values are checked
-in test_playground_rcnn.py.
+The CrowdHuman, COCO and VOC ones are only built (the CrowdHuman RetinaNet seed recipe at
+R-18 to R-152); the synthcrowd CPU ones also run one train step and one eval pass on a small
+image. The Faster R-CNN ones' own values are checked in test_playground_rcnn.py.
 """
 import copy
 from pathlib import Path
@@ -55,7 +55,13 @@ EXPECTED = {
     "crowdhuman/faster_rcnn.repgt_repbox.res50.fpn.crowdhuman.800size.1x": GeneralizedRCNN,
     "synthcrowd/faster_rcnn.res18.fpn.synthcrowd.256size.2600": GeneralizedRCNN,
     "synthcrowd/faster_rcnn.repgt_repbox.res18.fpn.synthcrowd.256size.2600": GeneralizedRCNN,
+    "synthcrowd/retinanet.res18.fpn.synthcrowd.person_head.256size.2600": RetinaNet,
+    "coco/retinanet.res50.fpn.coco.608size.720k": RetinaNet,
+    **{f"crowdhuman/retinanet.res{d}.fpn.crowdhuman.coco_ft.608size.750k": RetinaNet
+       for d in (18, 34, 50, 101, 152)},
 }
+# The CrowdHuman seed's recipe (pytorch-retinanet network, CSV data, COCO start).
+SEED_RECIPE = [r for r in EXPECTED if ".coco_ft." in r]
 # The public aLRP Loss code's settings: (images per iteration, per GPU, LR, epochs, LR steps).
 COCO_SCHEDULES = {
     "coco/alrp_loss.res101.fpn.coco.500size.160e": (32, 8, 0.008, 160, (90, 110, 140)),
@@ -94,7 +100,8 @@ def test_every_experiment_dir_is_listed():
         assert (PLAYGROUND / rel / "README.md").is_file(), rel
 
 
-@pytest.mark.parametrize("rel", _family("crowdhuman/", ssd=False))
+@pytest.mark.parametrize("rel", [r for r in _family("crowdhuman/", ssd=False)
+                                 if r not in SEED_RECIPE])
 def test_crowdhuman_experiment_builds(rel):
     exp = load_experiment(str(PLAYGROUND / rel))
     cfg = exp.config
@@ -119,7 +126,7 @@ def test_crowdhuman_experiment_builds(rel):
     assert cfg.MODEL.RESNETS.DEPTH == depth
 
 
-@pytest.mark.parametrize("rel", [r for r in EXPECTED if r.startswith("coco/")])
+@pytest.mark.parametrize("rel", sorted(COCO_SCHEDULES))
 def test_coco_experiment_builds_with_the_public_settings(rel):
     exp = load_experiment(str(PLAYGROUND / rel))
     cfg = exp.config
@@ -165,6 +172,43 @@ def test_coco_experiment_builds_with_the_public_settings(rel):
     assert type(model) is EXPECTED[rel] and model.prior_generator.num_anchors == 6
 
 
+@pytest.mark.parametrize("rel", SEED_RECIPE)
+def test_crowdhuman_seed_recipe_builds(rel):
+    exp = load_experiment(str(PLAYGROUND / rel))
+    cfg = exp.config
+    depth = int(rel.split(".res")[1].split(".")[0])
+    assert cfg.MODEL.RESNETS.DEPTH == depth and cfg.MODEL.RESNETS.STRIDE_IN_1X1 is False
+    assert cfg.MODEL.WEIGHTS.endswith(f"coco_resnet_{depth}" + ("_map_0_335" if depth == 50
+                                                                  else "") + "_state_dict.pt")
+    assert cfg.MODEL.WEIGHTS_CLASSES == ("coco",) and cfg.MODEL.RETINANET.NUM_CLASSES == 81
+    assert (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST) == (("csv_train",), ("csv_val",))
+    assert cfg.DATASETS.CSV.CLASSES == "crowdhuman/csv/classes.csv"
+    opt = cfg.SOLVER.OPTIMIZER
+    assert (opt.NAME, opt.BASE_LR, opt.WEIGHT_DECAY) == ("Adam", 1e-5, 0.0)
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    assert clip.ENABLED and (clip.CLIP_TYPE, clip.CLIP_VALUE) == ("norm", 0.1)
+    assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.IMS_PER_DEVICE) == (2, 2)
+    assert cfg.SOLVER.REFERENCE_WORLD_SIZE == 1
+    assert cfg.SOLVER.LR_SCHEDULER.MAX_ITER == 750000 and tuple(cfg.SOLVER.LR_SCHEDULER.STEPS) == ()
+    assert cfg.TEST.PER_CLASS_AP == "retinanet_csv"
+    resize = dict(cfg.INPUT.AUG.TEST_PIPELINES)["ResizeShortestEdge"]
+    assert (resize["short_edge_length"], resize["max_size"]) == (608, 1024)
+    model = exp.build_model(cfg)
+    assert type(model) is RetinaNet and model.pad_mode == "always"
+    assert model.head.cls_score.out_channels == 9 * 81
+
+
+def test_coco_retinanet_experiment_builds():
+    exp = load_experiment(str(PLAYGROUND / "coco/retinanet.res50.fpn.coco.608size.720k"))
+    cfg = exp.config
+    assert (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST) == (("coco_2017_train",), ("coco_2017_val",))
+    assert cfg.MODEL.WEIGHTS == "https://download.pytorch.org/models/resnet50-19c8e357.pth"
+    assert cfg.SOLVER.OPTIMIZER.NAME == "Adam" and cfg.SOLVER.LR_SCHEDULER.MAX_ITER == 720000
+    assert cfg.TEST.DETECTIONS_PER_IMAGE == 100
+    model = exp.build_model(cfg)
+    assert type(model) is RetinaNet and model.head.cls_score.out_channels == 9 * 80
+
+
 def _synth_input(h, w, seed):
     g = torch.Generator().manual_seed(seed)
     inst = Instances(
@@ -186,7 +230,7 @@ def test_synthcrowd_experiment_trains_one_step(rel):
     cfg.MODEL.DEVICE = "cpu"  # what pods_train decides on this test's CPU
     assert cfg.SOLVER.IMS_PER_BATCH // cfg.SOLVER.IMS_PER_DEVICE == cfg.SOLVER.REFERENCE_WORLD_SIZE
     assert cfg.MODEL.BACKBONE.FREEZE_AT == 0 and cfg.MODEL.RESNETS.NORM in ("BN", "GN")
-    assert cfg.DATASETS.TRAIN == ("synthcrowd_train",)
+    assert cfg.DATASETS.TRAIN[0].startswith("synthcrowd_")
     torch.manual_seed(0)
     model = exp.build_model(cfg)
     assert type(model) is EXPECTED[rel]
@@ -200,6 +244,13 @@ def test_synthcrowd_experiment_trains_one_step(rel):
     with torch.no_grad():
         out = model([_synth_input(97, 113, 2)])
     assert len(out[0]["instances"]) <= cfg.TEST.DETECTIONS_PER_IMAGE
+
+
+def _pick(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return repr(node)
 
 
 def test_synthcrowd_experiments_share_one_schedule():
@@ -219,7 +270,7 @@ def test_synthcrowd_experiments_share_one_schedule():
             node = node[part]
         return repr(node)
 
-    fpn = _family("synthcrowd/", False)
+    fpn = [r for r in _family("synthcrowd/", False) if "person_head" not in r]
     for key in keys:
         assert len({pick(r, key) for r in fpn}) == 1, key
     # The RetinaNet ones (focal / AP Loss / aLRP Loss) also share anchors, assigner and head.
@@ -350,3 +401,23 @@ def test_new_synthcrowd_experiments_train_two_iterations(rel, tmp_path, monkeypa
     results = runner.train()
     assert (tmp_path / "out" / "model_final.pth").is_file()
     assert 0.0 <= results["synthcrowd_val"]["crowdhuman"]["Recall"] <= 1.0
+
+
+def test_synthcrowd_person_head_has_the_same_size_and_schedule():
+    # pytorch-retinanet's network (torchvision stride, P6 from C5, RGB input) at the size and
+    # schedule of the others; only its gradient clipping differs (README.md).
+    keys = ["MODEL.RESNETS.DEPTH", "MODEL.RESNETS.NORM", "MODEL.RESNETS.STEM_OUT_CHANNELS",
+            "MODEL.RESNETS.RES2_OUT_CHANNELS", "MODEL.FPN.OUT_CHANNELS", "MODEL.BACKBONE",
+            "INPUT.AUG", "DATALOADER", "SOLVER.LR_SCHEDULER", "SOLVER.OPTIMIZER.NAME",
+            "SOLVER.OPTIMIZER.BASE_LR", "SOLVER.OPTIMIZER.WEIGHT_DECAY", "SOLVER.IMS_PER_BATCH",
+            "SOLVER.IMS_PER_DEVICE", "SOLVER.REFERENCE_WORLD_SIZE", "SOLVER.CHECKPOINT_PERIOD",
+            "SEED", "TEST.DETECTIONS_PER_IMAGE"]
+    ours = load_experiment(str(PLAYGROUND / "synthcrowd/retinanet.res18.fpn.synthcrowd."
+                                             "person_head.256size.2600")).config
+    atss = load_experiment(str(PLAYGROUND / "synthcrowd/atss.res18.fpn.synthcrowd."
+                                             "256size.2600")).config
+    for key in keys:
+        assert _pick(ours, key) == _pick(atss, key), key
+    assert (ours.MODEL.RETINANET.NUM_CONVS, ours.MODEL.RETINANET.HEAD_CHANNELS) == (
+        atss.MODEL.FCOS.NUM_CONVS, atss.MODEL.FCOS.HEAD_CHANNELS)
+    assert ours.MODEL.RETINANET.NUM_CLASSES == 2 and ours.TEST.PER_CLASS_AP == "retinanet_csv"

@@ -18,6 +18,8 @@ import pytest
 from crowdloss.cli import test as pods_test
 from crowdloss.cli import train as pods_train
 from crowdloss.cli.common import load_experiment
+from crowdloss.data import COCO_CLASSES
+from crowdloss.data.crowdhuman_csv import build_class_map, build_crowdhuman_csv, coco_names
 from crowdloss.data.synthetic import generate_synthcrowd
 
 from voc_files import write_voc
@@ -77,13 +79,20 @@ def datasets(tmp_path_factory):
         write_voc(root / "VOCdevkit" / year, {f"{year}_{split}_{k}": (100, 120, person)
                                               for k in range(2)}, split=split)
     write_coco(root / "coco")
+    # The seed-recipe experiments read CSV files built from CrowdHuman's odgt (their README).
+    ch = root / "crowdhuman"
+    for split in ("train", "val"):
+        build_crowdhuman_csv(str(ch / "annotations" / f"annotation_{split}.odgt"),
+                             str(ch / "Images"), str(ch / "csv" / f"{split}.csv"),
+                             ignore="class")
+    build_class_map(coco_names("darknet") + ["head"], str(ch / "csv" / "classes.csv"))
     return root
 
 
 def write_coco(root: Path) -> None:
     """coco_2017_{train,val}: two images each, 80 categories with COCO's sparse ids."""
     ids = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
-    categories = [{"id": i, "name": f"class{i}"} for i in ids]
+    categories = [{"id": i, "name": name} for i, name in zip(ids, COCO_CLASSES)]
     rng = np.random.default_rng(0)
     (root / "annotations").mkdir(parents=True)
     for split in ("train", "val"):

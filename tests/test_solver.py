@@ -58,8 +58,11 @@ def test_other_optimizers_and_bad_name():
     adamw = build_optimizer(solver_cfg("AdamW"), Net())
     assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["weight_decay"] == 1e-4
     assert adamw.param_groups[0]["betas"] == (0.8, 0.99)  # SOLVER.OPTIMIZER.BETAS
+    adam = build_optimizer(solver_cfg("Adam"), Net())  # pytorch-retinanet's optimizer
+    assert type(adam) is torch.optim.Adam and adam.param_groups[0]["betas"] == (0.8, 0.99)
+    assert adam.param_groups[0]["weight_decay"] == 1e-4
     with pytest.raises(ValueError, match="SOLVER.OPTIMIZER.NAME.*'Adam'"):
-        build_optimizer(solver_cfg("Adam"), Net())
+        build_optimizer(solver_cfg("Adamax"), Net())
 
 
 def lrs(scheduler, optimizer, iters):

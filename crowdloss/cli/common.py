@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 import torch
 
 __all__ = ["CLIError", "ExperimentError", "Experiment", "Setup", "build_parser", "parse_args",
-           "load_experiment", "setup", "run_cli"]
+           "load_experiment", "setup", "run_cli", "register_config_datasets"]
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +213,7 @@ def setup(args: argparse.Namespace) -> Setup:
     report = UnreadKeyReport.for_config(cfg, [k for o in overrides for k in o.leaf_keys]).start()
     try:
         report.action = cfg.UNREAD_KEYS  # validated above
+        register_config_datasets(cfg)
         testing = bool(getattr(args, "test", False))
         write_dir = _setup_process(cfg, args, exp.dir, [o.message for o in overrides],
                                    config_warnings)
@@ -227,6 +228,16 @@ def setup(args: argparse.Namespace) -> Setup:
         report.stop()
         raise
     return Setup(cfg, exp.build_model, report)
+
+
+def register_config_datasets(cfg) -> List[str]:
+    """Register the datasets a config declares by key (``DATASETS.CSV``: ``csv_train`` /
+    ``csv_val``), after the overrides, so that a run's files may come from overrides alone.
+    Called wherever an experiment's config is resolved: the CLI process (before the dataset
+    check), every rank's ``setup``, the predictor."""
+    from crowdloss.data.csv import register_csv_from_config
+
+    return register_csv_from_config(cfg)
 
 
 def _setup_process(cfg, args: argparse.Namespace, exp_dir: str, notes: List[str],
@@ -345,6 +356,7 @@ def run_cli(args: argparse.Namespace, worker: Callable[[argparse.Namespace], Any
         cfg = copy.deepcopy(exp.config)
         cfg.merge_from_list(list(args.opts))
         validate_config(cfg)
+        register_config_datasets(cfg)
         _PRELOADED[args.dir] = exp
         external = _external_launcher() is not None
         explicit = ("MODEL.DEVICE" in args.opts[0::2]

@@ -5,8 +5,11 @@ Which weights (first match):
 - ``--start-iter A`` / ``--end-iter B``: every checkpoint in OUTPUT_DIR with
   A <= iterations done <= B, one result row each, each checkpoint's result files in
   ``inference/<checkpoint name>/<dataset>/``;
-- ``MODEL.WEIGHTS path``: that file;
+- ``MODEL.WEIGHTS path`` on the command line: that file (with ``MODEL.WEIGHTS_CLASSES``
+  applied: a checkpoint of other classes is scored on this experiment's classes);
 - else the newest checkpoint of OUTPUT_DIR (``last_checkpoint``, else the most iterations).
+  A ``MODEL.WEIGHTS`` set in config.py is where training starts (ImageNet backbone, a COCO
+  detector), not what pods_test scores; it is used only when OUTPUT_DIR has no checkpoint.
 
 Iteration numbers are iterations done, read from each file (``model_iter_0005000.pth`` and
 ``model_final.pth`` of a 30000-iteration run are 5000 and 30000). Each checkpoint must fill
@@ -46,12 +49,15 @@ class NoCheckpointError(CLIError, FileNotFoundError):
 
 
 def select_checkpoints(cfg, finder, start_iter: Optional[int] = None,
-                       end_iter: Optional[int] = None) -> List[Tuple[Optional[int], str]]:
+                       end_iter: Optional[int] = None, *, weights_given: bool = True
+                       ) -> List[Tuple[Optional[int], str]]:
     """``[(iterations done or None, path)]`` to evaluate, oldest first (see the module docstring).
 
     Args:
         finder: a ``Checkpointer`` over OUTPUT_DIR (its ``get_all_checkpoint_files`` /
             ``get_checkpoint_file`` do the listing).
+        weights_given: ``MODEL.WEIGHTS`` came from the command line; otherwise it is the
+            experiment's training start, used only when OUTPUT_DIR has no checkpoint.
 
     Raises:
         NoCheckpointError: nothing to evaluate, naming the directory and what was looked for.
@@ -76,9 +82,13 @@ def select_checkpoints(cfg, finder, start_iter: Optional[int] = None,
                 f"no checkpoint in {out} with {start_iter} <= iterations done <= {end_iter} "
                 f"(looked at every *.pth: model_iter_0005000.pth is iteration 5000)")
         return sorted(found)
-    if weights:
+    if weights and weights_given:
         return [(checkpoint_iteration(weights), weights)]
     newest = finder.get_checkpoint_file()
+    if newest is None and weights:
+        logger.info("%s has no checkpoint: evaluating the experiment's MODEL.WEIGHTS %s", out,
+                    weights)
+        return [(checkpoint_iteration(weights), weights)]
     if newest is None:
         raise NoCheckpointError(
             f"no checkpoint to evaluate: {out} has no last_checkpoint file and no model_*.pth; "
@@ -141,6 +151,7 @@ def eval_worker(args: argparse.Namespace) -> List[Row]:
     from crowdloss.config.access import cfg_get
     from crowdloss.config.tracking import TRAIN_ONLY_KEYS
     from crowdloss.engine.checkpoint import DetectionCheckpointer
+    from crowdloss.engine.class_remap import class_remap_from_config
     from crowdloss.engine.provenance import run_provenance
     from crowdloss.evaluation.expected import verify_expected_results
     from crowdloss.utils import comm
@@ -153,13 +164,18 @@ def eval_worker(args: argparse.Namespace) -> List[Row]:
                                              provenance=run_provenance(cfg, model, build_model))
         coverage_key = "MODEL.WEIGHTS_MIN_COVERAGE.TEST"
         min_coverage = float(cfg_get(cfg, coverage_key))
-        selected = select_checkpoints(cfg, checkpointer, args.start_iter, args.end_iter)
+        selected = select_checkpoints(cfg, checkpointer, args.start_iter, args.end_iter,
+                                      weights_given="MODEL.WEIGHTS" in args.opts[0::2])
+        # MODEL.WEIGHTS_CLASSES describes the MODEL.WEIGHTS file only (read with it).
+        remap = (class_remap_from_config(cfg, "DATASETS.TEST")
+                 if cfg.MODEL.WEIGHTS_CLASSES and cfg.MODEL.WEIGHTS else None)
         report.check("by the model", only=("MODEL",), exclude=TRAIN_ONLY_KEYS)
         rows: List[Row] = []
         for iteration, path in selected:
             logger.info("Evaluating %s (iteration %s)", path, iteration)
-            rows.append((iteration, path, _evaluate_one(cfg, model, checkpointer, path, iteration,
-                                                        coverage_key, min_coverage)))
+            rows.append((iteration, path, _evaluate_one(
+                cfg, model, checkpointer, path, iteration, coverage_key, min_coverage,
+                class_remap=remap if path == cfg.MODEL.WEIGHTS else None)))
         failed = [(path, r) for _, path, r in rows if isinstance(r, BaseException)]
         if comm.is_main_process():
             # The rank-0 console handler prints it too (and log.txt keeps it): no extra print.
@@ -181,7 +197,7 @@ def eval_worker(args: argparse.Namespace) -> List[Row]:
 
 
 def _evaluate_one(cfg, model, checkpointer, path: str, iteration, coverage_key: str,
-                  min_coverage: float):
+                  min_coverage: float, class_remap=None):
     """Load one checkpoint and evaluate it; a loading failure (or, on one process, an
     evaluation failure) is returned as the exception, so the other checkpoints still run."""
     from crowdloss.engine.runner import DefaultRunner
@@ -191,7 +207,7 @@ def _evaluate_one(cfg, model, checkpointer, path: str, iteration, coverage_key: 
         # SOLVER keys are rescaled by the world size and unused by inference.
         checkpointer.load_model_weights(path, min_coverage=min_coverage, cfg=cfg,
                                         requirement=f"{coverage_key} = {min_coverage:g}",
-                                        ignore_config=("SOLVER.",))
+                                        ignore_config=("SOLVER.",), class_remap=class_remap)
     except _LOAD_ERRORS as exc:
         logger.error("Cannot evaluate %s: %s", path, exc)
         return exc

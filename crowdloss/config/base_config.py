@@ -50,6 +50,13 @@ _config_dict: Dict[str, Any] = dict(
         # MODEL.WEIGHTS to start training (an ImageNet backbone fills 73-89% of our detectors;
         # a checkpoint of another model ~0%). TEST: pods_test (a random head gives garbage).
         WEIGHTS_MIN_COVERAGE=dict(TRAIN=0.5, TEST=1.0),
+        # The class names of MODEL.WEIGHTS' classifier, in channel order: a list of names,
+        # "coco" (the 80 COCO classes in category-id order) or the path of a class-map CSV
+        # (name,id) or names file (one a line). Set, the classifier channels of the classes
+        # the datasets' thing_classes share with it are kept (by name, per anchor) and the
+        # others start from the prior init; partly filled tensors count that fraction
+        # toward WEIGHTS_MIN_COVERAGE. "" / () = no remapping (shapes must agree).
+        WEIGHTS_CLASSES=(),
         # BGR order (INPUT.FORMAT) in 0-255; std 1 because MSRA weights absorbed it in conv1.
         PIXEL_MEAN=[103.530, 116.280, 123.675],
         PIXEL_STD=[1.0, 1.0, 1.0],
@@ -93,7 +100,7 @@ _config_dict: Dict[str, Any] = dict(
             # Weight decay of normalization layers' affine parameters.
             WEIGHT_DECAY_NORM=0.0,
             MOMENTUM=0.9,
-            # AdamW only.
+            # Adam / AdamW only.
             BETAS=(0.9, 0.999),
         ),
         CHECKPOINT_PERIOD=5000,

@@ -56,6 +56,9 @@ _config_dict: Dict[str, Any] = dict(
             # ranks the GTs by IoU with the prior (ATSS's anchor of a point: 8).
             POINT_PRIOR_SCALE=8.0,
         ),
+        # Batch padding: "ceil" to the next multiple of the backbone's size divisibility;
+        # "always" adds a whole block even to a multiple (pytorch-retinanet: 608 -> 640).
+        PAD_MODE="ceil",
     ),
     DATASETS=dict(
         # CrowdHuman box to train on: "fbox" (full body), "vbox" (visible) or "hbox" (head).
@@ -71,6 +74,15 @@ _config_dict: Dict[str, Any] = dict(
         # odgt tags other than "person" / "mask" -> "person" (a valid box) or "mask" (an
         # ignore region), e.g. dict(crowd="mask"); an unmapped unknown tag is an error.
         TAG_MAP=dict(),
+        # pytorch-retinanet CSV files, its --csv_train / --csv_val / --csv_classes as keys:
+        # TRAIN / VAL register the datasets "csv_train" / "csv_val" (docs/datasets.md). Paths
+        # may be relative to the datasets root. IMAGE_ROOT: what relative image paths in the
+        # CSV resolve against ("" = the CSV's folder; the CrowdHuman seed's files need its
+        # checkout). DELIMITER: "," or " " (the seed's build_annotations_file.py). IGNORE_CLASS:
+        # a class name read as ignore regions. VAL_ODGT: the odgt VAL was built from, to score
+        # it with the CrowdHuman metrics (person class) instead of per-class AP.
+        CSV=dict(TRAIN="", VAL="", CLASSES="", IMAGE_ROOT="", DELIMITER=",", IGNORE_CLASS="",
+                 VAL_ODGT=""),
     ),
     TEST=dict(
         # CrowdHuman JI: "weight" = max-weight bipartite matching (official), "greedy" otherwise.

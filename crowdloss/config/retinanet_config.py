@@ -4,6 +4,7 @@ and AP Loss (arXiv 1904.06373, ``APLOSS``). cvpods key names and defaults.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict
 
 from .base_detection_config import BaseDetectionConfig
@@ -19,6 +20,9 @@ _config_dict: Dict[str, Any] = dict(
             SIZES=[[x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)] for x in [32, 64, 128, 256, 512]],
             ASPECT_RATIOS=[[0.5, 1.0, 2.0]],
             OFFSET=0.0,
+            # Anchors of a location: "size_major" (sizes outer, cvpods) or "ratio_major"
+            # (aspect ratios outer: pytorch-retinanet's head channels).
+            ORDER="size_major",
         ),
         RETINANET=dict(
             NUM_CLASSES=80,
@@ -37,6 +41,12 @@ _config_dict: Dict[str, Any] = dict(
             TOPK_CANDIDATES_TEST=1000,
             NMS_THRESH_TEST=0.5,
             BBOX_REG_WEIGHTS=(1.0, 1.0, 1.0, 1.0),
+            # Largest dw / dh (after dividing by the weights) decoded: log(1000 / 16) as
+            # detectron2; float("inf") = no clamp (pytorch-retinanet).
+            SCALE_CLAMP=math.log(1000.0 / 16),
+            # Test-time clip before NMS: "image" (the unpadded input, empty boxes dropped) or
+            # "padded" (pytorch-retinanet: x1, y1 >= 0, x2 / y2 <= the padded batch size).
+            TEST_CLIP="image",
             FOCAL_LOSS_GAMMA=2.0,
             FOCAL_LOSS_ALPHA=0.25,
             SMOOTH_L1_LOSS_BETA=0.1,

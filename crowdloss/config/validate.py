@@ -27,7 +27,7 @@ from .tracking import UNREAD_KEYS_ACTIONS, untracked
 __all__ = ["ConfigValueError", "validate_config", "Expectation", "parse_expected_results",
            "OPTIMIZER_NAMES", "LR_SCHEDULER_NAMES", "WARMUP_METHODS", "EXPECTED_RESULTS_MISMATCH"]
 
-OPTIMIZER_NAMES = ("D2SGD", "SGD", "AdamW")
+OPTIMIZER_NAMES = ("D2SGD", "SGD", "Adam", "AdamW")
 LR_SCHEDULER_NAMES = ("WarmupMultiStepLR", "WarmupCosineLR")
 WARMUP_METHODS = ("linear", "constant")
 EXPECTED_RESULTS_MISMATCH = ("warn", "error")
@@ -174,7 +174,7 @@ def validate_config(cfg) -> List[str]:
             c.number(opt + "BIAS_LR_FACTOR", low=0, low_open=True)
         if optimizer in ("D2SGD", "SGD"):
             c.number(opt + "MOMENTUM", low=0, high=1, high_open=True)
-        if optimizer == "AdamW":
+        if optimizer in ("Adam", "AdamW"):
             betas = c.get(opt + "BETAS")
             if not (isinstance(betas, (list, tuple)) and len(betas) == 2
                     and all(_is_number(b) and 0 <= b < 1 for b in betas)):

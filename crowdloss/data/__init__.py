@@ -10,8 +10,10 @@ import importlib
 from .annotations import Annotations
 from .boxes import clip_and_drop
 from .catalog import CONFIGURABLE_LOADERS, DatasetCatalog, MetadataCatalog, datasets_root
-from .coco import load_coco_json, register_coco_instances
+from .coco import COCO_CLASSES, load_coco_json, register_coco_instances
 from .crowdhuman import load_crowdhuman_odgt
+from .csv import (load_csv_annotations, load_csv_classes, register_csv_from_config,
+                  register_csv_instances)
 from .builtin import register_crowdhuman_instances, register_voc_instances
 from .voc import VOC_CLASSES, apply_difficult_policy, load_voc_instances
 
@@ -27,6 +29,8 @@ __all__ = [
     "register_coco_instances", "load_crowdhuman_odgt", "register_crowdhuman_instances",
     "CONFIGURABLE_LOADERS", "Annotations", "clip_and_drop",
     "VOC_CLASSES", "apply_difficult_policy", "load_voc_instances", "register_voc_instances",
+    "COCO_CLASSES", "load_csv_classes", "load_csv_annotations", "register_csv_instances",
+    "register_csv_from_config",
     *_LAZY,
 ]
 

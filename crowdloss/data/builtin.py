@@ -6,7 +6,7 @@ import os
 from typing import Sequence
 
 from .catalog import CONFIGURABLE_LOADERS, DatasetCatalog, MetadataCatalog, datasets_root
-from .coco import load_coco_json
+from .coco import COCO_CLASSES, load_coco_json
 from .crowdhuman import load_crowdhuman_odgt
 from .voc import VOC_CLASSES, load_voc_instances
 
@@ -60,6 +60,31 @@ def _builtin_crowdhuman(name, folder, split, *, box_type="fbox", skip_bad_images
         ensure_synthcrowd(str(root))
     return load_crowdhuman_odgt(odgt, images, box_type=box_type, skip_bad_images=skip_bad_images,
                                 tag_map=tag_map)
+
+
+PERSON_HEAD_CLASSES = ("person", "head")
+
+
+def _synthcrowd_person_head(name, split, *, skip_bad_images=False, **_other_options):
+    """synthcrowd as pytorch-retinanet CSV (built once from its odgt by the CrowdHuman CSV
+    builder: fbox persons, heads, ignore regions as class "ignore"), read back as CSV."""
+    from .crowdhuman_csv import build_crowdhuman_csv
+    from .csv import load_csv_annotations
+    from .synthetic import ensure_synthcrowd
+
+    root = datasets_root() / "synthcrowd"
+    ensure_synthcrowd(str(root))
+    odgt, images = root / "annotations" / f"annotation_{split}.odgt", root / "Images"
+    out = root / "csv" / f"person_head_{split}.csv"
+    # Rebuilt when the odgt is newer (a regenerated dataset); the content is a function of
+    # the odgt, so concurrent ranks writing it (atomically) agree.
+    if not out.is_file() or out.stat().st_mtime_ns < odgt.stat().st_mtime_ns:
+        build_crowdhuman_csv(str(odgt), str(images), str(out), ignore="class",
+                             ignore_class="ignore")
+    MetadataCatalog.set(name, gt_file=str(odgt), image_root=str(images),
+                        annotations_csv=str(out))
+    return load_csv_annotations(str(out), PERSON_HEAD_CLASSES, ignore_class="ignore",
+                                skip_bad_images=skip_bad_images, image_id="stem")
 
 
 def _builtin_coco(name, split, *, skip_bad_images=False, box_type="fbox", tag_map=None):
@@ -150,6 +175,8 @@ def _builtin_paths(name: str) -> dict:
         return dict(gt_file=json_file, json_file=json_file,
                     image_root=str(root / "coco" / image_folder))
     folder, split = name.rsplit("_", 1)
+    if folder == "synthcrowd_person_head":  # CSV rows built from synthcrowd's odgt
+        folder = "synthcrowd"
     if folder == "coco_2017":
         json_file = str(root / "coco" / "annotations" / f"instances_{split}2017.json")
         return dict(gt_file=json_file, json_file=json_file,
@@ -160,7 +187,8 @@ def _builtin_paths(name: str) -> dict:
 
 BUILTIN_NAMES = (list(_VOC_BUILTIN)
                  + [f"{f}_{s}" for s in ("train", "val") for f in ("crowdhuman", "synthcrowd")]
-                 + [f"coco_2017_{s}" for s in ("train", "val")] + list(COCO_SERVER_SPLITS))
+                 + [f"coco_2017_{s}" for s in ("train", "val")] + list(COCO_SERVER_SPLITS)
+                 + [f"synthcrowd_person_head_{s}" for s in ("train", "val")])
 
 
 # The paths last written by refresh_builtin_metadata, per dataset: a value that still equals
@@ -180,8 +208,9 @@ def refresh_builtin_metadata() -> None:
 
 
 def register_all() -> None:
-    """Register crowdhuman_*, synthcrowd_*, coco_2017_* (train, val; test-dev: image info
-    only, its detections are written for the COCO server instead of scored) and voc_*."""
+    """Register crowdhuman_*, synthcrowd_*, synthcrowd_person_head_*, coco_2017_* (train, val;
+    test-dev: image info only, its detections are written for the COCO server instead of
+    scored) and voc_*."""
     for name, (folder, split) in _VOC_BUILTIN.items():
         loader = functools.partial(_voc_loader, functools.partial(_builtin_voc_dir, folder),
                                    split, VOC_CLASSES, True)
@@ -202,7 +231,16 @@ def register_all() -> None:
         loader = functools.partial(_builtin_coco, name, split)
         DatasetCatalog.register(name, loader)
         CONFIGURABLE_LOADERS[name] = loader
-        MetadataCatalog.set(name, evaluator_type="coco")
+        MetadataCatalog.set(name, evaluator_type="coco", thing_classes=list(COCO_CLASSES))
+        # person + head from synthcrowd's images: trained on CSV rows as the CrowdHuman seed
+        # trains, scored with the CrowdHuman metrics on its person class (the odgt).
+        name = f"synthcrowd_person_head_{split}"
+        loader = functools.partial(_synthcrowd_person_head, name, split)
+        DatasetCatalog.register(name, loader)
+        CONFIGURABLE_LOADERS[name] = loader
+        MetadataCatalog.set(name, evaluator_type="crowdhuman",
+                            thing_classes=list(PERSON_HEAD_CLASSES), ap_convention="retinanet_csv",
+                            created_on_load=True)
     for name, (json_name, folder, server_split) in COCO_SERVER_SPLITS.items():
         DatasetCatalog.register(name, functools.partial(_builtin_coco_image_info, name,
                                                         json_name, folder))

@@ -21,9 +21,31 @@ from .boxes import DroppedBoxes, clip_and_drop
 from .catalog import CONFIGURABLE_LOADERS, DatasetCatalog, MetadataCatalog
 from .image_io import BadImageError, ImageCheckCache
 
-__all__ = ["load_coco_json", "register_coco_instances"]
+__all__ = ["load_coco_json", "register_coco_instances", "COCO_CLASSES", "COCO_DARKNET_ALIASES"]
 
 logger = logging.getLogger(__name__)
+
+# The 80 COCO 2017 classes in category-id order: contiguous id k is the k-th of the sorted
+# category ids 1..90, as detectron2, pytorch-retinanet (its COCO checkpoint's channels) and
+# the seed's class-names file number them.
+COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
+    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
+    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
+    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
+    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
+    "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
+    "toothbrush",
+)
+# darknet's coco.names (and so the CrowdHuman seed's class-names file) spells six classes
+# otherwise: its name -> COCO's.
+COCO_DARKNET_ALIASES = {"motorbike": "motorcycle", "aeroplane": "airplane", "sofa": "couch",
+                        "pottedplant": "potted plant", "diningtable": "dining table",
+                        "tvmonitor": "tv"}
 
 
 def _require(obj: dict, key: str, where: str):

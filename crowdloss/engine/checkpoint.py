@@ -261,13 +261,16 @@ class Checkpointer:
         return None
 
     def load_model_weights(self, path: str, *, min_coverage: float = 0.0, requirement: str = "",
-                           cfg: Any = None, ignore_config: Sequence[str] = ()) -> LoadSummary:
+                           cfg: Any = None, ignore_config: Sequence[str] = (),
+                           class_remap: Any = None) -> LoadSummary:
         """Load model weights only (``MODEL.WEIGHTS``) from any accepted format, path or URL.
 
-        See ``crowdloss.engine.weights`` for the formats, the summary and ``min_coverage``.
+        See ``crowdloss.engine.weights`` for the formats, the summary, ``min_coverage`` and
+        ``class_remap`` (``MODEL.WEIGHTS_CLASSES``).
         """
         return load_weights(self.model, path, min_coverage=min_coverage, requirement=requirement,
-                            cfg=cfg, provenance=self.provenance, ignore_config=ignore_config)
+                            cfg=cfg, provenance=self.provenance, ignore_config=ignore_config,
+                            class_remap=class_remap)
 
 
 # cvpods' name for the same class.

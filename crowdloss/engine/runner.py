@@ -29,6 +29,7 @@ from crowdloss.utils.env import set_rng_state
 
 from . import hooks
 from .checkpoint import DetectionCheckpointer, unwrap_model
+from .class_remap import class_remap_from_config
 from .events import (CommonMetricPrinter, EventStorage, JSONWriter, TensorboardWriter,
                      resume_metrics_file)
 from .provenance import run_provenance
@@ -216,6 +217,8 @@ class DefaultRunner:
         Temp files of killed checkpoint writes are removed first.
         """
         weights = self.cfg.MODEL.WEIGHTS
+        # Part of the MODEL.WEIGHTS setting: read with it, used when the file is loaded.
+        weights_classes = self.cfg.MODEL.WEIGHTS_CLASSES
         self.checkpointer.remove_stale_temp_files()
         extra = self.checkpointer.resume() if resume else None
         if extra is not None:
@@ -236,8 +239,11 @@ class DefaultRunner:
             if weights:
                 key = "MODEL.WEIGHTS_MIN_COVERAGE.TRAIN"
                 least = float(cfg_get(self.cfg, key))
+                remap = (class_remap_from_config(self.cfg, "DATASETS.TRAIN")
+                         if weights_classes else None)
                 self.checkpointer.load_model_weights(
-                    weights, min_coverage=least, requirement=f"{key} = {least:g}", cfg=self.cfg)
+                    weights, min_coverage=least, requirement=f"{key} = {least:g}", cfg=self.cfg,
+                    class_remap=remap)
         comm.synchronize()
 
     # ------------------------------------------------------------------ loop

@@ -72,9 +72,11 @@ def get_param_groups(
 
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """Optimizer named by ``cfg.SOLVER.OPTIMIZER.NAME``: "D2SGD", "SGD" or "AdamW".
+    """Optimizer named by ``cfg.SOLVER.OPTIMIZER.NAME``: "D2SGD", "SGD", "Adam" or "AdamW".
 
-    "SGD" and "AdamW" use one weight decay for every parameter (no norm / bias special cases).
+    "SGD", "Adam" and "AdamW" use one weight decay for every parameter (no norm / bias special
+    cases). "Adam" (arXiv 1412.6980) adds the decay to the gradient (L2), "AdamW" (arXiv
+    1711.05101) decouples it; pytorch-retinanet trains with Adam, lr 1e-5, no decay.
     """
     opt = cfg.SOLVER.OPTIMIZER
     name = opt.NAME
@@ -92,11 +94,13 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(
             params, lr=opt.BASE_LR, momentum=opt.MOMENTUM, weight_decay=opt.WEIGHT_DECAY
         )
-    if name == "AdamW":
-        return torch.optim.AdamW(params, lr=opt.BASE_LR, betas=tuple(opt.BETAS),
-                                 weight_decay=opt.WEIGHT_DECAY)
+    if name in ("Adam", "AdamW"):
+        klass = torch.optim.Adam if name == "Adam" else torch.optim.AdamW
+        return klass(params, lr=opt.BASE_LR, betas=tuple(opt.BETAS),
+                     weight_decay=opt.WEIGHT_DECAY)
     raise ValueError(
-        f"SOLVER.OPTIMIZER.NAME = {name!r} is not supported; expected 'D2SGD', 'SGD' or 'AdamW'"
+        f"SOLVER.OPTIMIZER.NAME = {name!r} is not supported; expected 'D2SGD', 'SGD', 'Adam' "
+        "or 'AdamW'"
     )
 
 

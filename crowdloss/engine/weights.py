@@ -14,7 +14,9 @@ Every load goes through :func:`load_weights` (``MODEL.WEIGHTS``, ``pods_test``) 
 3. **detect** (:func:`detect_weight_format`): every registered format's ``detect`` looks at the
    key names; exactly one may claim the dict, none means our own names ("crowdloss": this
    project, cvpods and detectron2 share them).
-4. **convert**: the claiming format's ``convert`` renames to our names.
+4. **convert**: the claiming format's ``convert`` renames to our names; with a class remap
+   (``MODEL.WEIGHTS_CLASSES``, ``engine.class_remap``) the classifier channels are then
+   re-ordered to the model's classes by name.
 5. **align** (:func:`align_to_model`): exact names first, then each remaining model key takes
    the longest checkpoint key that is a dotted suffix of it (``res2.0.conv1.weight`` ->
    ``backbone.bottom_up.res2.0.conv1.weight``); ambiguous and wrongly shaped entries are skipped.
@@ -61,7 +63,10 @@ from torch import nn
 
 from crowdloss.modeling import ssd_weights
 from crowdloss.modeling.backbone import weights as resnet_weights
+from crowdloss.modeling.pytorch_retinanet import (convert_pytorch_retinanet_names,
+                                                  looks_pytorch_retinanet)
 
+from .class_remap import ClassRemap, remap_class_channels
 from .provenance import warn_provenance
 from .weight_files import (UnreadableWeightsError, load_pkl_safely, read_weights_file,
                            resolve_weights_path)
@@ -254,12 +259,15 @@ class LoadSummary(NamedTuple):
     unexpected: List[str]     # file entries (after conversion) that fit no model key
     dropped: List[str]        # entries the converter dropped on purpose (classifiers...)
     extras: Dict[str, Any]    # the rest of the file: iteration, meta, optimizer...
+    partial: Dict[str, float] = {}  # model key -> fraction filled (class remap)
 
     def lines(self) -> Tuple[str, str]:
         where = f"Loaded weights from {self.source} (format {self.weight_format})"
         counts = (f"Weights: {self.matched}/{self.total} model tensors matched "
                   f"({100 * self.coverage:.1f}% of values), {len(self.missing)} missing, "
                   f"{len(self.shape_skipped)} skipped (shape), {len(self.unexpected)} unexpected")
+        if self.partial:
+            counts += f", {len(self.partial)} partly filled (classes remapped)"
         if self.ambiguous:
             counts += f", {len(self.ambiguous)} ambiguous"
         return where, counts
@@ -267,8 +275,8 @@ class LoadSummary(NamedTuple):
 
 def load_state(model: nn.Module, data: Any, *, source: str, weight_format: str = "auto",
                min_coverage: float = 0.0, requirement: str = "", cfg: Any = None,
-               provenance: Optional[Mapping] = None, ignore_config: Sequence[str] = ()
-               ) -> LoadSummary:
+               provenance: Optional[Mapping] = None, ignore_config: Sequence[str] = (),
+               class_remap: Optional[ClassRemap] = None) -> LoadSummary:
     """Steps 2-6 on a file's content ``data`` (see the module docstring).
 
     Args:
@@ -282,9 +290,13 @@ def load_state(model: nn.Module, data: Any, *, source: str, weight_format: str =
         provenance: this run's ``run_provenance``; a file recording another experiment,
             model class or config gets a warning per difference (``ignore_config``: key
             prefixes not compared).
+        class_remap: the file's and the model's class names (``class_remap_from_config``):
+            the classifier tensors the model declares (``class_channel_layout()``) are
+            re-ordered by name; they count as filled by the fraction of classes kept.
 
     Raises:
-        WeightsError: the file fills less than ``min_coverage`` of the model; nothing is loaded.
+        WeightsError: the file fills less than ``min_coverage`` of the model, or a class remap
+            is asked of a model that declares no classifier; nothing is loaded.
     """
     state, extras = split_checkpoint(data, source=source)
     warn_provenance(extras.get("meta"), provenance, source=source, ignore_config=ignore_config)
@@ -293,6 +305,14 @@ def load_state(model: nn.Module, data: Any, *, source: str, weight_format: str =
     if cfg is not None and convention:
         resnet_weights.check_config_for_weights(cfg, fmt, expected=convention)
     own = model.state_dict()
+    partial: Dict[str, float] = {}
+    if class_remap is not None:
+        layout = getattr(model, "class_channel_layout", None)
+        if not callable(layout):
+            raise WeightsError(f"MODEL.WEIGHTS_CLASSES is set, but {type(model).__name__} "
+                               "declares no classifier channels (class_channel_layout)")
+        converted, partial = remap_class_channels(converted, own, layout(), class_remap,
+                                                  source=source)
     aligned, report = align_to_model(converted, own)
     counted = [k for k in own if not k.endswith(_IGNORED_SUFFIX)]
     # Model keys some entry fitted by name but that were skipped (shape or ambiguity).
@@ -301,7 +321,8 @@ def load_state(model: nn.Module, data: Any, *, source: str, weight_format: str =
     skipped_entries = set(report.ambiguous) | {c for _, c, _, _ in report.shape_mismatch}
     filled = [k for k in counted if k in aligned]
     values = sum(own[k].numel() for k in counted)
-    coverage = sum(own[k].numel() for k in filled) / values if values else 1.0
+    got = sum(own[k].numel() * partial.get(k, 1.0) for k in filled)
+    coverage = got / values if values else 1.0
     summary = LoadSummary(
         source=source, weight_format=fmt, matched=len(filled), total=len(counted),
         coverage=coverage,
@@ -310,7 +331,8 @@ def load_state(model: nn.Module, data: Any, *, source: str, weight_format: str =
         shape_skipped=report.shape_mismatch, ambiguous=report.ambiguous,
         unexpected=[k for k in report.unused_checkpoint_keys
                     if not k.endswith(_IGNORED_SUFFIX) and k not in skipped_entries],
-        dropped=dropped, extras=extras)
+        dropped=dropped, extras=extras,
+        partial={k: v for k, v in partial.items() if k in aligned})
     for line in summary.lines():
         logger.info(line)
     _log_details(summary)
@@ -341,6 +363,10 @@ def _log_details(s: LoadSummary) -> None:
     for mkey, ckey, mshape, cshape in s.shape_skipped[:10]:
         logger.warning("Skip loading %s from %s (as %s): shape %s in the file, %s in the model",
                        ckey, s.source, mkey, cshape, mshape)
+    if any(".cls_score." in m for m, *_ in s.shape_skipped) and not s.partial:
+        logger.warning("The classifier of %s has other classes than the model: set "
+                       "MODEL.WEIGHTS_CLASSES to the file's class names to keep the classes "
+                       "both share (docs/checkpoints.md)", s.source)
     if len(s.shape_skipped) > 10:
         logger.warning("... and %d more shape mismatches", len(s.shape_skipped) - 10)
     for ckey, mkeys in s.ambiguous.items():
@@ -370,3 +396,6 @@ register_weight_format("ssd_pytorch_vgg", ssd_weights.looks_ssd_pytorch_vgg,
 register_weight_format("ssd_pytorch", ssd_weights.looks_ssd_pytorch,
                        ssd_weights.convert_ssd_pytorch,
                        input_convention=ssd_weights.SSD_PYTORCH_CONVENTION)
+register_weight_format("pytorch_retinanet", looks_pytorch_retinanet,
+                       convert_pytorch_retinanet_names,
+                       input_convention=resnet_weights.PRETRAINED_PIXEL_STATS["torchvision"])

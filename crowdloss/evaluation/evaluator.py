@@ -29,6 +29,7 @@ from .results_io import (crowdhuman_image_ids, load_dt, load_gt, make_dt_record,
                          odgt_to_coco_results, write_json, write_odgt)
 
 __all__ = ["DatasetEvaluator", "DatasetEvaluators", "CrowdHumanEvaluator", "COCOEvaluator",
+           "crowdhuman_class_id",
            "build_evaluator", "inference_on_dataset", "print_csv_format", "format_metric",
            "PERCENT_TASKS"]
 
@@ -107,15 +108,22 @@ class CrowdHumanEvaluator(DatasetEvaluator):
     GT images that were never predicted are the ones the data loader skipped as bad image
     files (``DATASETS.SKIP_BAD_IMAGES``): their valid GT boxes count as missed, the log says
     so, and ``counts`` has ``skipped_images`` / ``skipped_valid_gt``.
+
+    The odgt scores one class, its persons. A model of several classes (person + head, the
+    seed's COCO classes + head) is scored on the detections of its class named "person"
+    (``class_id``; ``crowdhuman_class_id`` finds it in the dataset's ``thing_classes``); its
+    other classes are not CrowdHuman detections. With one class every detection counts.
     """
 
     def __init__(self, dataset_name: str, *, output_dir: Optional[str] = None,
                  distributed: bool = True, ji_matching: str = "weight", plot: bool = True,
-                 box_key: str = "fbox", tag_map: Optional[Dict[str, str]] = None):
+                 box_key: str = "fbox", tag_map: Optional[Dict[str, str]] = None,
+                 class_id: Optional[int] = None):
         meta = MetadataCatalog.get(dataset_name)
         if not meta.get("gt_file"):
             raise KeyError(f"MetadataCatalog['{dataset_name}'] has no 'gt_file' (the GT odgt "
                            "the CrowdHuman evaluator scores against)")
+        self._class_id = class_id
         self._name, self._gt_file = dataset_name, meta["gt_file"]
         # GT images the run did not predict (skipped as unreadable, say) still need a size
         # when the odgt has none: their headers under image_root give it.
@@ -131,7 +139,10 @@ class CrowdHumanEvaluator(DatasetEvaluator):
 
     def process(self, inputs, outputs) -> None:
         for inp, out in zip(inputs, outputs):
-            boxes, scores, _ = _predictions(out)
+            boxes, scores, classes = _predictions(out)
+            if self._class_id is not None:
+                keep = classes == self._class_id
+                boxes, scores = boxes[keep], scores[keep]
             self._records.append(make_dt_record(inp["image_id"], inp["height"], inp["width"],
                                                 boxes, scores))
 
@@ -281,6 +292,23 @@ def build_evaluator(cfg, dataset_name: str, output_dir: Optional[str] = None
                             _build_dataset_evaluator(cfg, dataset_name, output_dir))
 
 
+def crowdhuman_class_id(dataset_name: str) -> Optional[int]:
+    """The class the CrowdHuman metrics score: None (every detection) for a one-class dataset,
+    else the index of "person" in its ``thing_classes``.
+
+    Raises:
+        KeyError: several classes and none is "person".
+    """
+    classes = list(MetadataCatalog.get(dataset_name).get("thing_classes") or [])
+    if len(classes) <= 1:
+        return None
+    names = [str(c).strip().lower() for c in classes]
+    if "person" not in names:
+        raise KeyError(f"dataset '{dataset_name}' is scored with the CrowdHuman metrics, which "
+                       f"need its class 'person', but its classes are {classes[:8]}")
+    return names.index("person")
+
+
 def _build_dataset_evaluator(cfg, dataset_name: str, output_dir: Optional[str] = None
                              ) -> DatasetEvaluator:
     kind = MetadataCatalog.get(dataset_name).get("evaluator_type")
@@ -290,7 +318,8 @@ def _build_dataset_evaluator(cfg, dataset_name: str, output_dir: Optional[str] =
             ji_matching=cfg_get(cfg, "TEST.JI_MATCHING"),
             plot=bool(cfg_get(cfg, "TEST.PLOT")),
             box_key=cfg_get(cfg, "DATASETS.BOX_TYPE"),
-            tag_map=dict(cfg_get(cfg, "DATASETS.TAG_MAP") or {}))
+            tag_map=dict(cfg_get(cfg, "DATASETS.TAG_MAP") or {}),
+            class_id=crowdhuman_class_id(dataset_name))
     if kind == "coco":
         return COCOEvaluator(dataset_name, output_dir=output_dir,
                              max_dets=int(cfg_get(cfg, "TEST.COCO_MAX_DETS")),

@@ -4,7 +4,9 @@ Two ways to describe the anchors of a location, one generator:
 
 - cvpods / detectron2 (RetinaNet, arXiv 1708.02002): per level a list of sizes (sqrt of the
   area) and of aspect ratios h / w; anchors of a location are ordered sizes outer, ratios
-  inner. One list may be broadcast to every level.
+  inner (``order="size_major"``), or ratios outer, sizes inner (``"ratio_major"``: the order
+  of pytorch-retinanet, whose head channels therefore mean other anchors). One list may be
+  broadcast to every level.
 - SSD (arXiv 1512.02325, ssd.pytorch's ``PriorBox``): per level a ``min_size``, an optional
   ``max_size`` and aspect ratios; a location holds the square of side min_size, the square of
   side sqrt(min_size * max_size), then for each ratio r the pair (w, h) = (s sqrt r, s / sqrt r)
@@ -13,6 +15,9 @@ Two ways to describe the anchors of a location, one generator:
 
 Levels may hold different anchor counts (SSD300: 4 / 6 / 6 / 6 / 4 / 4); a head with weights
 shared across levels needs one count, which ``num_anchors`` checks.
+
+Anchors are computed in float64 and rounded to float32 once (as pytorch-retinanet and
+ssd.pytorch do in numpy), so a corner is the float32 nearest its exact value.
 
 Shape vocabulary: L levels, A_l anchors per location of level l, H_l x W_l cells, R anchors.
 """
@@ -25,7 +30,11 @@ from torch import Tensor, nn
 from .priors import Priors
 from .shifts import grid_points
 
-__all__ = ["AnchorGenerator", "ssd_cell_sizes"]
+__all__ = ["AnchorGenerator", "ssd_cell_sizes", "ANCHOR_ORDERS"]
+
+# Order of the anchors of one location: sizes outer (cvpods, detectron2, mmdetection) or
+# aspect ratios outer (pytorch-retinanet).
+ANCHOR_ORDERS = ("size_major", "ratio_major")
 
 Param = Union[Sequence[float], Sequence[Sequence[float]]]
 
@@ -48,15 +57,21 @@ def _per_level(param: Param, num_levels: int, name: str) -> List[List[float]]:
     return [[float(p) for p in level] for level in param]
 
 
-def _size_ratio_cell(sizes: List[float], aspect_ratios: List[float]) -> List[List[float]]:
-    """(w, h) of each anchor of a location: area size^2, h / w = ratio, sizes outer."""
+def _size_ratio_cell(sizes: List[float], aspect_ratios: List[float],
+                     order: str = "size_major") -> List[List[float]]:
+    """(w, h) of each anchor of a location: area size^2, h / w = ratio; sizes outer
+    ("size_major") or ratios outer ("ratio_major")."""
+    if order not in ANCHOR_ORDERS:
+        raise ValueError(f"AnchorGenerator: order must be one of {ANCHOR_ORDERS}, got {order!r}")
+    pairs = ([(s, r) for s in sizes for r in aspect_ratios] if order == "size_major"
+             else [(s, r) for r in aspect_ratios for s in sizes])
     cell = []
-    for size in sizes:
-        for ratio in aspect_ratios:
-            if size <= 0 or ratio <= 0:
-                raise ValueError(f"AnchorGenerator: sizes and aspect ratios must be > 0, got {size}, {ratio}")
-            w = math.sqrt(size * size / ratio)
-            cell.append([w, ratio * w])
+    for size, ratio in pairs:
+        if size <= 0 or ratio <= 0:
+            raise ValueError(f"AnchorGenerator: sizes and aspect ratios must be > 0, got "
+                             f"{size}, {ratio}")
+        w = math.sqrt(size * size / ratio)
+        cell.append([w, ratio * w])
     return cell
 
 
@@ -95,12 +110,14 @@ class AnchorGenerator(nn.Module):
             location, one list per level (``from_ssd`` builds these).
         clip_size: clamp each anchor's centre, width and height to [0, clip_size] (SSD's fixed
             square input); None = no clamping.
+        order: anchors of a location sizes outer ("size_major") or aspect ratios outer
+            ("ratio_major", pytorch-retinanet); not used with ``cell_sizes``.
     """
 
     def __init__(self, *, sizes: Param = (), aspect_ratios: Param = (1.0,),
                  strides: Sequence[int], offset: float = 0.0,
                  cell_sizes: Optional[Sequence[Sequence[Sequence[float]]]] = None,
-                 clip_size: Optional[float] = None):
+                 clip_size: Optional[float] = None, order: str = "size_major"):
         super().__init__()
         if len(strides) == 0:
             raise ValueError("AnchorGenerator: strides must list at least one level")
@@ -112,13 +129,13 @@ class AnchorGenerator(nn.Module):
         if cell_sizes is None:
             level_sizes = _per_level(sizes, len(self.strides), "sizes")
             ratios = _per_level(aspect_ratios, len(self.strides), "aspect_ratios")
-            cell_sizes = [_size_ratio_cell(s, r) for s, r in zip(level_sizes, ratios)]
+            cell_sizes = [_size_ratio_cell(s, r, order) for s, r in zip(level_sizes, ratios)]
         elif len(cell_sizes) != len(self.strides):
             raise ValueError(f"AnchorGenerator: {len(cell_sizes)} cell_sizes lists for "
                              f"{len(self.strides)} strides")
         self.num_anchors_per_level = [len(c) for c in cell_sizes]
         for i, cell in enumerate(cell_sizes):
-            wh = torch.tensor(cell, dtype=torch.float32).reshape(-1, 2)
+            wh = torch.tensor(cell, dtype=torch.float64).reshape(-1, 2)
             if wh.shape[0] == 0 or bool((wh <= 0).any()):
                 raise ValueError(f"AnchorGenerator: level {i} needs anchors of positive size, got {cell}")
             self.register_buffer(f"cell_wh_{i}", wh, persistent=False)
@@ -159,7 +176,7 @@ class AnchorGenerator(nn.Module):
     @property
     def cell_anchors(self) -> List[Tensor]:
         """Per level (A_l, 4) xyxy anchors centred on (0, 0)."""
-        return [torch.cat([-wh / 2, wh / 2], dim=1) for wh in self._cell_wh()]
+        return [torch.cat([-wh / 2, wh / 2], dim=1).float() for wh in self._cell_wh()]
 
     def _cell_wh(self) -> List[Tensor]:
         return [getattr(self, f"cell_wh_{i}") for i in range(len(self.strides))]
@@ -170,14 +187,16 @@ class AnchorGenerator(nn.Module):
             raise ValueError(f"AnchorGenerator: got {len(features)} feature levels for {len(self.strides)} strides")
         out = []
         for f, stride, wh in zip(features, self.strides, self._cell_wh()):
-            points = grid_points(f.shape[-2], f.shape[-1], stride, self.offset, device=f.device)
+            points = grid_points(f.shape[-2], f.shape[-1], stride, self.offset, device=f.device,
+                                 dtype=torch.float64)
             wh = wh.to(f.device)
             if self.clip_size is None:
                 shifts = torch.cat([points, points], dim=1)
                 cell = torch.cat([-wh / 2, wh / 2], dim=1)
-                out.append((shifts[:, None, :] + cell[None, :, :]).reshape(-1, 4))
+                out.append((shifts[:, None, :] + cell[None, :, :]).reshape(-1, 4).float())
                 continue
             centres = points[:, None, :].expand(-1, wh.shape[0], 2).clamp(0, self.clip_size)
             sizes = wh[None].expand(points.shape[0], -1, 2).clamp(0, self.clip_size)
-            out.append(torch.cat([centres - sizes / 2, centres + sizes / 2], dim=-1).reshape(-1, 4))
+            out.append(torch.cat([centres - sizes / 2, centres + sizes / 2], dim=-1)
+                       .reshape(-1, 4).float())
         return Priors.cat(out, self.strides)

@@ -1,7 +1,7 @@
 """Small building blocks shared by backbones and heads: frozen BN, norm factory, conv wrapper.
 
 Norm names follow detectron2/cvpods configs: "" / None (no norm), "BN", "SyncBN", "FrozenBN",
-"GN" (32 groups). Every norm with parameters is an ``nn.modules.batchnorm._NormBase`` or an
+"GN" (32 groups), plus "FrozenStatsBN" (statistics fixed, affine trained: pytorch-retinanet). Every norm with parameters is an ``nn.modules.batchnorm._NormBase`` or an
 ``nn.GroupNorm`` so the optimizer can put it in the no-weight-decay group;
 ``FrozenBatchNorm2d`` has no parameters at all (only buffers), so it never reaches the optimizer.
 """
@@ -16,6 +16,7 @@ from crowdloss.utils import comm
 
 __all__ = [
     "FrozenBatchNorm2d",
+    "FrozenStatsBatchNorm2d",
     "convert_frozen_batchnorm",
     "get_norm",
     "Conv2d",
@@ -91,6 +92,21 @@ class FrozenBatchNorm2d(nn.Module):
         return module
 
 
+class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that always normalises with its running statistics (never updates them),
+    while its affine weight and bias stay trainable.
+
+    This is what pytorch-retinanet trains with: its ``freeze_bn()`` puts every BatchNorm in
+    eval mode after ``model.train()``, and the optimizer still updates gamma and beta. Being an
+    ``nn.BatchNorm2d`` it has the usual state-dict names and sits in the optimizer's norm group
+    (``WEIGHT_DECAY_NORM``); ``FREEZE_AT`` turns it into a ``FrozenBatchNorm2d`` like any BN.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight,
+                                        self.bias, False, 0.0, self.eps)
+
+
 def convert_frozen_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm in ``module`` by ``FrozenBatchNorm2d`` (see the classmethod)."""
     return FrozenBatchNorm2d.convert_frozen_batchnorm(module)
@@ -100,8 +116,8 @@ def get_norm(norm: NormSpec, channels: int, *, num_groups: int = 32) -> Optional
     """Build the normalization layer named by a config string.
 
     Args:
-        norm: "" / None (returns None), "BN", "SyncBN", "FrozenBN", "GN", or a callable taking
-            ``channels`` and returning a module.
+        norm: "" / None (returns None), "BN", "SyncBN", "FrozenBN", "FrozenStatsBN", "GN", or
+            a callable taking ``channels`` and returning a module.
         channels: number of channels to normalize.
         num_groups: groups for "GN" (32 as in arXiv 1803.08494).
 
@@ -122,6 +138,8 @@ def get_norm(norm: NormSpec, channels: int, *, num_groups: int = 32) -> Optional
         return nn.BatchNorm2d(channels)
     if norm == "FrozenBN":
         return FrozenBatchNorm2d(channels)
+    if norm == "FrozenStatsBN":
+        return FrozenStatsBatchNorm2d(channels)
     if norm == "GN":
         if channels % num_groups != 0:
             raise ValueError(
@@ -131,7 +149,8 @@ def get_norm(norm: NormSpec, channels: int, *, num_groups: int = 32) -> Optional
             )
         return nn.GroupNorm(num_groups, channels)
     raise ValueError(
-        f"unknown norm {norm!r}; expected one of '', 'BN', 'SyncBN', 'FrozenBN', 'GN'"
+        f"unknown norm {norm!r}; expected one of '', 'BN', 'SyncBN', 'FrozenBN', "
+        "'FrozenStatsBN', 'GN'"
     )
 
 

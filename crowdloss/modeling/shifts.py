@@ -12,10 +12,11 @@ from .priors import Priors
 __all__ = ["ShiftGenerator", "grid_points"]
 
 
-def grid_points(height: int, width: int, stride: float, offset: float, device=None) -> Tensor:
+def grid_points(height: int, width: int, stride: float, offset: float, device=None,
+                dtype: torch.dtype = torch.float32) -> Tensor:
     """(H * W, 2) xy points at ((x + offset) * stride, (y + offset) * stride), row-major (y outer)."""
-    xs = (torch.arange(width, dtype=torch.float32, device=device) + offset) * stride
-    ys = (torch.arange(height, dtype=torch.float32, device=device) + offset) * stride
+    xs = (torch.arange(width, dtype=dtype, device=device) + offset) * stride
+    ys = (torch.arange(height, dtype=dtype, device=device) + offset) * stride
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
 

@@ -20,7 +20,23 @@ from crowdloss.structures import Instances, ShapeSpec
 
 from ..postprocess import detector_postprocess
 
-__all__ = ["Detector", "build_backbone_from_cfg"]
+__all__ = ["Detector", "build_backbone_from_cfg", "PAD_MODES", "padded_size"]
+
+# "ceil": up to the next multiple of the backbone's size divisibility (detectron2, cvpods);
+# "always": n + d - n % d, a whole extra block when n is already a multiple (pytorch-retinanet's
+# Resizer, so 608 -> 640): border outputs depend on it, so a converted model needs its own.
+PAD_MODES = ("ceil", "always")
+
+
+def padded_size(n: int, divisibility: int, mode: str = "ceil") -> int:
+    """The padded length of a side of ``n`` pixels under ``mode`` (see ``PAD_MODES``)."""
+    if mode not in PAD_MODES:
+        raise ValueError(f"MODEL.PAD_MODE must be one of {PAD_MODES}, got {mode!r}")
+    if divisibility <= 1:
+        return n
+    if mode == "always":
+        return n + divisibility - n % divisibility
+    return (n + divisibility - 1) // divisibility * divisibility
 
 
 def build_backbone_from_cfg(cfg, default=None) -> nn.Module:
@@ -43,11 +59,15 @@ class Detector(nn.Module):
         backbone: module with ``forward(x) -> {name: (N, C_l, H_l, W_l)}``,
             ``output_shape()`` and ``size_divisibility``.
         pixel_mean, pixel_std: per-channel normalisation of the input (its channel order).
+        pad_mode: how far the batch is padded (``PAD_MODES``).
     """
 
     def __init__(self, *, backbone: nn.Module, pixel_mean: Sequence[float],
-                 pixel_std: Sequence[float]):
+                 pixel_std: Sequence[float], pad_mode: str = "ceil"):
         super().__init__()
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"MODEL.PAD_MODE must be one of {PAD_MODES}, got {pad_mode!r}")
+        self.pad_mode = pad_mode
         if len(pixel_mean) != len(pixel_std):
             raise ValueError(
                 f"MODEL.PIXEL_MEAN has {len(pixel_mean)} values but MODEL.PIXEL_STD "
@@ -71,7 +91,7 @@ class Detector(nn.Module):
     # ------------------------------------------------------------------ input
     def preprocess_image(self, batched_inputs: List[dict]) -> Tuple[torch.Tensor, List[Tuple]]:
         """Normalise each image and pad the batch (bottom/right, zeros after normalisation) to
-        a common size divisible by ``backbone.size_divisibility``.
+        a common size divisible by ``backbone.size_divisibility`` (``pad_mode``).
 
         Returns:
             images (N, C, H, W) and the unpadded (h, w) of each image.
@@ -95,9 +115,8 @@ class Detector(nn.Module):
         div = int(getattr(self.backbone, "size_divisibility", 0) or 0)
         max_h = max(s[0] for s in image_sizes)
         max_w = max(s[1] for s in image_sizes)
-        if div > 1:
-            max_h = (max_h + div - 1) // div * div
-            max_w = (max_w + div - 1) // div * div
+        max_h = padded_size(max_h, div, self.pad_mode)
+        max_w = padded_size(max_w, div, self.pad_mode)
         batch = images[0].new_zeros((len(images), images[0].shape[0], max_h, max_w))
         for im, pad in zip(images, batch):
             pad[:, : im.shape[1], : im.shape[2]].copy_(im)

@@ -9,8 +9,8 @@ shared part; a subclass writes ``losses(outputs, targets)`` (the small functions
     training:  ``label_batch`` (the assigner on every image) -> ``BatchTargets``
                -> ``losses`` + any ``extra_losses`` (e.g. repulsion terms switched on by config)
     inference: per image, scores (sigmoid, or softmax with a background class) -> candidates
-               above a threshold (top-k per level, or per class) -> decode -> clip -> NMS -> top D
-               (SSD: NMS on the raw boxes, then clip)
+               above a threshold (top-k per level, or per class; k <= 0: all of them)
+               -> decode -> clip -> NMS -> top D (SSD: NMS on the raw boxes, then clip)
 
 Shape vocabulary: N images, R priors of one image (all levels concatenated, level order,
 row-major inside a level, anchors of a location fastest), R_l those of level l, K classes,
@@ -33,16 +33,29 @@ from ..priors import Priors
 from ..targets import BatchTargets, ImageTargets
 from .base import Detector, build_backbone_from_cfg
 
-__all__ = ["DenseDetector", "DenseOutputs", "permute_to_N_R_K", "dense_config_kwargs"]
+__all__ = ["DenseDetector", "DenseOutputs", "permute_to_N_R_K", "dense_config_kwargs",
+           "clip_to_padded", "TEST_CLIPS"]
 
 _SCORINGS = ("sigmoid", "softmax")
 _CANDIDATES = ("level", "class")
+# "image": clip to the unpadded input and drop boxes left empty (mmdetection, cvpods);
+# "padded": pytorch-retinanet's ClipBoxes, x1, y1 >= 0 and x2 <= W, y2 <= H of the PADDED
+# batch, nothing dropped (the final rescale to the original image clips and drops anyway).
+TEST_CLIPS = ("image", "padded")
 
 
 def permute_to_N_R_K(tensor: torch.Tensor, K: int) -> torch.Tensor:
     """(N, A*K, H, W) -> (N, H*W*A, K): the layout the priors are generated in."""
     n, _, h, w = tensor.shape
     return tensor.view(n, -1, K, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, K)
+
+
+def clip_to_padded(boxes: torch.Tensor, padded_size: Tuple[int, int]) -> torch.Tensor:
+    """pytorch-retinanet's test-time clip: x1, y1 >= 0 and x2 <= W, y2 <= H (the padded batch's
+    size); the other two bounds are left open, so a box wholly outside stays inverted."""
+    h, w = padded_size
+    return torch.stack([boxes[:, 0].clamp(min=0), boxes[:, 1].clamp(min=0),
+                        boxes[:, 2].clamp(max=w), boxes[:, 3].clamp(max=h)], dim=1)
 
 
 class DenseOutputs:
@@ -94,6 +107,7 @@ def dense_config_kwargs(cfg, node, key: str) -> Tuple[dict, list]:
         max_detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
         norm_sync=node.NORM_SYNC,
         extra_losses=build_repulsion_losses(cfg),
+        pad_mode=cfg.MODEL.PAD_MODE,
     ), [shapes[name] for name in node.IN_FEATURES]
 
 
@@ -111,7 +125,8 @@ class DenseDetector(Detector):
         num_classes: K.
         scoring: "sigmoid" (K independent logits) or "softmax" (K + 1, background last).
         score_thresh_test: class probability a candidate must exceed at inference.
-        topk_candidates_test: candidates kept before NMS, per level or per class.
+        topk_candidates_test: candidates kept before NMS, per level or per class; <= 0 keeps
+            every candidate above the threshold (pytorch-retinanet).
         candidates_per: "level" (top-k over a level's R_l x K scores: FCOS, RetinaNet) or
             "class" (top-k of each class over all priors: SSD).
         nms_thresh_test: IoU threshold of the class-aware NMS.
@@ -122,6 +137,8 @@ class DenseDetector(Detector):
         clip_before_nms: clip the decoded boxes to the input before NMS (True) or NMS the
             raw boxes and clip the survivors (False: SSD, whose fixed square input has no
             padding, as ssd.pytorch's ``Detect``).
+        test_clip: "image" or "padded" (``TEST_CLIPS``).
+        pad_mode: see ``Detector``.
     """
 
     def __init__(
@@ -145,12 +162,19 @@ class DenseDetector(Detector):
         norm_sync: bool = True,
         extra_losses: Sequence[Callable] = (),
         clip_before_nms: bool = True,
+        test_clip: str = "image",
+        pad_mode: str = "ceil",
     ):
-        super().__init__(backbone=backbone, pixel_mean=pixel_mean, pixel_std=pixel_std)
+        super().__init__(backbone=backbone, pixel_mean=pixel_mean, pixel_std=pixel_std,
+                         pad_mode=pad_mode)
         if scoring not in _SCORINGS or candidates_per not in _CANDIDATES:
             raise ValueError(f"DenseDetector: scoring must be one of {_SCORINGS} and "
                              f"candidates_per one of {_CANDIDATES}, got {scoring!r}, "
                              f"{candidates_per!r}")
+        if test_clip not in TEST_CLIPS:
+            raise ValueError(f"DenseDetector: test_clip must be one of {TEST_CLIPS}, got "
+                             f"{test_clip!r}")
+        self.test_clip = test_clip
         self.head = head
         self.head_in_features = list(head_in_features)
         self.check_in_features(self.head_in_features, "head IN_FEATURES")
@@ -172,6 +196,28 @@ class DenseDetector(Detector):
     def num_logits(self) -> int:
         """C: class outputs per prior (K, or K + 1 with a softmax background)."""
         return self.num_classes + (self.scoring == "softmax")
+
+    def class_channel_layout(self) -> Dict[str, "ClassChannels"]:
+        """State-dict key -> ``ClassChannels`` (A anchors x C logits) of every classifier
+        tensor: the head's ``cls_score`` conv, or one per level (``PerLevelHead``). The
+        weight loader re-orders them by class name for ``MODEL.WEIGHTS_CLASSES``."""
+        from crowdloss.engine.class_remap import ClassChannels
+
+        convs = getattr(self.head, "cls_score", None)
+        if isinstance(convs, nn.Conv2d):
+            named = [("head.cls_score", convs)]
+        elif isinstance(convs, nn.ModuleList):
+            named = [(f"head.cls_score.{i}", c) for i, c in enumerate(convs)]
+        else:
+            return {}
+        layout = {}
+        for prefix, conv in named:
+            spec = ClassChannels(conv.out_channels // self.num_logits, self.num_classes,
+                                 self.scoring == "softmax")
+            for attr in ("weight", "bias"):
+                if getattr(conv, attr, None) is not None:
+                    layout[f"{prefix}.{attr}"] = spec
+        return layout
 
     # ---------------------------------------------------------------- outputs
     def dense_outputs(self, images: torch.Tensor) -> DenseOutputs:
@@ -229,7 +275,8 @@ class DenseDetector(Detector):
     # -------------------------------------------------------------- inference
     def forward_test(self, images, image_sizes) -> List[Instances]:
         outputs = self.dense_outputs(images)
-        return [self.inference_single_image(outputs, i, size)
+        padded = tuple(images.shape[-2:])
+        return [self.inference_single_image(outputs, i, size, padded_size=padded)
                 for i, size in enumerate(image_sizes)]
 
     def class_scores(self, logits: torch.Tensor) -> torch.Tensor:
@@ -239,8 +286,10 @@ class DenseDetector(Detector):
         return logits.sigmoid()
 
     def inference_single_image(self, outputs: DenseOutputs, i: int,
-                               image_size: Tuple[int, int]) -> Instances:
-        """Detections of image ``i`` at its network-input size ``image_size`` (h, w).
+                               image_size: Tuple[int, int],
+                               padded_size: Optional[Tuple[int, int]] = None) -> Instances:
+        """Detections of image ``i`` at its network-input size ``image_size`` (h, w);
+        ``padded_size`` is the batch's (h, w), used by ``test_clip`` "padded".
 
         With a quality branch the score becomes sqrt(prob x sigmoid(quality)), applied after
         the threshold (cvpods).
@@ -267,7 +316,9 @@ class DenseDetector(Detector):
         boxes = torch.cat(boxes_all)
         scores = torch.cat(scores_all)
         classes = torch.cat(classes_all)
-        if self.clip_before_nms:
+        if self.test_clip == "padded":
+            boxes = clip_to_padded(boxes, padded_size or image_size)
+        elif self.clip_before_nms:
             # Clip to the unpadded input before NMS (as mmdetection's decoders do) so that
             # boxes of priors in the padding, empty once clipped, never take a place of the
             # top D.
@@ -287,13 +338,17 @@ class DenseDetector(Detector):
         """(P, K) probabilities -> (prob, prior index, class) of the candidates above the
         threshold: the top-k of all P x K entries ("level") or of each class ("class")."""
         k = self.num_classes
+        topk = self.topk_candidates_test
         if self.candidates_per == "level":
             prob = scores.flatten()
             candidates = torch.nonzero(prob > self.score_thresh_test).squeeze(1)
-            prob, order = prob[candidates].topk(min(self.topk_candidates_test, candidates.numel()))
-            candidates = candidates[order]
+            if topk > 0:
+                prob, order = prob[candidates].topk(min(topk, candidates.numel()))
+                candidates = candidates[order]
+            else:
+                prob = prob[candidates]
             return prob, candidates // k, candidates % k
-        num = min(self.topk_candidates_test, scores.shape[0])
+        num = min(topk, scores.shape[0]) if topk > 0 else scores.shape[0]
         prob, prior_idx = scores.topk(num, dim=0)  # (num, K), per class
         classes = torch.arange(k, device=scores.device).expand_as(prob)
         keep = prob > self.score_thresh_test

@@ -103,11 +103,13 @@ class RetinaNet(DenseDetector):
             aspect_ratios=g.ASPECT_RATIOS,
             strides=[s.stride for s in input_shape],
             offset=g.OFFSET,
+            order=g.ORDER,
         )
         kwargs.update(
             head=cls.build_head(cfg, input_shape, anchor_generator.num_anchors),
             prior_generator=anchor_generator,
-            box_coder=Box2BoxTransform(weights=r.BBOX_REG_WEIGHTS),
+            box_coder=Box2BoxTransform(weights=r.BBOX_REG_WEIGHTS, scale_clamp=r.SCALE_CLAMP),
+            test_clip=r.TEST_CLIP,
             assigner=cls.build_assigner(cfg),
             focal_loss_alpha=r.FOCAL_LOSS_ALPHA,
             focal_loss_gamma=r.FOCAL_LOSS_GAMMA,
