@@ -45,7 +45,14 @@ _config_dict: Dict[str, Any] = dict(
             NORM_SYNC=True,
             HEAD_CHANNELS=256,
         ),
-        LLA=dict(TOPK=10, REG_COST=1.5, IOU_WEIGHT=0.5),
+        LLA=dict(
+            TOPK=10, REG_COST=1.5, IOU_WEIGHT=0.5,
+            # Assignment warm-up: WARMUP_ASSIGNER's rule ("max_iou": RetinaNet's matching with
+            # the MODEL.RETINANET keys) for the first WARMUP_ITERS iterations, then LLA.
+            # 0 = no warm-up.
+            WARMUP_ITERS=0,
+            WARMUP_ASSIGNER="max_iou",
+        ),
     ),
 )
 

@@ -140,7 +140,10 @@ class CrowdHumanEvaluator(DatasetEvaluator):
                            result.counts["images"])
         logger.info("Evaluation results for %s:\n%s", self._name, format_results(result))
         if self._output_dir:
-            write_json(os.path.join(self._output_dir, "metrics.json"), result.to_dict())
+            # The GT file goes along, so that the scores can be recomputed from these files
+            # alone (e.g. by the benchmark's bootstrap) whatever the environment is later.
+            write_json(os.path.join(self._output_dir, "metrics.json"),
+                       {**result.to_dict(), "gt_file": os.fspath(self._gt_file)})
             if self._plot:
                 from .plots import plot_crowdhuman
 

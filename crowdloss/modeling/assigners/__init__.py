@@ -4,5 +4,7 @@ from .base import AssignResult
 from .fcos import FCOSAssigner
 from .lla import LLAAssigner
 from .max_iou import MaxIoUAssigner
+from .warmup import WarmupAssigner
 
-__all__ = ["AssignResult", "ATSSAssigner", "FCOSAssigner", "LLAAssigner", "MaxIoUAssigner"]
+__all__ = ["AssignResult", "ATSSAssigner", "FCOSAssigner", "LLAAssigner", "MaxIoUAssigner",
+           "WarmupAssigner"]

@@ -164,6 +164,13 @@ class DenseDetector(Detector):
         """C: class outputs per prior (K, or K + 1 with a softmax background)."""
         return self.num_classes + (self.scoring == "softmax")
 
+    def set_iteration(self, iteration: int) -> None:
+        """The training iteration about to run (the engine calls it before every step); passed
+        on to an assigner whose rule changes during training (``WarmupAssigner``)."""
+        setter = getattr(self.assigner, "set_iteration", None)
+        if callable(setter):
+            setter(int(iteration))
+
     # ---------------------------------------------------------------- outputs
     def dense_outputs(self, images: torch.Tensor) -> DenseOutputs:
         """Backbone + head + priors for a padded batch."""
