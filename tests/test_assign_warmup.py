@@ -117,3 +117,23 @@ def test_engine_tells_the_model_its_iteration_once_per_step_and_across_resume(tm
     assert run(make_cfg(crash, max_iter=6, period=2), resume=True) == [2, 3, 4, 5]
     # a model without set_iteration trains as before
     assert train(make_cfg(tmp_path / "c", max_iter=2)).iter == 1
+
+
+def test_inside_only_lla_takes_no_outside_point():
+    # GT 0 is small: 1 interior point; the published soft penalty still gives it topk points
+    points = torch.tensor([[float(x), 5.0] for x in range(0, 100, 10)])
+    priors = Priors(points, [len(points)], [8])
+    gts = torch.tensor([[15.0, 0.0, 25.0, 10.0], [40.0, 0.0, 95.0, 10.0]])
+    classes = torch.tensor([0, 0])
+    logits = torch.zeros(len(points), 1)
+    boxes = torch.cat([points - 6, points + 6], 1)
+    soft = LLAAssigner(topk=3).assign(priors, gts, classes, pred_logits=logits, pred_boxes=boxes)
+    hard = LLAAssigner(topk=3, outside_cost=float("inf")).assign(
+        priors, gts, classes, pred_logits=logits, pred_boxes=boxes)
+    assert (soft.gt_inds == 0).sum() == 3  # two of them outside GT 0
+    assert torch.nonzero(hard.gt_inds == 0).flatten().tolist() == [2]  # x = 20 only
+    assert (hard.gt_inds == 1).sum() == 3 and torch.equal(soft.gt_inds == 1, hard.gt_inds == 1)
+    cfg = FCOSConfig()
+    assert cfg.MODEL.LLA.OUTSIDE_COST == 1000.0
+    cfg.merge_from_list(["MODEL.LLA.OUTSIDE_COST", "inf"])
+    assert LLAFCOS.build_assigner(cfg).outside_cost == float("inf")

@@ -47,6 +47,9 @@ _config_dict: Dict[str, Any] = dict(
         ),
         LLA=dict(
             TOPK=10, REG_COST=1.5, IOU_WEIGHT=0.5,
+            # Cost added for a point outside the GT: 1000 (published) lets a GT with fewer than
+            # TOPK interior points take outside ones; inf = interior points only.
+            OUTSIDE_COST=1000.0,
             # Assignment warm-up: WARMUP_ASSIGNER's rule ("max_iou": RetinaNet's matching with
             # the MODEL.RETINANET keys) for the first WARMUP_ITERS iterations, then LLA.
             # 0 = no warm-up.

@@ -35,7 +35,8 @@ __all__ = ["LLAFCOS", "LLARetinaNet", "build_lla_assigner"]
 
 def build_lla_assigner(cfg, head, warmup_rules: Optional[Dict[str, Callable]] = None
                        ) -> BaseAssigner:
-    """``MODEL.LLA.{TOPK, REG_COST}`` (cvpods' ``TopK`` spelling is migrated on load); the cls
+    """``MODEL.LLA.{TOPK, REG_COST, OUTSIDE_COST}`` (cvpods' ``TopK`` spelling is migrated on
+    load); the cls
     cost uses the focal loss parameters of the ``head`` config node (``MODEL.FCOS`` /
     ``MODEL.RETINANET``) so that the cost is the loss the point would get.
 
@@ -49,6 +50,7 @@ def build_lla_assigner(cfg, head, warmup_rules: Optional[Dict[str, Callable]] = 
         reg_cost=float(lla.REG_COST),
         focal_alpha=float(head.FOCAL_LOSS_ALPHA),
         focal_gamma=float(head.FOCAL_LOSS_GAMMA),
+        outside_cost=float(lla.OUTSIDE_COST),
     )
     iters = int(lla.WARMUP_ITERS)
     if iters < 0:
