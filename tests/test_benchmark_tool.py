@@ -16,6 +16,7 @@ DEMO = next((REPO / "playground/detection/synthcrowd").glob("lla.res18.fpn.synth
 TOY = ["SOLVER.LR_SCHEDULER.MAX_ITER", "2", "SOLVER.LR_SCHEDULER.STEPS", "(1,)",
        "SOLVER.LR_SCHEDULER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "1",
        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.IMS_PER_DEVICE", "2", "DATALOADER.NUM_WORKERS", "0",
+       "TEST.EVAL_PERIOD", "0",  # pods_train evaluates its final model (pods_test: below)
        # an untrained model scores below the usual 0.05: keep its boxes so metrics are numbers
        "MODEL.FCOS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "20"]
 
@@ -77,7 +78,52 @@ def test_runner_trains_reports_reuses_and_resumes(tmp_path, monkeypatch, capsys)
     assert record["train"]["invocations"] == 2 and (run_dir / "model_final.pth").exists()
     assert "Resuming at iteration 1" in (run_dir / "log.txt").read_text()
 
+    # --always-test: pods_test scores the final checkpoints again (the path taken when the
+    # training evaluated nothing); the same numbers come back.
+    before = json.loads((run_dir / "benchmark_run.json").read_text())["results"]
+    assert main(["--output", str(out), "--seeds", "1", "--always-test", *argv[5:]]) == 0
+    record = json.loads((run_dir / "benchmark_run.json").read_text())
+    assert record["test"]["invocations"] == 1
+    key = "synthcrowd_val"
+    assert record["results"][key]["metrics"] == before[key]["metrics"]
+
     # Another config into the same run dirs is refused, not reused.
     capsys.readouterr()
     assert main(argv + ["SOLVER.OPTIMIZER.BASE_LR", "0.001"]) == 1
     assert "another config" in capsys.readouterr().out
+
+
+def _record(label, seed, ap, mr, wall=60.0):
+    return {"label": label, "seed": seed, "experiment": "/x/" + label, "overrides": [],
+            "train": {"wall_s": wall, "cpu_s": wall / 2, "invocations": 1},
+            "results": {"synthcrowd_val": {
+                "task": "crowdhuman",
+                "metrics": {"AP": ap, "mMR": mr, "Recall": 0.9, "JI": 0.5},
+                "curve": {"fppi": [0.01, 0.1, 1.0], "miss_rate": [0.9, 0.6, mr]},
+                "val_bootstrap": {"images": 1000, "samples": 200,
+                                  "std": {"AP": 0.005, "mMR": 0.01, "Recall": 0.004}}}}}
+
+
+def test_report_tables_bands_and_plots(tmp_path):
+    from crowdloss.tools.bench_report import write_report
+    from crowdloss.tools.benchmark import Run
+
+    records = [_record("a", 0, 0.60, 0.80), _record("a", 1, 0.62, 0.76),
+               _record("a", 2, 0.64, 0.78), _record("b", 0, 0.50, 0.90)]
+    runs = [Run(lb, "/x/" + lb, s, str(tmp_path / lb / f"seed{s}")) for s in (0, 1, 2)
+            for lb in ("a", "b")]
+    write_report(records, runs, str(tmp_path), command="CMD", band_k=3.0)
+    md = (tmp_path / "report.md").read_text()
+    assert "Command: `CMD`" in md
+    assert "| a | 3 | 62.00 +- 2.00 | 78.00 +- 2.00 | 90.00 +- 0.00 | 50.00 +- 0.00 |" in md
+    assert "| b | 1 | 50.00 +- - |" in md  # one seed: no std
+    assert "| a | 1 | 62.00 | 76.00 | 90.00 | 50.00 | 1.0 min | 0.5 min |" in md
+    assert "Not finished (left out above): b seed 1, b seed 2" in md
+    res = json.loads((tmp_path / "results.json").read_text())
+    ap_band = [e for e in res["expected_results"]["a"] if e[2] == "AP"][0]
+    assert ap_band == ["synthcrowd_val", "crowdhuman", "AP", 0.62, 0.06]  # mean, 3 x 0.02
+    assert [e for e in res["expected_results"]["b"] if e[2] == "AP"][0][4] == 0.01  # floor
+    # the MR-FPPI curve shown is the seed closest to the mean MR^-2 (0.78: seed 2)
+    assert res["experiments"]["a"]["datasets"]["synthcrowd_val"]["curve"]["seed"] == 2
+    assert (tmp_path / "ap_mr.png").stat().st_size > 0
+    assert (tmp_path / "mr_fppi.png").stat().st_size > 0

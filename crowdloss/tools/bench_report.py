@@ -210,6 +210,7 @@ def _plots(summary: Dict[str, dict], output: str) -> List[str]:
                 ax.errorbar([x], [100 * s["mean"]], yerr=[0 if math.isnan(s["std"])
                                                          else 100 * s["std"]],
                             fmt="o", capsize=5, color=f"C{x % 10}", zorder=3)
+            ax.set_xlim(-0.5, len(labels) - 0.5)
             ax.set_xticks(range(len(labels)))
             ax.set_xticklabels([lb.split(".")[0] if len(lb) > 14 else lb for lb in labels],
                                rotation=20, fontsize=8)
