@@ -68,7 +68,9 @@ def test_cvpods_defaults():
     assert cfg.MODEL.PIXEL_MEAN == [103.530, 116.280, 123.675] and cfg.MODEL.DEVICE == "cuda"
     assert cfg.MODEL.RESNETS.OUT_FEATURES == ["res3", "res4", "res5"]
     assert cfg.MODEL.FCOS.OBJECT_SIZES_OF_INTEREST[-1] == [512, math.inf]
-    assert cfg.MODEL.LLA.to_dict() == dict(TOPK=10, REG_COST=1.5, IOU_WEIGHT=0.5)
+    assert cfg.MODEL.LLA.to_dict() == dict(TOPK=10, REG_COST=1.5, IOU_WEIGHT=0.5,
+                                           OUTSIDE_COST=1000.0, WARMUP_ITERS=0,
+                                           WARMUP_ASSIGNER="atss")
     assert cfg.MODEL.ATSS.TOPK == 9 and cfg.MODEL.FCOS.NMS_THRESH_TEST == 0.6
     s = cfg.SOLVER
     assert (s.OPTIMIZER.BASE_LR, s.LR_SCHEDULER.STEPS, s.LR_SCHEDULER.WARMUP_FACTOR) == (
@@ -194,7 +196,9 @@ def test_overrides_are_evaluated_and_cast():
     assert cfg.MODEL.WEIGHTS == "1e-3"  # strings verbatim
     assert cfg.SOLVER.LR_SCHEDULER.MAX_ITER == 10000
     assert cfg.MODEL.FCOS.REG_WEIGHT == math.inf
-    assert cfg.MODEL.LLA.to_dict() == dict(TOPK=10, REG_COST=2.0, IOU_WEIGHT=0.5)
+    assert cfg.MODEL.LLA.to_dict() == dict(TOPK=10, REG_COST=2.0, IOU_WEIGHT=0.5,
+                                           OUTSIDE_COST=1000.0, WARMUP_ITERS=0,
+                                           WARMUP_ASSIGNER="atss")
 
 
 def test_unknown_override_key_lists_close_matches():

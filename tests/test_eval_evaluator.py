@@ -93,6 +93,7 @@ def test_crowdhuman_evaluator_numbers_and_files(tmp_path, eval_log):
         assert (out / f).is_file(), f
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["AP"] == m["AP"] and saved["counts"] == c
+    assert saved["gt_file"] == str(gt_file)  # the scores can be recomputed from the files
     # the written results file, scored on its own, gives the very same numbers
     assert crowdhuman_cli(["--gt", gt_file, "--dt", str(out / "crowdhuman_results.odgt")]
                           ).metrics == m

@@ -111,3 +111,49 @@ def test_builtin_synthcrowd_generated_on_first_use(tmp_path, monkeypatch):
     assert MetadataCatalog.get("synthcrowd_val")["gt_file"].startswith(str(tmp_path))
     get_dataset_dicts("synthcrowd_train")
     assert len(calls) == 1  # generated once
+
+
+def test_versioned_marker_and_stale_copies_are_regenerated(tmp_path, caplog):
+    import crowdloss.data.synthetic as syn
+
+    root = str(tmp_path / "s")
+    generate_synthcrowd(root, num_train=3, num_val=4, seed=2, workers=1)
+    marker = syn.read_marker(root)
+    assert marker == {"version": syn.SYNTHCROWD_VERSION, "num_train": 3, "num_val": 4,
+                      "seed": 2, "jpeg_quality": 90}
+    # the val split's first images do not depend on how many are generated
+    small = generate_synthcrowd(str(tmp_path / "small"), num_train=3, num_val=2, seed=2,
+                                workers=1)
+    assert _records(small, "val") == _records(root, "val")[:2]
+    # a copy of this version is used as it is when the caller does not ask for sizes ...
+    stamp = os.stat(os.path.join(root, DONE_MARKER)).st_mtime_ns
+    ensure_synthcrowd(root)
+    assert os.stat(os.path.join(root, DONE_MARKER)).st_mtime_ns == stamp
+    # ... and regenerated when it asks for others (it used to be returned silently)
+    generate_synthcrowd(root, num_train=3, num_val=2, seed=2, workers=1)
+    assert syn.read_marker(root)["num_val"] == 2 and len(_records(root, "val")) == 2
+    # a version-1 copy (its marker has no version) is never used: regenerated, with a warning
+    with open(os.path.join(root, DONE_MARKER), "w") as f:
+        json.dump({"num_train": 3, "num_val": 2, "seed": 2, "jpeg_quality": 90}, f)
+    assert syn.read_marker(root)["version"] == 1
+    with caplog.at_level("WARNING", logger="crowdloss.data.synthetic"):
+        ensure_synthcrowd(root, num_train=3, num_val=2, seed=2, workers=1)
+    assert "generator version 1" in caplog.text
+    assert syn.read_marker(root)["version"] == syn.SYNTHCROWD_VERSION
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []  # nothing left over
+    # an unreadable marker counts as a copy of unknown version
+    with open(os.path.join(root, DONE_MARKER), "w") as f:
+        f.write("{not json")
+    assert syn.read_marker(root) == {"version": None}
+    ensure_synthcrowd(root, num_train=3, num_val=2, seed=2, workers=1)
+    assert syn.read_marker(root)["version"] == syn.SYNTHCROWD_VERSION
+
+
+def test_default_sizes_of_this_version():
+    import crowdloss.data.synthetic as syn
+
+    import inspect
+
+    assert (syn.NUM_TRAIN, syn.NUM_VAL) == (1000, 1000)
+    params = inspect.signature(syn.generate_synthcrowd).parameters
+    assert params["num_train"].default == 1000 and params["num_val"].default == 1000

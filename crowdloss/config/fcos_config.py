@@ -47,7 +47,17 @@ _config_dict: Dict[str, Any] = dict(
         ),
         ATSS=dict(TOPK=9, ANCHOR_SCALE=8),
         # cvpods' LLA release spells TOPK "TopK"; both are accepted (legacy.KEY_ALIASES).
-        LLA=dict(TOPK=10, REG_COST=1.5, IOU_WEIGHT=0.5),
+        LLA=dict(
+            TOPK=10, REG_COST=1.5, IOU_WEIGHT=0.5,
+            # Cost added for a point outside the GT: 1000 (published) lets a GT with fewer than
+            # TOPK interior points take outside ones; inf = interior points only.
+            OUTSIDE_COST=1000.0,
+            # Assignment warm-up (as TOOD, arXiv 2108.07755): WARMUP_ASSIGNER's rule ("atss" or
+            # "fcos", with their own MODEL.ATSS / MODEL.FCOS keys) for the first WARMUP_ITERS
+            # iterations, then LLA. 0 = the published LLA.
+            WARMUP_ITERS=0,
+            WARMUP_ASSIGNER="atss",
+        ),
     ),
 )
 

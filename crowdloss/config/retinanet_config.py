@@ -56,7 +56,17 @@ _config_dict: Dict[str, Any] = dict(
             NORM_SYNC=True,
             HEAD_CHANNELS=256,
         ),
-        LLA=dict(TOPK=10, REG_COST=1.5, IOU_WEIGHT=0.5),
+        LLA=dict(
+            TOPK=10, REG_COST=1.5, IOU_WEIGHT=0.5,
+            # Cost added for a point outside the GT: 1000 (published) lets a GT with fewer than
+            # TOPK interior points take outside ones; inf = interior points only.
+            OUTSIDE_COST=1000.0,
+            # Assignment warm-up: WARMUP_ASSIGNER's rule ("max_iou": RetinaNet's matching with
+            # the MODEL.RETINANET keys) for the first WARMUP_ITERS iterations, then LLA.
+            # 0 = no warm-up.
+            WARMUP_ITERS=0,
+            WARMUP_ASSIGNER="max_iou",
+        ),
         # ALRPLossRetinaNet: L_cls + w L_loc, w by self-balance (docs/algorithms.md).
         ALRP=dict(
             # Half-width of the smoothed step H of the ranking (the paper's 1.0).

@@ -13,7 +13,20 @@ People often stand in tight groups of similar depth, which produces CrowdHuman's
 case (fbox IoU > 0.5 between neighbours); some scenes hold 50-90 people; distant dense
 crowds and posters of people are ``mask`` ignore regions; near-invisible or tiny persons get
 ``extra.ignore`` 1. The output is byte-identical for a given seed (one RNG per image, seeded
-by (seed, split, index), independent of the worker count).
+by (seed, split, index), independent of the worker count), so a split's first n images do
+not depend on how many are generated.
+
+Versions (``SYNTHCROWD_VERSION``, written into the ``.synthcrowd_done`` marker with the sizes):
+
+- 1: 1000 train / 200 val.
+- 2: 1000 train / 1000 val (the first 200 val images are those of version 1, byte for byte).
+  200 val images made the benchmark's MR^-2 depend on the first two false positives (FPPI
+  0.01 x 200 images) and its seed-to-seed spread hide the differences between methods
+  (docs/benchmark.md).
+
+A copy on disk whose marker names another version (or none: version 1) is regenerated on
+first use, with a warning, never used silently; so is one whose sizes or seed differ from
+what a caller asks for explicitly.
 
 Command: ``python -m crowdloss.data.synthetic [--root DIR] [--force]``.
 """
@@ -36,11 +49,15 @@ import numpy as np
 from .synth_figures import (background, distractor_parts, draw, extent, ignore_regions,
                             person_parts)
 
-__all__ = ["generate_synthcrowd", "ensure_synthcrowd", "render_scene", "DONE_MARKER"]
+__all__ = ["generate_synthcrowd", "ensure_synthcrowd", "render_scene", "read_marker",
+           "DONE_MARKER", "SYNTHCROWD_VERSION", "NUM_TRAIN", "NUM_VAL"]
 
 logger = logging.getLogger(__name__)
 
 DONE_MARKER = ".synthcrowd_done"
+SYNTHCROWD_VERSION = 2
+NUM_TRAIN, NUM_VAL = 1000, 1000   # version 2's default sizes
+_PARAMS = ("num_train", "num_val", "seed", "jpeg_quality")  # recorded in the marker
 _SPLITS = {"train": 0, "val": 1}
 _MIN_LABELED_HEIGHT = 20  # smaller persons are marked extra.ignore = 1 ("too small")
 _MIN_VISIBLE = 0.12       # persons with less of their in-image body visible: ignore
@@ -169,24 +186,63 @@ def _write_split(tmp_root: str, split: str, num: int, seed: int, quality: int, p
             f.write(line + "\n")
 
 
-def generate_synthcrowd(root: str, *, num_train: int = 1000, num_val: int = 200, seed: int = 0,
-                        jpeg_quality: int = 90, workers: Optional[int] = None,
+def read_marker(root: str) -> Optional[dict]:
+    """The parameters a finished copy at ``root`` was generated with (``version`` 1 when the
+    marker predates versions), or None when there is no finished copy. An unreadable marker
+    reads as ``{"version": None}``: a copy of unknown origin, regenerated like an old one."""
+    path = os.path.join(os.fspath(root), DONE_MARKER)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return {"version": None}
+    if not isinstance(marker, dict):
+        return {"version": None}
+    marker.setdefault("version", 1)
+    return marker
+
+
+def _stale_reason(marker: Optional[dict], wanted: dict) -> Optional[str]:
+    """Why the copy described by ``marker`` cannot serve ``wanted`` (None: it can)."""
+    if marker is None:
+        return "no finished copy"
+    if marker.get("version") != SYNTHCROWD_VERSION:
+        return (f"it was made by generator version {marker.get('version')}, this code makes "
+                f"version {SYNTHCROWD_VERSION}")
+    diff = [f"{k}={marker.get(k)!r} (wanted {v!r})" for k, v in wanted.items()
+            if marker.get(k) != v]
+    return "it was generated with " + ", ".join(diff) if diff else None
+
+
+def generate_synthcrowd(root: str, *, num_train: int = NUM_TRAIN, num_val: int = NUM_VAL,
+                        seed: int = 0, jpeg_quality: int = 90, workers: Optional[int] = None,
                         force: bool = False) -> str:
     """Generate synthcrowd at ``root`` (``Images/``, ``annotations/annotation_{train,val}.odgt``).
 
-    Written into a unique temp dir next to ``root`` and renamed onto it, so concurrent callers
-    (several ranks) never see a partial dataset: the first rename wins, the others discard
-    their copy. Returns ``root``.
+    A finished copy of this generator version with the same sizes, seed and quality is kept;
+    any other finished copy is replaced (logged as a warning). Written into a unique temp dir
+    next to ``root`` and renamed onto it, so concurrent callers (several ranks) never see a
+    partial dataset: the first rename wins, the others discard their copy. Returns ``root``.
 
     Args:
         num_train, num_val: images per split.
         seed: everything (sizes, scenes, JPEG bytes) is a function of it.
         workers: processes used to render (default: min(2, CPUs)); does not change output.
-        force: regenerate even if ``root`` holds a finished dataset.
+        force: regenerate even if ``root`` holds a matching finished dataset.
     """
     root = os.path.abspath(os.fspath(root))
-    if os.path.exists(os.path.join(root, DONE_MARKER)) and not force:
+    wanted = dict(num_train=num_train, num_val=num_val, seed=seed, jpeg_quality=jpeg_quality)
+    old = read_marker(root)
+    reason = "forced" if force else _stale_reason(old, wanted)
+    if reason is None:
         return root
+    if old is None and not force and os.path.exists(root) and os.listdir(root):
+        raise OSError(f"cannot create synthcrowd at {root}: the directory exists and is not a "
+                      "finished synthcrowd (remove it or use --force)")
+    if old is not None:
+        logger.warning("regenerating synthcrowd at %s: %s", root, reason)
     parent = os.path.dirname(root)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp.", dir=parent)
@@ -206,33 +262,49 @@ def generate_synthcrowd(root: str, *, num_train: int = 1000, num_val: int = 200,
                 pool.close()
                 pool.join()
         with open(os.path.join(tmp, DONE_MARKER), "w") as f:
-            json.dump({"num_train": num_train, "num_val": num_val, "seed": seed,
-                       "jpeg_quality": jpeg_quality}, f)
-        if force and os.path.exists(root):
-            trash = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.old.", dir=parent)
-            os.rename(root, os.path.join(trash, "old"))
-            shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.rename(tmp, root)  # atomic; fails if root exists and is not empty
-        except OSError:
-            if os.path.exists(os.path.join(root, DONE_MARKER)):
-                logger.info("synthcrowd at %s was generated concurrently; using that copy", root)
-            else:
-                raise OSError(f"cannot create synthcrowd at {root}: the directory exists and is "
-                              "not a finished synthcrowd (remove it or use --force)") from None
-        else:
-            logger.info("generated synthcrowd (%d train / %d val) at %s in %.1fs",
-                        num_train, num_val, root, time.perf_counter() - start)
+            json.dump({"version": SYNTHCROWD_VERSION, **wanted}, f)
+        _install(tmp, root, wanted, replace=force or old is not None, force=force)
+        logger.info("generated synthcrowd v%d (%d train / %d val) at %s in %.1fs",
+                    SYNTHCROWD_VERSION, num_train, num_val, root, time.perf_counter() - start)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 
+def _install(tmp: str, root: str, wanted: dict, *, replace: bool, force: bool = False) -> None:
+    """Rename the finished ``tmp`` onto ``root``, moving a replaced copy aside first, unless
+    a concurrent caller has installed a matching copy meanwhile (then ``tmp`` is dropped)."""
+    parent = os.path.dirname(root)
+    if replace and os.path.exists(root):
+        if not force and _stale_reason(read_marker(root), wanted) is None:
+            logger.info("synthcrowd at %s was regenerated concurrently; using that copy", root)
+            return
+        trash = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.old.", dir=parent)
+        try:
+            os.rename(root, os.path.join(trash, "old"))
+        except FileNotFoundError:
+            pass  # another caller moved it first
+        shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.rename(tmp, root)  # atomic; fails if root exists and is not empty
+    except OSError:
+        if _stale_reason(read_marker(root), wanted) is None:
+            logger.info("synthcrowd at %s was generated concurrently; using that copy", root)
+        else:
+            raise OSError(f"cannot create synthcrowd at {root}: the directory exists and is "
+                          "not a finished synthcrowd of the wanted version and sizes (remove it "
+                          "or use --force)") from None
+
+
 def ensure_synthcrowd(root: str, **kwargs) -> str:
-    """Generate synthcrowd at ``root`` unless a finished copy is there (safe to race)."""
+    """Generate synthcrowd at ``root`` unless a finished copy of this generator version is
+    there (safe to race). Sizes / seed passed in ``kwargs`` must also match the copy's; those
+    not passed are not checked, so a deliberately small copy (tests) is used as it is."""
     root = os.fspath(root)
-    if not os.path.exists(os.path.join(root, DONE_MARKER)):
-        logger.info("synthcrowd not found at %s: generating it (first use)", root)
+    wanted = {k: kwargs[k] for k in _PARAMS if k in kwargs}
+    reason = _stale_reason(read_marker(root), wanted)
+    if reason is not None:
+        logger.info("synthcrowd at %s: %s; generating it", root, reason)
         generate_synthcrowd(root, **kwargs)
     return root
 
@@ -242,8 +314,8 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(description="Generate the synthcrowd dataset.")
     parser.add_argument("--root", default=str(datasets_root() / "synthcrowd"))
-    parser.add_argument("--num-train", type=int, default=1000)
-    parser.add_argument("--num-val", type=int, default=200)
+    parser.add_argument("--num-train", type=int, default=NUM_TRAIN)
+    parser.add_argument("--num-val", type=int, default=NUM_VAL)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--force", action="store_true", help="regenerate if it exists")

@@ -1,5 +1,6 @@
 """Hooks that run around each training iteration, in the order the runner registers them:
-LR scheduler, iteration timer, periodic checkpointer, eval hook, periodic writer.
+iteration to model, LR scheduler, iteration timer, periodic checkpointer, eval hook, periodic
+writer.
 
 A hook sees the runner as ``self.trainer`` (``iter``, ``max_iter``, ``storage``, ``model``,
 ``optimizer``, ``scheduler``, ``cfg``). ``iter`` is the 0-based iteration just run in
@@ -15,10 +16,12 @@ from typing import Any, Callable, Dict, List, Optional
 from crowdloss.utils import comm
 from crowdloss.utils.env import get_rng_state
 
+from .checkpoint import unwrap_model
 from .events import EventWriter
 
 __all__ = [
     "HookBase",
+    "IterationToModel",
     "LRScheduler",
     "IterationTimer",
     "PeriodicCheckpointer",
@@ -45,6 +48,28 @@ class HookBase:
 
     def after_step(self) -> None:
         pass
+
+
+class IterationToModel(HookBase):
+    """Before every step, tells a model that has ``set_iteration(iteration)`` which 0-based
+    iteration is about to run (an assignment warm-up switches rules by it).
+
+    The runner's ``iter`` starts at ``start_iter`` on a resume, so the model sees the same
+    sequence as in an uninterrupted run; it is called once per optimizer step, whatever
+    ``SOLVER.BATCH_SUBDIVISIONS``. Models without the method are left alone (duck typing: the
+    engine imports no model class).
+    """
+
+    def __init__(self) -> None:
+        self._setter = None
+
+    def before_train(self) -> None:
+        setter = getattr(unwrap_model(self.trainer.model), "set_iteration", None)
+        self._setter = setter if callable(setter) else None
+
+    def before_step(self) -> None:
+        if self._setter is not None:
+            self._setter(self.trainer.iter)
 
 
 class LRScheduler(HookBase):

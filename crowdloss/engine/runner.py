@@ -178,6 +178,7 @@ class DefaultRunner:
     def build_hooks(self) -> List[hooks.HookBase]:
         cfg = self.cfg
         ret: List[hooks.HookBase] = [
+            hooks.IterationToModel(),
             hooks.LRScheduler(self.optimizer, self.scheduler),
             hooks.IterationTimer(),
             hooks.PeriodicCheckpointer(

@@ -82,13 +82,18 @@ class CrowdHumanResult:
         mr_points: per anchor {"anchor", "index", "fppi", "miss_rate"} (the points MR^-2 used).
         curves: "scores", "recall", "precision", "fppi", "miss_rate" arrays, one entry per
             scored detection in ranking order (for plots).
+        per_image: what resampling the images needs (``crowdloss.evaluation.bootstrap``):
+            "image" (S,) index of the image of each scored detection, "score" (S,), "tp" (S,)
+            bool, in (image, score rank) order, and "valid_gt" (N,) valid GTs per image.
+            Matching never crosses images, so an image's TP flags are its own.
     """
 
     def __init__(self, metrics, ji_threshold, ji_per_threshold, counts, mr_points, curves,
-                 ji_matching):
+                 ji_matching, per_image=None):
         self.metrics, self.counts, self.mr_points = metrics, counts, mr_points
         self.ji_threshold, self.ji_per_threshold = ji_threshold, ji_per_threshold
         self.curves, self.ji_matching = curves, ji_matching
+        self.per_image = per_image
 
     def to_dict(self) -> dict:
         """Full-precision JSON-able summary (no curves)."""
@@ -163,6 +168,7 @@ def evaluate_crowdhuman(gt: Union[Source, Sequence[GTImage]],
 
     thresholds = np.array(JI_THRESHOLDS)
     scores_all, covered_all, pair_d, pair_g, pair_w, ji_counts = [], [], [], [], [], []
+    dets_per_image, valid_per_image = [], []
     det_off = gt_off = num_valid = num_ignore = 0
     for g in gt_images:
         d = dt_by_id.get(g.image_id)
@@ -206,6 +212,8 @@ def evaluate_crowdhuman(gt: Union[Source, Sequence[GTImage]],
         covered_all.append(dt_cov)
         det_off += n_dt
         gt_off += n_gt
+        dets_per_image.append(n_dt)
+        valid_per_image.append(n_gt)
         num_valid += n_gt
         num_ignore += ignore.shape[0]
 
@@ -226,8 +234,11 @@ def evaluate_crowdhuman(gt: Union[Source, Sequence[GTImage]],
         best = int(np.nanargmax(ji_t))
         best_t, ji = JI_THRESHOLDS[best], float(ji_t[best])
     metrics["JI"] = ji
+    image_of = np.repeat(np.arange(len(gt_images)), dets_per_image)
+    per_image = {"image": image_of[scored], "score": scores[scored], "tp": tp[scored],
+                 "valid_gt": np.asarray(valid_per_image, dtype=np.int64)}
     return CrowdHumanResult(metrics, best_t, ji_t.tolist(), counts, mr_points, curves,
-                            ji_matching)
+                            ji_matching, per_image)
 
 
 def _is_parsed(obj, kind) -> bool:

@@ -182,7 +182,10 @@ class CrowdHumanEvaluator(DatasetEvaluator):
                     c["detections"], c["tp"], c["fp"], c["ignored_dt"], result.ji_threshold,
                     result.ji_matching)
         if out:
-            write_json(os.path.join(out, "metrics.json"), result.to_dict())
+            # The GT file goes along, so that the scores can be recomputed from these files
+            # alone (e.g. by the benchmark's bootstrap) whatever the environment is later.
+            write_json(os.path.join(out, "metrics.json"),
+                       {**result.to_dict(), "gt_file": os.fspath(self._gt_file)})
             if self._plot:
                 from .plots import plot_crowdhuman
 

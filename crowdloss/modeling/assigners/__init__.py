@@ -5,6 +5,7 @@ from .fcos import FCOSAssigner
 from .lla import LLAAssigner
 from .max_iou import MaxIoUAssigner
 from .ssd import SSDMatcher
+from .warmup import WarmupAssigner
 
 __all__ = ["AssignResult", "ATSSAssigner", "FCOSAssigner", "LLAAssigner", "MaxIoUAssigner",
-           "SSDMatcher"]
+           "SSDMatcher", "WarmupAssigner"]

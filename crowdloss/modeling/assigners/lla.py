@@ -31,7 +31,8 @@ class LLAAssigner(BaseAssigner):
          at ``iou_eps``.
       3. inside (M, R): all four ltrb distances from the point to the GT > ``inside_eps``.
       4. cost = cls + ``reg_cost`` x reg + ``outside_cost`` x (1 - inside): a soft penalty, so a
-         GT with fewer than ``topk`` interior points still takes ``topk`` points.
+         GT with fewer than ``topk`` interior points still takes ``topk`` points. With
+         ``outside_cost`` = inf only interior points can be taken (a small GT takes fewer).
       5. Each GT takes its ``topk`` lowest-cost points over all levels jointly. Conflicts,
          literally as written: a point taken by exactly one GT goes to that GT; a point taken
          by two or more GTs goes to the argmin of its whole cost column over ALL M GT rows
@@ -48,7 +49,7 @@ class LLAAssigner(BaseAssigner):
         topk: points per GT (10 in the paper's CrowdHuman config).
         reg_cost: weight of the reg cost (1.5).
         focal_alpha, focal_gamma: focal loss parameters of the cls cost.
-        outside_cost: penalty for points outside the GT.
+        outside_cost: penalty for points outside the GT (1000 published; inf = never).
         inside_eps: minimum ltrb distance of an "inside" point.
         chunk_size: GT rows per chunk (B).
         iou_eps: IoU floor inside the log of the reg cost.
@@ -98,7 +99,11 @@ class LLAAssigner(BaseAssigner):
         del iou
         # Steps 3-4: min_d becomes the 0/1 "outside" indicator in place.
         min_d, _ = ltrb_min_max(points, gt_boxes, with_max=False)
-        cost.add_(min_d.le_(self.inside_eps), alpha=self.outside_cost)
+        outside = min_d.le_(self.inside_eps)
+        if math.isinf(self.outside_cost):  # inf x 0 would be NaN inside
+            cost.masked_fill_(outside.bool(), math.inf)
+        else:
+            cost.add_(outside, alpha=self.outside_cost)
         return cost
 
     def cls_cost_terms(self, cls_logits: Tensor):
@@ -133,10 +138,12 @@ class LLAAssigner(BaseAssigner):
             end = min(start + self.chunk_size, num_gts)
             cost = self.cost_rows(cls_terms, pred_boxes, points, gt_boxes[start:end], cost_cls[start:end])
             # Step 5a: this chunk's top-k per GT row.
-            top = cost.topk(k, dim=1, largest=False).indices  # (B, k)
-            flat = top.reshape(-1)
+            values, top = cost.topk(k, dim=1, largest=False)  # (B, k)
+            rows = torch.arange(start, end, device=points.device)[:, None].expand_as(top)
+            # An infinite cost (outside the GT with outside_cost = inf) is never taken.
+            finite = torch.isfinite(values)
+            flat, rows = top[finite], rows[finite]
             takers.index_add_(0, flat, torch.ones_like(flat))
-            rows = torch.arange(start, end, device=points.device)[:, None].expand_as(top).reshape(-1)
             taker[flat] = rows  # only read back where exactly one GT took the point
             # Step 5b: running column argmin over all GT rows.
             chunk_min, chunk_arg = cost.min(dim=0)

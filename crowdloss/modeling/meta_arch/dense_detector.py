@@ -218,6 +218,12 @@ class DenseDetector(Detector):
                 if getattr(conv, attr, None) is not None:
                     layout[f"{prefix}.{attr}"] = spec
         return layout
+    def set_iteration(self, iteration: int) -> None:
+        """The training iteration about to run (the engine calls it before every step); passed
+        on to an assigner whose rule changes during training (``WarmupAssigner``)."""
+        setter = getattr(self.assigner, "set_iteration", None)
+        if callable(setter):
+            setter(int(iteration))
 
     # ---------------------------------------------------------------- outputs
     def dense_outputs(self, images: torch.Tensor) -> DenseOutputs:

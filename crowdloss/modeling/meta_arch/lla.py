@@ -16,14 +16,16 @@ one image (all levels concatenated), K classes, P positives.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Callable, Dict, Optional
 
 import torch
 
-from crowdloss.modeling.assigners import LLAAssigner
+from crowdloss.modeling.assigners import LLAAssigner, WarmupAssigner
+from crowdloss.modeling.assigners.base import BaseAssigner
 from crowdloss.modeling.losses import focal_classification_loss, iou_loss, iou_quality_loss
 
 from ..targets import BatchTargets
+from .atss import ATSS
 from .dense_detector import DenseOutputs
 from .fcos import FCOS
 from .retinanet import RetinaNet
@@ -31,17 +33,36 @@ from .retinanet import RetinaNet
 __all__ = ["LLAFCOS", "LLARetinaNet", "build_lla_assigner"]
 
 
-def build_lla_assigner(cfg, head) -> LLAAssigner:
-    """``MODEL.LLA.{TOPK, REG_COST}`` (cvpods' ``TopK`` spelling is migrated on load); the cls
+def build_lla_assigner(cfg, head, warmup_rules: Optional[Dict[str, Callable]] = None
+                       ) -> BaseAssigner:
+    """``MODEL.LLA.{TOPK, REG_COST, OUTSIDE_COST}`` (cvpods' ``TopK`` spelling is migrated on
+    load); the cls
     cost uses the focal loss parameters of the ``head`` config node (``MODEL.FCOS`` /
-    ``MODEL.RETINANET``) so that the cost is the loss the point would get."""
+    ``MODEL.RETINANET``) so that the cost is the loss the point would get.
+
+    ``MODEL.LLA.WARMUP_ITERS`` W > 0 wraps it in a ``WarmupAssigner``: the rule named by
+    ``MODEL.LLA.WARMUP_ASSIGNER`` (built by ``warmup_rules[name](cfg)``) for the first W
+    iterations, LLA afterwards. W = 0 is the published LLA.
+    """
     lla = cfg.MODEL.LLA
-    return LLAAssigner(
+    assigner = LLAAssigner(
         topk=int(lla.TOPK),
         reg_cost=float(lla.REG_COST),
         focal_alpha=float(head.FOCAL_LOSS_ALPHA),
         focal_gamma=float(head.FOCAL_LOSS_GAMMA),
+        outside_cost=float(lla.OUTSIDE_COST),
     )
+    iters = int(lla.WARMUP_ITERS)
+    if iters < 0:
+        raise ValueError(f"MODEL.LLA.WARMUP_ITERS must be >= 0 (0 = no warm-up), got {iters}")
+    if iters == 0:
+        return assigner
+    rules = warmup_rules or {}
+    name = str(lla.WARMUP_ASSIGNER).lower()
+    if name not in rules:
+        raise ValueError(f"MODEL.LLA.WARMUP_ASSIGNER = {lla.WARMUP_ASSIGNER!r}; expected one of "
+                         f"{sorted(rules)} for this detector")
+    return WarmupAssigner(warmup=rules[name](cfg), main=assigner, warmup_iters=iters)
 
 
 class _LLALosses:
@@ -78,7 +99,9 @@ class LLAFCOS(_LLALosses, FCOS):
 
     @classmethod
     def build_assigner(cls, cfg):
-        return build_lla_assigner(cfg, cfg.MODEL.FCOS)
+        # Warm-up rules: ATSS (as TOOD) or FCOS, from their own config keys.
+        return build_lla_assigner(cfg, cfg.MODEL.FCOS, {"atss": ATSS.build_assigner,
+                                                        "fcos": FCOS.build_assigner})
 
     @classmethod
     def from_config(cls, cfg) -> "LLAFCOS":
@@ -112,7 +135,9 @@ class LLARetinaNet(_LLALosses, RetinaNet):
 
     @classmethod
     def build_assigner(cls, cfg):
-        return build_lla_assigner(cfg, cfg.MODEL.RETINANET)
+        # Warm-up rule: RetinaNet's max-IoU matching (MODEL.RETINANET.IOU_THRESHOLDS ...).
+        return build_lla_assigner(cfg, cfg.MODEL.RETINANET,
+                                  {"max_iou": RetinaNet.build_assigner})
 
     @classmethod
     def from_config(cls, cfg) -> "LLARetinaNet":

@@ -1,0 +1,264 @@
+"""The benchmark's results: one run's metrics (``collect_results``) and the report over all runs
+(``write_report``: ``report.md``, ``results.json``, ``ap_mr.png``, ``mr_fppi.png``).
+
+A run's metrics are those its evaluator wrote for the final checkpoint
+(``OUTPUT_DIR/inference/<dataset>/metrics.json``, newer than ``model_final.pth``). For a
+CrowdHuman-type dataset the run also keeps its MR-FPPI curve (thinned to <= ~200 points) and
+the val-sampling spread of AP / MR^-2 from a bootstrap over the val images, so the report
+never reads a dataset again. Seeds are summarised as mean and sample std (ddof 1).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from crowdloss.utils.io import atomic_write
+
+__all__ = ["collect_results", "summarize", "format_markdown", "expected_results", "write_report"]
+
+# CrowdHuman metrics in the README's order: (key in the evaluator's results, column title).
+CROWDHUMAN_COLUMNS = (("AP", "AP50"), ("mMR", "MR^-2"), ("Recall", "Recall"), ("JI", "JI"))
+_TASKS = {"crowdhuman": "crowdhuman", "coco": "bbox"}
+_BOOTSTRAP_SAMPLES = 200
+
+
+def _thin_curve(fppi: np.ndarray, miss: np.ndarray, points: int = 200) -> dict:
+    keep = (fppi > 0) & (miss > 0)
+    fppi, miss = fppi[keep], miss[keep]
+    if fppi.size > points:
+        idx = np.unique(np.searchsorted(fppi, np.logspace(-3, 2, points)).clip(0, fppi.size - 1))
+        fppi, miss = fppi[idx], miss[idx]
+    return {"fppi": [float(x) for x in fppi], "miss_rate": [float(x) for x in miss]}
+
+
+def collect_results(run, final_checkpoint: str) -> Optional[Dict[str, dict]]:
+    """``{dataset: {"task", "metrics"[, "curve", "val_bootstrap"]}}`` of ``run`` (a
+    ``benchmark.Run``), or None when some test set has no evaluation of ``final_checkpoint``."""
+    from crowdloss.evaluation.bootstrap import bootstrap_metrics
+    from crowdloss.evaluation.crowdhuman import evaluate_crowdhuman
+
+    out: Dict[str, dict] = {}
+    newest = os.stat(final_checkpoint).st_mtime_ns
+    for name, gt_file, kind, box_key in run.test_sets:
+        folder = os.path.join(run.out, "inference", name)
+        path = os.path.join(folder, "metrics.json")
+        if not os.path.isfile(path) or os.stat(path).st_mtime_ns < newest:
+            return None
+        with open(path) as f:
+            saved = json.load(f)
+        metrics = {k: v for k, v in saved.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        entry = {"task": _TASKS.get(kind, kind), "metrics": metrics}
+        dt = os.path.join(folder, "crowdhuman_results.odgt")
+        gt_file = saved.get("gt_file") or gt_file  # what the run was scored against
+        if kind == "crowdhuman" and gt_file and os.path.isfile(gt_file) and os.path.isfile(dt):
+            with warnings.catch_warnings():  # the evaluator already warned about NaNs
+                warnings.simplefilter("ignore", RuntimeWarning)
+                result = evaluate_crowdhuman(gt_file, dt, box_key=box_key)
+            entry["curve"] = _thin_curve(result.curves["fppi"], result.curves["miss_rate"])
+            entry["val_bootstrap"] = {
+                "images": result.counts["images"], "samples": _BOOTSTRAP_SAMPLES,
+                "std": {k: v["std"] for k, v in
+                        bootstrap_metrics(result, num_samples=_BOOTSTRAP_SAMPLES).items()}}
+        out[name] = entry
+    return out
+
+
+def _stats(values: List[float]) -> dict:
+    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], float)
+    std = float(arr.std(ddof=1)) if arr.size > 1 else float("nan")
+    return {"mean": float(arr.mean()) if arr.size else float("nan"), "std": std,
+            "n": int(arr.size), "values": [float(v) for v in values]}
+
+
+def _columns(task: str, metrics: Sequence[dict]) -> List[tuple]:
+    if task == "crowdhuman":
+        return list(CROWDHUMAN_COLUMNS)
+    keys = sorted({k for m in metrics for k in m})
+    return [(k, k) for k in keys]
+
+
+def summarize(records: Sequence[dict], labels: Sequence[str]) -> Dict[str, dict]:
+    """Per label: its runs (by seed), and per dataset the stats of every metric column, the
+    times and the mean val-sampling std."""
+    summary: Dict[str, dict] = {}
+    for label in labels:
+        runs = sorted((r for r in records if r["label"] == label), key=lambda r: r["seed"])
+        if not runs:
+            continue
+        entry = {"experiment": runs[0]["experiment"], "overrides": runs[0]["overrides"],
+                 "seeds": [r["seed"] for r in runs], "datasets": {}, "time": {}}
+        for stage in ("train", "test"):
+            for unit in ("wall_s", "cpu_s"):
+                entry["time"][f"{stage}_{unit}"] = _stats(
+                    [r.get(stage, {}).get(unit, float("nan")) for r in runs])
+        for name in runs[0]["results"]:
+            per_run = [r["results"].get(name, {}) for r in runs]
+            task = per_run[0].get("task", "")
+            cols = _columns(task, [p.get("metrics", {}) for p in per_run])
+            ds = {"task": task, "columns": cols, "metrics": {}, "val_bootstrap_std": {}}
+            for key, _ in cols:
+                ds["metrics"][key] = _stats([p.get("metrics", {}).get(key, float("nan"))
+                                             for p in per_run])
+                boot = [p["val_bootstrap"]["std"].get(key) for p in per_run
+                        if "val_bootstrap" in p and key in p["val_bootstrap"]["std"]]
+                if boot:
+                    ds["val_bootstrap_std"][key] = float(np.mean(boot))
+            if any("curve" in p for p in per_run) and "mMR" in ds["metrics"]:
+                # The curve of the seed whose MR^-2 is closest to the mean.
+                mean = ds["metrics"]["mMR"]["mean"]
+                best = min((i for i, p in enumerate(per_run) if "curve" in p),
+                           key=lambda i: abs(per_run[i]["metrics"].get("mMR", math.inf) - mean))
+                ds["curve"] = dict(per_run[best]["curve"], seed=runs[best]["seed"])
+            entry["datasets"][name] = ds
+        summary[label] = entry
+    return summary
+
+
+def _pct(stats: dict, key: str) -> str:
+    v = stats[key]
+    return "-" if v is None or math.isnan(v) else f"{100 * v:.2f}"
+
+
+def _minutes(seconds: float) -> str:
+    return "-" if seconds is None or math.isnan(seconds) else f"{seconds / 60:.1f} min"
+
+
+def format_markdown(summary: Dict[str, dict], command: str) -> str:
+    """The report: per dataset, a mean +- std table and a per-seed table (metrics in %)."""
+    lines = [f"Command: `{command}`", ""]
+    datasets = sorted({d for e in summary.values() for d in e["datasets"]})
+    for name in datasets:
+        labels = [lb for lb in summary if name in summary[lb]["datasets"]]
+        cols = summary[labels[0]]["datasets"][name]["columns"]
+        lines += [f"**{name}** (mean +- std over seeds, %; MR^-2: lower is better)", ""]
+        lines.append("| experiment | seeds | " + " | ".join(t for _, t in cols)
+                     + " | train time / run |")
+        lines.append("|---|---:|" + "---:|" * len(cols) + "---:|")
+        for lb in labels:
+            e, ds = summary[lb], summary[lb]["datasets"][name]
+            cells = [f"{_pct(ds['metrics'][k], 'mean')} +- {_pct(ds['metrics'][k], 'std')}"
+                     for k, _ in cols]
+            t = e["time"]
+            lines.append(f"| {lb} | {len(e['seeds'])} | " + " | ".join(cells) +
+                         f" | {_minutes(t['train_wall_s']['mean'])} (CPU "
+                         f"{_minutes(t['train_cpu_s']['mean'])}) |")
+        lines += ["", "Per seed (%):", ""]
+        lines.append("| experiment | seed | " + " | ".join(t for _, t in cols)
+                     + " | train wall | train CPU |")
+        lines.append("|---|---:|" + "---:|" * len(cols) + "---:|---:|")
+        for lb in labels:
+            e, ds = summary[lb], summary[lb]["datasets"][name]
+            for i, seed in enumerate(e["seeds"]):
+                vals = [ds["metrics"][k]["values"][i] for k, _ in cols]
+                cells = ["-" if math.isnan(v) else f"{100 * v:.2f}" for v in vals]
+                lines.append(f"| {lb} | {seed} | " + " | ".join(cells) + f" | "
+                             f"{_minutes(e['time']['train_wall_s']['values'][i])} | "
+                             f"{_minutes(e['time']['train_cpu_s']['values'][i])} |")
+        boot = [(lb, summary[lb]["datasets"][name]["val_bootstrap_std"]) for lb in labels]
+        boot = [(lb, b) for lb, b in boot if b]
+        if boot:
+            lines += ["", "Val-sampling std of one model (bootstrap over the val images, mean "
+                      "over seeds, %): " + "; ".join(
+                          f"{lb}: " + ", ".join(f"{t} {100 * b[k]:.2f}" for k, t in cols if k in b)
+                          for lb, b in boot)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def expected_results(summary: Dict[str, dict], *, k: float = 3.0,
+                     floor: float = 0.01) -> Dict[str, list]:
+    """Per label, ``TEST.EXPECTED_RESULTS`` entries ``[dataset, task, metric, mean, tol]`` with
+    tol = max(k x seed std, floor) (fractions, as the evaluators report them)."""
+    out: Dict[str, list] = {}
+    for lb, e in summary.items():
+        entries = []
+        for name, ds in e["datasets"].items():
+            for key, _ in ds["columns"]:
+                s = ds["metrics"][key]
+                if math.isnan(s["mean"]):
+                    continue
+                tol = floor if math.isnan(s["std"]) else max(k * s["std"], floor)
+                entries.append([name, ds["task"], key, round(s["mean"], 4), round(tol, 4)])
+        out[lb] = entries
+    return out
+
+
+def _plots(summary: Dict[str, dict], output: str) -> List[str]:
+    from crowdloss.evaluation.plots import _pyplot, _save
+
+    plt = _pyplot()
+    written = []
+    names = sorted({d for e in summary.values() for d in e["datasets"]})
+    for name in names:
+        suffix = "" if len(names) == 1 else f"_{name}"
+        labels = [lb for lb in summary if name in summary[lb]["datasets"]]
+        keys = [k for k in ("AP", "mMR") if k in summary[labels[0]]["datasets"][name]["metrics"]]
+        if not keys:
+            continue
+        fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.8), dpi=100)
+        for ax, key in zip(np.atleast_1d(axes), keys):
+            for x, lb in enumerate(labels):
+                s = summary[lb]["datasets"][name]["metrics"][key]
+                vals = 100 * np.asarray(s["values"], float)
+                ax.scatter(np.full(vals.size, x) + 0.12, vals, s=10, color="0.5", zorder=2)
+                ax.errorbar([x], [100 * s["mean"]], yerr=[0 if math.isnan(s["std"])
+                                                         else 100 * s["std"]],
+                            fmt="o", capsize=5, color=f"C{x % 10}", zorder=3)
+            ax.set_xlim(-0.5, len(labels) - 0.5)
+            ax.set_xticks(range(len(labels)))
+            ax.set_xticklabels([lb.split(".")[0] if len(lb) > 14 else lb for lb in labels],
+                               rotation=20, fontsize=8)
+            ax.set_ylabel({"AP": "AP50 (%)", "mMR": "MR$^{-2}$ (%, lower is better)"}[key])
+            ax.grid(True, axis="y", alpha=0.3)
+        fig.suptitle(f"{name}: mean +- std over seeds (grey: each seed)", fontsize=9)
+        written.append(_save(fig, plt, os.path.join(output, f"ap_mr{suffix}.png")))
+        curves = [(lb, summary[lb]["datasets"][name].get("curve")) for lb in labels]
+        curves = [(lb, c) for lb, c in curves if c]
+        if curves:
+            fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=100)
+            for i, (lb, c) in enumerate(curves):
+                mr = summary[lb]["datasets"][name]["metrics"]["mMR"]
+                this = mr["values"][summary[lb]["seeds"].index(c["seed"])]
+                ax.plot(c["fppi"], c["miss_rate"], lw=1.4, color=f"C{i % 10}",
+                        label=f"{lb} seed {c['seed']} (MR$^{{-2}}$ {100 * this:.1f}, "
+                              f"mean {100 * mr['mean']:.1f})")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlim(1e-3, 1e2)
+            ax.set_ylim(1e-2, 1.0)
+            ax.set_xlabel("false positives per image")
+            ax.set_ylabel("miss rate")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(loc="lower left", fontsize=7)
+            ax.set_title(f"{name}: the seed closest to the mean MR$^{{-2}}$", fontsize=9)
+            written.append(_save(fig, plt, os.path.join(output, f"mr_fppi{suffix}.png")))
+    return written
+
+
+def write_report(records: Sequence[dict], runs: Sequence, output: str, *, command: str,
+                 band_k: float = 3.0) -> List[str]:
+    """Write ``report.md``, ``results.json`` and the plots under ``output``; returns the paths."""
+    labels = list(dict.fromkeys(r.label for r in runs))
+    summary = summarize(records, labels)
+    missing = [f"{r.label} seed {r.seed}" for r in runs
+               if not any(x["label"] == r.label and x["seed"] == r.seed for x in records)]
+    md = format_markdown(summary, command) if summary else f"Command: `{command}`\n\nNo run finished.\n"
+    if missing:
+        md += "\nNot finished (left out above): " + ", ".join(missing) + "\n"
+    bands = expected_results(summary, k=band_k)
+    payload = {"command": command, "experiments": summary, "missing": missing,
+               "expected_results": bands, "band_k": band_k,
+               "runs": sorted(records, key=lambda r: (r["label"], r["seed"]))}
+    os.makedirs(output, exist_ok=True)
+    written = [atomic_write(os.path.join(output, "report.md"), md),
+               atomic_write(os.path.join(output, "results.json"),
+                            json.dumps(payload, indent=1, allow_nan=True))]
+    if summary:
+        written += _plots(summary, output)
+    return written

@@ -1,0 +1,299 @@
+"""``python -m crowdloss.tools.benchmark``: train and evaluate experiments over several seeds.
+
+Every (experiment, seed) is one ``pods_train --resume`` (which evaluates after its last
+iteration) in its own ``OUTPUT_DIR`` = ``<output>/<label>/seed<k>``, run as a subprocess with
+one torch thread, ``--jobs`` of them at a time; ``pods_test`` runs only when the training left
+no evaluation of its final checkpoint. Re-running the same command reuses finished runs and
+resumes half-finished ones (``pods_train --resume`` continues bit for bit from the newest
+checkpoint); a run dir made from another config is an error, never reused. The report
+(``report.md``, ``results.json``, ``ap_mr.png``, ``mr_fppi.png`` under ``<output>``) gives
+mean +- std over seeds, every seed's values and the time per run: ``crowdloss.tools.bench_report``.
+
+Example (the standard synthcrowd comparison, docs/benchmark.md)::
+
+    python -m crowdloss.tools.benchmark --output output/bench --seeds 0 1 2 \\
+        playground/detection/synthcrowd/{lla,fcos,atss}.res18.fpn.synthcrowd.*
+    # a variant of one experiment, under its own label:
+    python -m crowdloss.tools.benchmark --output output/bench \\
+        lla_wu=playground/detection/synthcrowd/lla.res18... --exp-opts lla_wu MODEL.LLA.WARMUP_ITERS 500
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import copy
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+from crowdloss.utils.io import atomic_write
+
+__all__ = ["Run", "plan_runs", "prepare_runs", "config_fingerprint", "execute_run", "main"]
+
+RECORD = "benchmark_run.json"
+_print_lock = threading.Lock()
+
+
+def _say(msg: str) -> None:
+    with _print_lock:
+        print(msg, flush=True)
+
+
+@dataclass
+class Run:
+    """One (experiment, seed): its label, experiment dir, OUTPUT_DIR and config overrides."""
+    label: str
+    exp_dir: str
+    seed: int
+    out: str
+    overrides: List[str] = field(default_factory=list)
+    #: filled by ``prepare_runs`` (in the main thread: loading an experiment is not thread-safe)
+    fingerprint: str = ""
+    #: (dataset name, GT file or None, evaluator type, GT box key) of each of DATASETS.TEST
+    test_sets: List[tuple] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.label} seed {self.seed}"
+
+    def cli_args(self) -> List[str]:
+        return ["--dir", self.exp_dir, "OUTPUT_DIR", self.out, *self.overrides,
+                "SEED", str(self.seed)]
+
+
+def parse_experiment(spec: str) -> tuple:
+    """``DIR`` or ``LABEL=DIR`` -> (label, absolute dir); the label defaults to the basename."""
+    label, sep, path = spec.partition("=")
+    if not sep:
+        label, path = "", spec
+    path = os.path.abspath(os.path.expanduser(path))
+    label = label or os.path.basename(path.rstrip(os.sep))
+    if not os.path.isfile(os.path.join(path, "config.py")):
+        raise SystemExit(f"benchmark: error: {spec!r}: {path} holds no config.py (not an "
+                         f"experiment dir)")
+    return label, path
+
+
+def plan_runs(experiments: Sequence[str], seeds: Sequence[int], output: str,
+              opts: Sequence[str] = (), exp_opts: Sequence[Sequence[str]] = ()) -> List[Run]:
+    """The runs, seed-major (every experiment's seed 0 first: partial results cover them all)."""
+    parsed = [parse_experiment(s) for s in experiments]
+    labels = [label for label, _ in parsed]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise SystemExit(f"benchmark: error: label(s) {dupes} used twice; name them LABEL=DIR")
+    per_label: Dict[str, List[str]] = {}
+    for item in exp_opts:
+        label, pairs = item[0], list(item[1:])
+        if label not in labels:
+            raise SystemExit(f"benchmark: error: --exp-opts {label}: no experiment has that "
+                             f"label (labels: {labels})")
+        if not pairs or len(pairs) % 2:
+            raise SystemExit(f"benchmark: error: --exp-opts {label}: expected KEY VALUE pairs, "
+                             f"got {pairs}")
+        per_label.setdefault(label, []).extend(pairs)
+    if len(seeds) != len(set(seeds)) or not seeds:
+        raise SystemExit(f"benchmark: error: --seeds must be distinct, got {list(seeds)}")
+    output = os.path.abspath(output)
+    return [Run(label, path, int(seed), os.path.join(output, label, f"seed{seed}"),
+                list(opts) + per_label.get(label, []))
+            for seed in seeds for label, path in parsed]
+
+
+def config_fingerprint(cfg) -> str:
+    """sha256 of a run's config (OUTPUT_DIR left out), so that a changed config.py or override
+    list is never mistaken for the finished run."""
+    cfg = copy.deepcopy(cfg)
+    cfg.OUTPUT_DIR = ""
+    return hashlib.sha256(cfg.dump().encode("utf-8")).hexdigest()
+
+
+def prepare_runs(runs: Sequence[Run]) -> None:
+    """Load each experiment with its run's overrides: fingerprint and test sets (a bad override
+    fails here, before anything trains)."""
+    from crowdloss.cli.common import load_experiment
+    from crowdloss.data import MetadataCatalog
+
+    for run in runs:
+        cfg = copy.deepcopy(load_experiment(run.exp_dir).config)
+        try:
+            cfg.merge_from_list(list(run.overrides) + ["SEED", str(run.seed)])
+        except (KeyError, ValueError) as exc:
+            raise SystemExit(f"benchmark: error: {run.name}: {exc}") from None
+        run.fingerprint = config_fingerprint(cfg)
+        run.test_sets = []
+        for name in cfg.DATASETS.TEST:
+            meta = MetadataCatalog.get(name)
+            run.test_sets.append((name, meta.get("gt_file"), meta.get("evaluator_type"),
+                                  cfg.DATASETS.BOX_TYPE))
+
+
+def _read_json(path: str) -> Optional[dict]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _final_checkpoint(out: str) -> Optional[str]:
+    """``model_final.pth`` if ``last_checkpoint`` names it (training reached MAX_ITER)."""
+    try:
+        with open(os.path.join(out, "last_checkpoint")) as f:
+            name = f.read().strip()
+    except OSError:
+        return None
+    path = os.path.join(out, name)
+    return path if name == "model_final.pth" and os.path.isfile(path) else None
+
+
+def _timed(cmd: List[str], log: str, env: dict) -> dict:
+    """Run ``cmd`` with stdout + stderr appended to ``log``; wall and CPU seconds (the child
+    and the children it waited for, e.g. data loader workers) from ``wait4``."""
+    start = time.perf_counter()
+    with open(log, "a") as f:
+        f.write(f"\n$ {' '.join(cmd)}\n")
+        f.flush()
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"rc": proc.returncode, "wall_s": time.perf_counter() - start,
+            "cpu_s": usage.ru_utime + usage.ru_stime}
+
+
+def _add_time(record: dict, stage: str, t: dict) -> None:
+    acc = record.setdefault(stage, {"wall_s": 0.0, "cpu_s": 0.0, "invocations": 0})
+    acc["wall_s"] += t["wall_s"]
+    acc["cpu_s"] += t["cpu_s"]
+    acc["invocations"] += 1
+
+
+def execute_run(run: Run, *, env: dict, python: str = sys.executable,
+                always_test: bool = False) -> dict:
+    """Train (or resume) and evaluate one run; returns its record (also in ``OUT/RECORD``).
+
+    Raises:
+        RuntimeError: the run dir belongs to another config, or a stage failed (naming its log).
+    """
+    from .bench_report import collect_results
+
+    os.makedirs(run.out, exist_ok=True)
+    path = os.path.join(run.out, RECORD)
+    fp = run.fingerprint
+    record = _read_json(path) or {}
+    if record and record.get("fingerprint") != fp:
+        raise RuntimeError(f"{run.out} holds a run of another config (its {RECORD} differs in "
+                           f"the config fingerprint): use another --output or remove it")
+    if not record and os.path.exists(os.path.join(run.out, "last_checkpoint")):
+        raise RuntimeError(f"{run.out} holds checkpoints but no {RECORD}: not a run of this "
+                           f"benchmark; use another --output or remove it")
+    record.update(label=run.label, experiment=run.exp_dir, seed=run.seed,
+                  overrides=run.overrides, fingerprint=fp)
+    final = _final_checkpoint(run.out)
+    if record.get("results") and final and record.get("final_mtime_ns") == \
+            os.stat(final).st_mtime_ns and not always_test:
+        return record  # finished earlier: reused as it is
+    atomic_write(path, json.dumps(record, indent=1))
+    log = os.path.join(run.out, "benchmark.log")
+    if final is None:
+        _say(f"[train] {run.name} -> {run.out}")
+        t = _timed([python, "-m", "crowdloss.cli.train", "--resume", *run.cli_args()], log, env)
+        _add_time(record, "train", t)
+        atomic_write(path, json.dumps(record, indent=1))
+        final = _final_checkpoint(run.out)
+        if t["rc"] != 0 or final is None:
+            raise RuntimeError(f"pods_train failed for {run.name} (exit {t['rc']}): see {log}")
+    results = collect_results(run, final)
+    if results is None or always_test:
+        _say(f"[test] {run.name}")
+        t = _timed([python, "-m", "crowdloss.cli.test", *run.cli_args()], log, env)
+        _add_time(record, "test", t)
+        results = collect_results(run, final) if t["rc"] == 0 else None
+        if results is None:
+            raise RuntimeError(f"pods_test failed for {run.name} (exit {t['rc']}): see {log}")
+    record.update(results=results, final_mtime_ns=os.stat(final).st_mtime_ns)
+    atomic_write(path, json.dumps(record, indent=1))
+    return record
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m crowdloss.tools.benchmark",
+        description="Train + evaluate experiment dirs over several seeds (pods_train / "
+                    "pods_test, one OUTPUT_DIR per experiment and seed) and report mean +- std.")
+    p.add_argument("experiments", nargs="+", metavar="[LABEL=]DIR",
+                   help="experiment dirs; LABEL (default: the dir's name) names its runs")
+    p.add_argument("--output", required=True, help="root of the run dirs and of the report")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default: 0 1 2")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs at a time (default: the CPU cores this process may use)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    p.add_argument("--exp-opts", nargs="+", action="append", default=[],
+                   metavar="LABEL KEY VALUE", help="overrides for one experiment (repeatable)")
+    p.add_argument("--always-test", action="store_true",
+                   help="run pods_test even when the training evaluated its final checkpoint")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: report the runs already finished")
+    p.add_argument("--band-k", type=float, default=3.0,
+                   help="TEST.EXPECTED_RESULTS tolerance in seed stds (default 3)")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+                   help="overrides for every run (last on the command line)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .bench_report import write_report
+
+    args = build_parser().parse_args(argv)
+    if len(args.opts) % 2:
+        raise SystemExit(f"benchmark: error: --opts needs KEY VALUE pairs, got {args.opts}")
+    runs = plan_runs(args.experiments, args.seeds, args.output, args.opts, args.exp_opts)
+    prepare_runs(runs)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    jobs = max(1, min(args.jobs or max(1, (cores or 1) // args.threads), len(runs)))
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    records, failures = [], []
+    if args.report_only:
+        for run in runs:
+            record = _read_json(os.path.join(run.out, RECORD))
+            if record and record.get("results") and record.get("fingerprint") == run.fingerprint:
+                records.append(record)
+            elif record and record.get("results"):
+                _say(f"[skipped] {run.name}: {run.out} was made from another config")
+    else:
+        _say(f"benchmark: {len(runs)} runs, {jobs} at a time, {args.threads} thread(s) each")
+        with futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            pending = {pool.submit(execute_run, run, env=env, always_test=args.always_test): run
+                       for run in runs}
+            for fut in futures.as_completed(pending):
+                run = pending[fut]
+                try:
+                    records.append(fut.result())
+                    _say(f"[done] {run.name}")
+                except Exception as exc:  # one failed run must not stop the others
+                    failures.append(f"{run.name}: {exc}")
+                    _say(f"[FAILED] {run.name}: {exc}")
+    command = "python -m crowdloss.tools.benchmark " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+    written = write_report(records, runs, args.output, command=command, band_k=args.band_k)
+    for path in written:
+        _say(f"wrote {path}")
+    if failures:
+        _say("benchmark: {} run(s) failed:\n  {}".format(len(failures), "\n  ".join(failures)))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The benchmark runner on a toy list: the demo experiment and a warm-up variant of it, 2 seeds,
+2 iterations, on a tiny synthcrowd, through the real pods_train / pods_test subprocesses:
+report files, reuse of finished runs, resume of a half-finished one, refusal of a run dir made
+from another config."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from crowdloss.data.synthetic import generate_synthcrowd
+from crowdloss.tools.benchmark import main, plan_runs
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = next((REPO / "playground/detection/synthcrowd").glob("lla.res18.fpn.synthcrowd.*"))
+TOY = ["SOLVER.LR_SCHEDULER.MAX_ITER", "2", "SOLVER.LR_SCHEDULER.STEPS", "(1,)",
+       "SOLVER.LR_SCHEDULER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "1",
+       "SOLVER.IMS_PER_BATCH", "2", "SOLVER.IMS_PER_DEVICE", "2", "DATALOADER.NUM_WORKERS", "0",
+       "TEST.EVAL_PERIOD", "0",  # pods_train evaluates its final model (pods_test: below)
+       # an untrained model scores below the usual 0.05: keep its boxes so metrics are numbers
+       "MODEL.FCOS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "20"]
+
+
+def test_plan_is_seed_major_with_per_experiment_overrides(tmp_path):
+    runs = plan_runs([f"a={DEMO}", f"b={DEMO}"], [0, 1], str(tmp_path), ["X", "1"],
+                     [["b", "Y", "2"]])
+    assert [(r.label, r.seed) for r in runs] == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
+    assert runs[3].overrides == ["X", "1", "Y", "2"] and runs[0].overrides == ["X", "1"]
+    assert runs[3].out == str(tmp_path / "b" / "seed1")
+    with pytest.raises(SystemExit, match="used twice"):
+        plan_runs([str(DEMO), str(DEMO)], [0], str(tmp_path))
+    with pytest.raises(SystemExit, match="no experiment has that label"):
+        plan_runs([str(DEMO)], [0], str(tmp_path), [], [["zz", "Y", "2"]])
+    with pytest.raises(SystemExit, match="no config.py"):
+        plan_runs([str(tmp_path)], [0], str(tmp_path))
+
+
+@pytest.mark.slow
+def test_runner_trains_reports_reuses_and_resumes(tmp_path, monkeypatch, capsys):
+    generate_synthcrowd(str(tmp_path / "ds" / "synthcrowd"), num_train=8, num_val=4, seed=3)
+    monkeypatch.setenv("CROWDLOSS_DATASETS", str(tmp_path / "ds"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    out = tmp_path / "bench"
+    argv = ["--output", str(out), "--seeds", "0", "1", "--jobs", "2", f"lla={DEMO}",
+            f"wu={DEMO}", "--exp-opts", "wu", "MODEL.LLA.WARMUP_ITERS", "1", "--opts", *TOY]
+    assert main(argv) == 0
+
+    report = (out / "report.md").read_text()
+    assert "| lla | 2 |" in report and "| wu | 2 |" in report and "+-" in report
+    for label in ("lla", "wu"):
+        for seed in (0, 1):
+            assert f"| {label} | {seed} |" in report
+    results = json.loads((out / "results.json").read_text())
+    assert results["missing"] == [] and len(results["runs"]) == 4
+    ap = results["experiments"]["lla"]["datasets"]["synthcrowd_val"]["metrics"]["AP"]
+    assert ap["n"] == 2 and all(0 <= v <= 1 for v in ap["values"])
+    bands = results["expected_results"]["lla"]
+    assert ["synthcrowd_val", "crowdhuman", "AP"] == bands[0][:3] and bands[0][4] >= 0.01
+    assert (out / "ap_mr.png").stat().st_size > 0 and (out / "mr_fppi.png").stat().st_size > 0
+    run_dir = out / "wu" / "seed1"
+    record = json.loads((run_dir / "benchmark_run.json").read_text())
+    assert record["seed"] == 1 and record["train"]["invocations"] == 1
+    assert record["train"]["wall_s"] > 0 and record["train"]["cpu_s"] > 0
+    assert "test" not in record  # pods_train evaluated its final checkpoint: no pods_test
+    assert "assignment warm-up over at iteration 1" in (run_dir / "log.txt").read_text()
+    assert "warm-up" not in (out / "lla" / "seed1" / "log.txt").read_text()
+
+    # Same command again: every run is reused, nothing is started.
+    log = (run_dir / "benchmark.log").read_text()
+    assert main(argv) == 0
+    assert (run_dir / "benchmark.log").read_text() == log
+
+    # A half-finished run (killed after its first checkpoint) resumes where it stopped.
+    (run_dir / "model_final.pth").unlink()
+    (run_dir / "last_checkpoint").write_text("model_iter_0000001.pth")
+    assert main(argv) == 0
+    record = json.loads((run_dir / "benchmark_run.json").read_text())
+    assert record["train"]["invocations"] == 2 and (run_dir / "model_final.pth").exists()
+    assert "Resuming at iteration 1" in (run_dir / "log.txt").read_text()
+
+    # --always-test: pods_test scores the final checkpoints again (the path taken when the
+    # training evaluated nothing); the same numbers come back.
+    before = json.loads((run_dir / "benchmark_run.json").read_text())["results"]
+    assert main(["--output", str(out), "--seeds", "1", "--always-test", *argv[5:]]) == 0
+    record = json.loads((run_dir / "benchmark_run.json").read_text())
+    assert record["test"]["invocations"] == 1
+    key = "synthcrowd_val"
+    assert record["results"][key]["metrics"] == before[key]["metrics"]
+
+    # Another config into the same run dirs is refused, not reused.
+    capsys.readouterr()
+    assert main(argv + ["SOLVER.OPTIMIZER.BASE_LR", "0.001"]) == 1
+    assert "another config" in capsys.readouterr().out
+
+
+def _record(label, seed, ap, mr, wall=60.0):
+    return {"label": label, "seed": seed, "experiment": "/x/" + label, "overrides": [],
+            "train": {"wall_s": wall, "cpu_s": wall / 2, "invocations": 1},
+            "results": {"synthcrowd_val": {
+                "task": "crowdhuman",
+                "metrics": {"AP": ap, "mMR": mr, "Recall": 0.9, "JI": 0.5},
+                "curve": {"fppi": [0.01, 0.1, 1.0], "miss_rate": [0.9, 0.6, mr]},
+                "val_bootstrap": {"images": 1000, "samples": 200,
+                                  "std": {"AP": 0.005, "mMR": 0.01, "Recall": 0.004}}}}}
+
+
+def test_report_tables_bands_and_plots(tmp_path):
+    from crowdloss.tools.bench_report import write_report
+    from crowdloss.tools.benchmark import Run
+
+    records = [_record("a", 0, 0.60, 0.80), _record("a", 1, 0.62, 0.76),
+               _record("a", 2, 0.64, 0.78), _record("b", 0, 0.50, 0.90)]
+    runs = [Run(lb, "/x/" + lb, s, str(tmp_path / lb / f"seed{s}")) for s in (0, 1, 2)
+            for lb in ("a", "b")]
+    write_report(records, runs, str(tmp_path), command="CMD", band_k=3.0)
+    md = (tmp_path / "report.md").read_text()
+    assert "Command: `CMD`" in md
+    assert "| a | 3 | 62.00 +- 2.00 | 78.00 +- 2.00 | 90.00 +- 0.00 | 50.00 +- 0.00 |" in md
+    assert "| b | 1 | 50.00 +- - |" in md  # one seed: no std
+    assert "| a | 1 | 62.00 | 76.00 | 90.00 | 50.00 | 1.0 min | 0.5 min |" in md
+    assert "Not finished (left out above): b seed 1, b seed 2" in md
+    res = json.loads((tmp_path / "results.json").read_text())
+    ap_band = [e for e in res["expected_results"]["a"] if e[2] == "AP"][0]
+    assert ap_band == ["synthcrowd_val", "crowdhuman", "AP", 0.62, 0.06]  # mean, 3 x 0.02
+    assert [e for e in res["expected_results"]["b"] if e[2] == "AP"][0][4] == 0.01  # floor
+    # the MR-FPPI curve shown is the seed closest to the mean MR^-2 (0.78: seed 2)
+    assert res["experiments"]["a"]["datasets"]["synthcrowd_val"]["curve"]["seed"] == 2
+    assert (tmp_path / "ap_mr.png").stat().st_size > 0
+    assert (tmp_path / "mr_fppi.png").stat().st_size > 0
