@@ -127,3 +127,23 @@ def test_report_tables_bands_and_plots(tmp_path):
     assert res["experiments"]["a"]["datasets"]["synthcrowd_val"]["curve"]["seed"] == 2
     assert (tmp_path / "ap_mr.png").stat().st_size > 0
     assert (tmp_path / "mr_fppi.png").stat().st_size > 0
+
+
+def test_results_are_read_where_pods_test_writes_them(tmp_path):
+    # With TEST.EVAL_PERIOD -1 only pods_test scores a run: inference/<checkpoint>/<dataset>/.
+    from crowdloss.tools.bench_report import collect_results
+    from crowdloss.tools.benchmark import Run
+
+    run = Run("a", "/x/a", 0, str(tmp_path))
+    run.test_sets = [("synthcrowd_val", None, "crowdhuman", "fbox")]
+    final = tmp_path / "model_final.pth"
+    final.write_bytes(b"")
+    assert collect_results(run, str(final)) is None  # not scored yet
+    folder = tmp_path / "inference" / "model_final" / "synthcrowd_val"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"AP": 0.5, "mMR": 0.7, "name": "x"}))
+    got = collect_results(run, str(final))
+    assert got["synthcrowd_val"]["metrics"] == {"AP": 0.5, "mMR": 0.7}
+    os.utime(final)  # a checkpoint newer than its scores (training resumed): not scored
+    os.utime(folder / "metrics.json", ns=(1, 1))
+    assert collect_results(run, str(final)) is None

@@ -239,11 +239,18 @@ def test_cli_reports_a_real_unread_key_at_the_right_stage(tiny):
     assert "Results per checkpoint" in _log(out, size) and _reports(_log(out, size)) == []
 
 
-def test_cli_reports_keys_of_a_stage_that_never_ran(tiny):
+def test_cli_leaves_evaluation_keys_to_pods_test_when_training_evaluates_nothing(tiny):
+    # TEST.EVAL_PERIOD -1 (the synthcrowd experiments: pods_test scores the model): the
+    # evaluation keys are pods_test's to read and to report, not a false alarm of pods_train.
     exp, out = tiny
     pods_train.run(["--dir", str(exp), "OUTPUT_DIR", str(out), "TEST.EVAL_PERIOD", "-1",
-                    "TEST.JI_MATCHING", "greedy"])
-    assert _reports(_log(out)) == [("in this whole run", ["DATASETS.TEST", "TEST.JI_MATCHING"])]
+                    "TEST.JI_MATCHING", "greedy", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "2.0"])
+    assert _reports(_log(out)) == [("by the model, optimizer, scheduler and train loader",
+                                    ["SOLVER.CLIP_GRADIENTS.CLIP_VALUE"])]
+    size = len(_log(out))
+    pods_test.run(["--dir", str(exp), "OUTPUT_DIR", str(out), "TEST.JI_MATCHING", "greedy"])
+    # This toy task's evaluator has no JI: pods_test is where that is said.
+    assert _reports(_log(out, size)) == [("by this evaluation", ["TEST.JI_MATCHING"])]
 
 
 def test_cli_unread_keys_error_stops_before_training(tiny, capsys):

@@ -394,6 +394,7 @@ def test_new_synthcrowd_experiments_train_two_iterations(rel, tmp_path, monkeypa
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.IMS_PER_DEVICE", "2",
         "SOLVER.REFERENCE_WORLD_SIZE", "1", "DATALOADER.NUM_WORKERS", "0",
         "OUTPUT_DIR", str(tmp_path / "out"), "TEST.PLOT", "False",
+        "TEST.EVAL_PERIOD", "0",  # evaluate after training (the configs leave it to pods_test)
     ])
     torch.manual_seed(0)
     runner = DefaultRunner(cfg, exp.build_model)

@@ -144,7 +144,7 @@ def test_pods_train_two_iterations(exp, synthcrowd, tmp_path, monkeypatch):
         pods_train.run(["--dir", str(PLAYGROUND / exp), "OUTPUT_DIR", str(out),
                         "SOLVER.LR_SCHEDULER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
                         "SOLVER.IMS_PER_DEVICE", "2", "DATALOADER.NUM_WORKERS", "0",
-                        "TEST.PLOT", "False"])
+                        "TEST.PLOT", "False", "TEST.EVAL_PERIOD", "0"])  # evaluate in training
     finally:  # the run links <experiment>/log to its OUTPUT_DIR: leave no link into tmp
         if link.is_symlink() and Path(link.readlink()) == out:
             link.unlink()

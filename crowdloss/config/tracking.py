@@ -47,6 +47,9 @@ UNREAD_KEYS_ACTIONS = ("warn", "error", "off")
 TRAIN_ONLY_KEYS = ("SOLVER", "DATASETS.TRAIN", "INPUT.AUG.TRAIN_PIPELINES",
                    "DATALOADER.ASPECT_RATIO_GROUPING", "DATALOADER.FILTER_EMPTY_ANNOTATIONS",
                    "TEST.EVAL_PERIOD")
+# Keys only an evaluation reads: a training run that evaluates nothing (TEST.EVAL_PERIOD -1,
+# pods_test scores the model) leaves them to pods_test's report.
+EVAL_ONLY_KEYS = ("DATASETS.TEST", "INPUT.AUG.TEST_PIPELINES", "TEST")
 # Keys whose readers (model, optimizer, scheduler, hooks, train loader) have all run once the
 # runner is built and its train loader exists: checked before the first iteration.
 BUILD_TIME_KEYS = ("MODEL", "SOLVER")

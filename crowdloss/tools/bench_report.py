@@ -44,11 +44,18 @@ def collect_results(run, final_checkpoint: str) -> Optional[Dict[str, dict]]:
 
     out: Dict[str, dict] = {}
     newest = os.stat(final_checkpoint).st_mtime_ns
+    stem = os.path.splitext(os.path.basename(final_checkpoint))[0]
     for name, gt_file, kind, box_key in run.test_sets:
-        folder = os.path.join(run.out, "inference", name)
-        path = os.path.join(folder, "metrics.json")
-        if not os.path.isfile(path) or os.stat(path).st_mtime_ns < newest:
+        # pods_test writes inference/<checkpoint>/<dataset>/, an evaluation at the end of
+        # training inference/<dataset>/: either counts if it is newer than the checkpoint.
+        fresh = [f for f in (os.path.join(run.out, "inference", stem, name),
+                             os.path.join(run.out, "inference", name))
+                 if os.path.isfile(os.path.join(f, "metrics.json"))
+                 and os.stat(os.path.join(f, "metrics.json")).st_mtime_ns >= newest]
+        if not fresh:
             return None
+        folder = fresh[0]
+        path = os.path.join(folder, "metrics.json")
         with open(path) as f:
             saved = json.load(f)
         metrics = {k: v for k, v in saved.items()

@@ -47,7 +47,7 @@ _config_dict = dict(
         ),
     ),
     SEED=0,
-    TEST=dict(EVAL_PERIOD=0, DETECTIONS_PER_IMAGE=300),
+    TEST=dict(EVAL_PERIOD=-1, DETECTIONS_PER_IMAGE=300),  # pods_test evaluates
 )
 
 
