@@ -15,7 +15,7 @@ from .fcos_config import FCOSConfig
 from .output import default_output_dir, dump_config, link_log
 from .rcnn_fpn_config import RCNNFPNConfig
 from .rescale import rescale_for_world_size
-from .pytorch_retinanet_config import PyTorchRetinaNetConfig
+from .pytorch_retinanet_config import PyTorchRetinaNetConfig, PyTorchRetinaNetCrowdHumanConfig
 from .retinanet_config import RetinaNetConfig
 from .ssd_config import SSDConfig, ssd_train_pipeline
 from .tracking import ReadTracker, UnreadKeyReport, UnreadKeysError, untracked
@@ -33,6 +33,7 @@ __all__ = [
     "ssd_train_pipeline",
     "RCNNFPNConfig",
     "PyTorchRetinaNetConfig",
+    "PyTorchRetinaNetCrowdHumanConfig",
     "rescale_for_world_size",
     "default_output_dir",
     "dump_config",
