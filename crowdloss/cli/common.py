@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 import torch
 
 __all__ = ["CLIError", "ExperimentError", "Experiment", "Setup", "build_parser", "parse_args",
-           "load_experiment", "setup", "run_cli", "register_config_datasets"]
+           "load_experiment", "setup", "run_cli", "console_entry", "register_config_datasets"]
 
 logger = logging.getLogger(__name__)
 
@@ -333,6 +333,19 @@ def _format_diff(diff: Any, indent: str = "  ") -> str:
 
 
 # ---------------------------------------------------------------------------- running
+def console_entry(run: Callable[[Optional[Sequence[str]]], Any]) -> Callable[..., int]:
+    """The console entry point of a tool whose ``run(argv)`` returns results: it returns the
+    exit status 0 instead, since setuptools' wrapper passes the return value to ``sys.exit``,
+    which would turn a results dict into status 1 (failures exit 1 from ``run_cli`` already)."""
+
+    def main(argv: Optional[Sequence[str]] = None) -> int:
+        run(argv)
+        return 0
+
+    main.__doc__ = f"Console entry point of ``{run.__module__}``: see ``console_entry``."
+    return main
+
+
 def run_cli(args: argparse.Namespace, worker: Callable[[argparse.Namespace], Any]) -> Any:
     """Check the experiment, overrides, device and datasets here, then ``launch``
     ``worker(args)`` on every rank.

@@ -37,7 +37,7 @@ import pickle
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from crowdloss.cli.common import CLIError, parse_args, run_cli, setup
+from crowdloss.cli.common import CLIError, console_entry, parse_args, run_cli, setup
 
 __all__ = ["main", "run", "eval_worker", "select_checkpoints", "format_rows", "NoCheckpointError"]
 
@@ -228,12 +228,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Any:
     return run_cli(parse_args("pods_test", argv, test=True), eval_worker)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console entry point. Returns the exit status: setuptools' wrapper passes it to
-    ``sys.exit``, which would turn a results dict into status 1 (failures exit 1 from
-    ``run_cli`` already)."""
-    run(argv)
-    return 0
+main = console_entry(run)
 
 
 if __name__ == "__main__":

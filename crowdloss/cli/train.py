@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any, Optional, Sequence
 
-from crowdloss.cli.common import parse_args, run_cli, setup
+from crowdloss.cli.common import console_entry, parse_args, run_cli, setup
 
 __all__ = ["main", "run", "train_worker"]
 
@@ -56,12 +56,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Any:
     return run_cli(parse_args("pods_train", argv), train_worker)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console entry point. Returns the exit status: setuptools' wrapper passes it to
-    ``sys.exit``, which would turn a results dict into status 1 (failures exit 1 from
-    ``run_cli`` already)."""
-    run(argv)
-    return 0
+main = console_entry(run)
 
 
 if __name__ == "__main__":
