@@ -147,3 +147,16 @@ def test_results_are_read_where_pods_test_writes_them(tmp_path):
     os.utime(final)  # a checkpoint newer than its scores (training resumed): not scored
     os.utime(folder / "metrics.json", ns=(1, 1))
     assert collect_results(run, str(final)) is None
+
+
+def test_fingerprint_ignores_output_dir_and_the_expected_band_only():
+    from crowdloss.cli.common import load_experiment
+    from crowdloss.tools.benchmark import config_fingerprint
+
+    cfg = load_experiment(str(DEMO)).config
+    base = config_fingerprint(cfg)
+    cfg.OUTPUT_DIR = "/elsewhere"
+    cfg.TEST.EXPECTED_RESULTS = [["synthcrowd_val", "crowdhuman", "AP", 0.6, 0.05]]
+    assert config_fingerprint(cfg) == base
+    cfg.SOLVER.OPTIMIZER.BASE_LR = 0.01
+    assert config_fingerprint(cfg) != base

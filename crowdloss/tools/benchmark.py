@@ -107,10 +107,12 @@ def plan_runs(experiments: Sequence[str], seeds: Sequence[int], output: str,
 
 
 def config_fingerprint(cfg) -> str:
-    """sha256 of a run's config (OUTPUT_DIR left out), so that a changed config.py or override
-    list is never mistaken for the finished run."""
+    """sha256 of a run's config, so that a changed config.py or override list is never mistaken
+    for the finished run. Left out: OUTPUT_DIR and the expected-results band (pasting the
+    report's band into the config must not orphan the runs that produced it)."""
     cfg = copy.deepcopy(cfg)
     cfg.OUTPUT_DIR = ""
+    cfg.TEST.EXPECTED_RESULTS = []
     return hashlib.sha256(cfg.dump().encode("utf-8")).hexdigest()
 
 
