@@ -109,7 +109,7 @@ def test_results_file_size_cannot_override_the_image_or_the_gt(tmp_path):
         main(["--gt", gt_nosize, "--dt", dt, "--image-root", str(root)])
     with pytest.raises(ValueError, match=r"image 'a' is 100x200 .* but 100x120 in the GT file"):
         evaluate_crowdhuman(gt_sized, dt)
-    # nothing else knows the size: the results record's is used (METRICS.md inputs)
+    # nothing else knows the size: the results record's is used (docs/metrics.md, "Inputs")
     assert evaluate_crowdhuman(gt_nosize, dt).counts["tp"] == 1
     same = write_lines(tmp_path / "dt2.odgt", [{"ID": "a", "height": 100, "width": 120,
                                                 "dtboxes": [{"box": [100, 0, 30, 60],

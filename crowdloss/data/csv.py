@@ -19,7 +19,8 @@ boxes left without area dropped (logged), by the ``clip_and_drop`` every loader 
 
 **Paths.** A relative path resolves against ``image_root`` (default: the CSV file's folder).
 pytorch-retinanet opens paths relative to its working directory instead: the seed's files
-(``./data/CrowdHuman/CrowdHuman_train01/Images/...``) need ``image_root`` = the seed's root.
+(``data/CrowdHuman/CrowdHuman_train01/Images/...``, relative to where it ran) need
+``image_root`` = the seed's root.
 
 **Errors** name ``file:line``: a wrong column count, a non-numeric coordinate, ``x2 <= x1``,
 an unknown class, an image that does not exist or cannot be read (``DATASETS.SKIP_BAD_IMAGES``
