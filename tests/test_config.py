@@ -367,3 +367,14 @@ def test_link_log_creates_replaces_and_never_raises(tmp_path, caplog):
         assert link_log(str(exp), str(out1)) is None
         assert link_log(str(tmp_path / "missing"), str(out1)) is None
     assert "not a symlink" in caplog.text and "could not link" in caplog.text
+
+
+def test_coco_ranking_config_refuses_an_unknown_setting():
+    from crowdloss.config import coco_ranking_config
+
+    cfg = coco_ranking_config(loss="ap", size=800, backbone="r101", epochs=2, lr_steps=(1,),
+                              base_lr=0.001)
+    assert cfg["SOLVER"]["LR_SCHEDULER"]["STEPS"] == (7330,) and "ALRP" not in cfg["MODEL"]
+    with pytest.raises(ValueError, match="unknown setting"):
+        coco_ranking_config(loss="focal", size=800, backbone="r101", epochs=1, lr_steps=(),
+                            base_lr=0.01)

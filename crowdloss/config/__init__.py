@@ -15,6 +15,7 @@ from .fcos_config import FCOSConfig
 from .output import default_output_dir, dump_config, link_log
 from .rcnn_fpn_config import RCNNFPNConfig
 from .rescale import rescale_for_world_size
+from .coco_ranking import COCO_TRAIN_IMAGES, coco_ranking_config
 from .pytorch_retinanet_config import PyTorchRetinaNetConfig, PyTorchRetinaNetCrowdHumanConfig
 from .retinanet_config import RetinaNetConfig
 from .ssd_config import SSDConfig, ssd_train_pipeline
@@ -34,6 +35,8 @@ __all__ = [
     "RCNNFPNConfig",
     "PyTorchRetinaNetConfig",
     "PyTorchRetinaNetCrowdHumanConfig",
+    "coco_ranking_config",
+    "COCO_TRAIN_IMAGES",
     "rescale_for_world_size",
     "default_output_dir",
     "dump_config",
