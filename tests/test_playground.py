@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from crowdloss.cli.common import load_experiment
-from crowdloss.config import rescale_for_world_size
+from crowdloss.config import rescale_for_world_size, synthcrowd_solver
 from crowdloss.data import Annotations
 from crowdloss.data.mapper import DatasetMapper
 from crowdloss.data.transforms import build_transforms
@@ -295,6 +295,13 @@ def test_synthcrowd_experiments_share_one_schedule():
               "DATASETS", "SEED", "TEST.DETECTIONS_PER_IMAGE"]
     for key in shared:
         assert len({pick(r, key) for r in fpn + rcnn}) == 1, key
+    # That solver is synthcrowd_solver()'s, the person + head experiment's included.
+    assert {pick(r, "SOLVER") for r in cfgs} == {pick(fpn[0], "SOLVER")}
+    solver = cfgs[fpn[0]].SOLVER
+    for section, values in synthcrowd_solver().items():
+        for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
+            got = solver[section] if key is None else solver[section][key]
+            assert got == value, (section, key)
 
 
 @pytest.mark.parametrize("variant", sorted(REPULSION_VARIANTS))

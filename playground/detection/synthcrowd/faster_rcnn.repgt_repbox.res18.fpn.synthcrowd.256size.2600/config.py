@@ -5,7 +5,7 @@ sigma 1.0) and 0.5 x RepBox (sigma 0.0), the paper's setting on Faster R-CNN. Ev
 is identical to that experiment, so the two differ only in the repulsion terms. Written for
 ONE process (REFERENCE_WORLD_SIZE 1); no pretrained weights (FREEZE_AT 0, BatchNorm).
 """
-from crowdloss.config import RCNNFPNConfig
+from crowdloss.config import RCNNFPNConfig, synthcrowd_solver
 
 _config_dict = dict(
     MODEL=dict(
@@ -45,20 +45,8 @@ _config_dict = dict(
         TEST=("synthcrowd_val",),
     ),
     DATALOADER=dict(NUM_WORKERS=1),
-    SOLVER=dict(
-        LR_SCHEDULER=dict(
-            MAX_ITER=2600,
-            STEPS=(2000, 2420),
-            WARMUP_ITERS=100,
-        ),
-        OPTIMIZER=dict(
-            BASE_LR=0.02,
-        ),
-        IMS_PER_BATCH=4,
-        IMS_PER_DEVICE=4,
-        REFERENCE_WORLD_SIZE=1,
-        CHECKPOINT_PERIOD=500,
-    ),
+    # The schedule every synthcrowd experiment shares (crowdloss.config.synthcrowd).
+    SOLVER=synthcrowd_solver(),
     INPUT=dict(
         AUG=dict(
             TRAIN_PIPELINES=[

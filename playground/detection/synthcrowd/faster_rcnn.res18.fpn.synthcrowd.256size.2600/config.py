@@ -3,15 +3,14 @@ iters, CPU.
 
 The two-stage counterpart of the synthcrowd experiments (lla / fcos / atss
 .res18.fpn.synthcrowd.256size.2600): the SAME backbone (ResNet-18 at half width, BatchNorm,
-FPN 64 channels; here P2-P6), input, batch, LR and schedule (those experiments' current
-schedule), so that it differs from them in the detector only. The detector keeps the values
+FPN 64 channels; here P2-P6), input and schedule (``synthcrowd_solver``), so that it differs from them in the detector only. The detector keeps the values
 of the CrowdHuman experiment (faster_rcnn.res50.fpn.crowdhuman.800size.1x: anchor ratios 1, 2,
 3, smooth L1 beta 1.0, 50 % foreground ROIs, proposals of side <= 2 px dropped) except what
 the CPU needs: the cvpods FPN defaults for the RPN top-k (2000 / 1000 before NMS, 1000 after)
 and a 256-d box head. Written for ONE process (REFERENCE_WORLD_SIZE 1); no pretrained
 weights, so the backbone trains from scratch with BatchNorm (FREEZE_AT 0).
 """
-from crowdloss.config import RCNNFPNConfig
+from crowdloss.config import RCNNFPNConfig, synthcrowd_solver
 
 _config_dict = dict(
     MODEL=dict(
@@ -47,20 +46,8 @@ _config_dict = dict(
         TEST=("synthcrowd_val",),
     ),
     DATALOADER=dict(NUM_WORKERS=1),
-    SOLVER=dict(
-        LR_SCHEDULER=dict(
-            MAX_ITER=2600,
-            STEPS=(2000, 2420),
-            WARMUP_ITERS=100,
-        ),
-        OPTIMIZER=dict(
-            BASE_LR=0.02,
-        ),
-        IMS_PER_BATCH=4,
-        IMS_PER_DEVICE=4,
-        REFERENCE_WORLD_SIZE=1,
-        CHECKPOINT_PERIOD=500,
-    ),
+    # The schedule every synthcrowd experiment shares (crowdloss.config.synthcrowd).
+    SOLVER=synthcrowd_solver(),
     INPUT=dict(
         AUG=dict(
             TRAIN_PIPELINES=[

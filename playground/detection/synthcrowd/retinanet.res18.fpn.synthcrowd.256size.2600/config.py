@@ -8,7 +8,7 @@ schedule with the lla / fcos / atss synthcrowd experiments. Written for ONE proc
 (REFERENCE_WORLD_SIZE 1); no pretrained weights, so the backbone trains from scratch with
 BatchNorm (FREEZE_AT 0).
 """
-from crowdloss.config import RetinaNetConfig
+from crowdloss.config import RetinaNetConfig, synthcrowd_solver
 
 _config_dict = dict(
     MODEL=dict(
@@ -46,21 +46,8 @@ _config_dict = dict(
         TEST=("synthcrowd_val",),
     ),
     DATALOADER=dict(NUM_WORKERS=1),
-    SOLVER=dict(
-        LR_SCHEDULER=dict(
-            MAX_ITER=2600,
-            STEPS=(2000, 2420),
-            WARMUP_ITERS=100,
-        ),
-        OPTIMIZER=dict(
-            # The synthcrowd schedule's LR (tuned on FCOS-type models), kept for comparability.
-            BASE_LR=0.02,
-        ),
-        IMS_PER_BATCH=4,
-        IMS_PER_DEVICE=4,
-        REFERENCE_WORLD_SIZE=1,
-        CHECKPOINT_PERIOD=500,
-    ),
+    # The schedule every synthcrowd experiment shares (crowdloss.config.synthcrowd).
+    SOLVER=synthcrowd_solver(),
     INPUT=dict(
         AUG=dict(
             TRAIN_PIPELINES=[

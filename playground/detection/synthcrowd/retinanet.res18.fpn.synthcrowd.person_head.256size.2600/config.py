@@ -6,16 +6,16 @@ odgt (``synthcrowd_person_head_*``: full-body persons, heads, crowd regions as i
 detector is ``PyTorchRetinaNetConfig``'s (ratio-major anchors, std-normalised deltas, P6 from
 C5, per-class NMS), scored with the CrowdHuman metrics on its person class and, as the seed
 reports it, per-class AP (``TEST.PER_CLASS_AP`` "retinanet_csv"). Backbone, head width, input,
-batch, optimizer and schedule are those of the other synthcrowd experiments (the benchmark's
-standard at the time of writing), which train from scratch: so BN with batch statistics
-instead of the frozen ImageNet ones and SGD at 0.02 instead of Adam at 1e-5. The gradient norm
-is clipped (pytorch-retinanet clips at 0.1, for Adam); here at 5: measured without it, the
+batch, optimizer and schedule are those of the other synthcrowd experiments
+(``synthcrowd_solver``), which train from scratch: so BN with batch statistics instead of the
+frozen ImageNet ones and SGD at 0.02 instead of Adam at 1e-5. That schedule clips the gradient
+norm at 5 (pytorch-retinanet clips at 0.1, for Adam): measured without clipping, the
 gradient norm spikes to ~50 once the warm-up passes lr 0.012 and the loss is NaN by iteration
 85. synthcrowd's objects are 2-165 px at this input: anchors one octave smaller than
 pytorch-retinanet's (16-256 px) and every GT keeps its best anchor (low-quality matches),
 otherwise most heads would have no positive anchor at all.
 """
-from crowdloss.config import PyTorchRetinaNetConfig
+from crowdloss.config import PyTorchRetinaNetConfig, synthcrowd_solver
 
 _config_dict = dict(
     MODEL=dict(
@@ -39,19 +39,8 @@ _config_dict = dict(
         TEST=("synthcrowd_person_head_val",),
     ),
     DATALOADER=dict(NUM_WORKERS=1),
-    SOLVER=dict(
-        LR_SCHEDULER=dict(
-            MAX_ITER=2600,
-            STEPS=(2000, 2420),
-            WARMUP_ITERS=100,
-        ),
-        OPTIMIZER=dict(NAME="D2SGD", BASE_LR=0.02, WEIGHT_DECAY=1e-4),
-        CLIP_GRADIENTS=dict(ENABLED=True, CLIP_TYPE="norm", CLIP_VALUE=5.0),
-        IMS_PER_BATCH=4,
-        IMS_PER_DEVICE=4,
-        REFERENCE_WORLD_SIZE=1,
-        CHECKPOINT_PERIOD=500,
-    ),
+    # The schedule every synthcrowd experiment shares (crowdloss.config.synthcrowd).
+    SOLVER=synthcrowd_solver(),
     INPUT=dict(
         AUG=dict(
             TRAIN_PIPELINES=[

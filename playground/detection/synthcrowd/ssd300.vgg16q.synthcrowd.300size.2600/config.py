@@ -1,10 +1,11 @@
 """SSD300 on synthcrowd, quarter-width VGG16 with BN, from scratch on the CPU.
 
 The two synthcrowd SSD experiments (ssd300.vgg16q / ssd300.repgt_repbox.vgg16q
-.synthcrowd.300size.2600) differ ONLY in the repulsion terms; their solver is the one of the
-synthcrowd FCOS-family experiments (2600 iterations, batch 4, lr 0.02, one process).
+.synthcrowd.300size.2600) differ ONLY in the repulsion terms; their solver is the schedule
+every synthcrowd experiment shares (``synthcrowd_solver``: 2600 iterations, batch 4, lr 0.02,
+gradient norm clipped at 5, one process).
 """
-from crowdloss.config import SSDConfig
+from crowdloss.config import SSDConfig, synthcrowd_solver
 
 _config_dict = dict(
     MODEL=dict(
@@ -28,16 +29,8 @@ _config_dict = dict(
         TEST=("synthcrowd_val",),
     ),
     DATALOADER=dict(NUM_WORKERS=1),
-    # The synthcrowd FCOS-family experiments' solver, key for key (see README.md).
-    SOLVER=dict(
-        LR_SCHEDULER=dict(MAX_ITER=2600, STEPS=(2000, 2420), WARMUP_ITERS=100,
-                          WARMUP_FACTOR=1.0 / 1000),
-        OPTIMIZER=dict(NAME="D2SGD", BASE_LR=0.02, WEIGHT_DECAY=1e-4, MOMENTUM=0.9),
-        IMS_PER_BATCH=4,
-        IMS_PER_DEVICE=4,
-        REFERENCE_WORLD_SIZE=1,
-        CHECKPOINT_PERIOD=500,
-    ),
+    # The schedule every synthcrowd experiment shares (crowdloss.config.synthcrowd).
+    SOLVER=synthcrowd_solver(),
     INPUT=dict(
         AUG=dict(
             # Flip and the fixed square input only: the full SSD augmentation (zoom out / in,
