@@ -9,11 +9,11 @@ Every key is spelled out, not inherited, because the config classes disagree on 
 (``PyTorchRetinaNetConfig`` clips gradients at norm 0.1, as pytorch-retinanet does).
 
 Gradients are clipped at total L2 norm 5. The models train from scratch with BatchNorm, and
-in the first ~100 iterations, while the LR warms up, an occasional batch gives a gradient
-30-40x the usual norm (measured: 1-6 typically, 170 at FCOS seed 2's iteration ~75). Without
-clipping that one step decided the run: the seed with the largest early loss spike was each
-method's worst seed, 10-18 AP50 points below the others (docs/benchmark.md). A norm of 5
-leaves ordinary steps untouched and caps the rare outliers.
+while the LR warms up an occasional batch gives a gradient 10-60x the usual norm (measured
+over the first 200 iterations: median 3-4, single steps of 40-170). Without clipping that one
+step decided the run: each method's worst seed was the one with the largest early loss spike,
+4-18 AP50 points below the others. A norm of 5 caps those steps; after the warm-up it almost
+never binds (docs/benchmark.md).
 """
 from __future__ import annotations
 

@@ -48,8 +48,8 @@ _config_dict = dict(
         ),
     ),
     # A fixed seed (chosen before any run, not tuned): `make demo` gives the same numbers on
-    # every run of the same machine type. From scratch, the seed alone moves AP50 by about
-    # +-0.05 on this short schedule (0.558 vs 0.662 measured at 2200 iterations, SEED -1).
+    # every run of the same machine type and thread count. What the seed moves is the README
+    # table's seed std (docs/benchmark.md).
     SEED=0,
     TEST=dict(
         # pods_test evaluates (make demo, the benchmark runner); -1: pods_train does not
