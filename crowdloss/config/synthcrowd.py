@@ -19,9 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-__all__ = ["SYNTHCROWD_MAX_ITER", "synthcrowd_solver"]
-
-SYNTHCROWD_MAX_ITER = 2600
+__all__ = ["synthcrowd_solver"]
 
 
 def synthcrowd_solver() -> Dict[str, Any]:
@@ -29,7 +27,7 @@ def synthcrowd_solver() -> Dict[str, Any]:
     return dict(
         LR_SCHEDULER=dict(
             NAME="WarmupMultiStepLR",
-            MAX_ITER=SYNTHCROWD_MAX_ITER,
+            MAX_ITER=2600,
             STEPS=(2000, 2420),
             GAMMA=0.1,
             WARMUP_METHOD="linear",
