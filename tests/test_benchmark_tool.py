@@ -144,6 +144,23 @@ def test_results_are_read_where_pods_test_writes_them(tmp_path):
     (folder / "metrics.json").write_text(json.dumps({"AP": 0.5, "mMR": 0.7, "name": "x"}))
     got = collect_results(run, str(final))
     assert got["synthcrowd_val"]["metrics"] == {"AP": 0.5, "mMR": 0.7}
+    assert list(got) == ["synthcrowd_val"]  # no TEST.PER_CLASS_AP: no per-class table
+    # TEST.PER_CLASS_AP: per_class_ap.json beside metrics.json, its own table and bands, under
+    # the real dataset name and the task pods_test reports it as.
+    (folder / "per_class_ap.json").write_text(json.dumps({"mAP": 0.4, "classes": {
+        "person": {"ap": 0.6, "num_gt": 5}, "head": {"ap": 0.2, "num_gt": 3},
+        "bag": {"ap": None, "num_gt": 0}}}))
+    got = collect_results(run, str(final))
+    extra = got["synthcrowd_val per-class AP"]
+    assert extra == {"dataset": "synthcrowd_val", "task": "per_class_ap",
+                     "metrics": {"mAP": 0.4, "AP-person": 0.6, "AP-head": 0.2}}
+    from crowdloss.tools.bench_report import expected_results, summarize
+
+    summary = summarize([{"label": "a", "seed": 0, "experiment": "/x/a", "overrides": [],
+                          "results": got}], ["a"])
+    bands = expected_results(summary)["a"]
+    assert ["synthcrowd_val", "per_class_ap", "AP-head", 0.2, 0.01] in bands
+    assert ["synthcrowd_val", "crowdhuman", "AP", 0.5, 0.01] in bands
     os.utime(final)  # a checkpoint newer than its scores (training resumed): not scored
     os.utime(folder / "metrics.json", ns=(1, 1))
     assert collect_results(run, str(final)) is None

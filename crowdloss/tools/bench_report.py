@@ -2,7 +2,8 @@
 (``write_report``: ``report.md``, ``results.json``, ``ap_mr.png``, ``mr_fppi.png``).
 
 A run's metrics are those its evaluator wrote for the final checkpoint
-(``OUTPUT_DIR/inference/<dataset>/metrics.json``, newer than ``model_final.pth``). For a
+(``OUTPUT_DIR/inference/<dataset>/metrics.json``, newer than ``model_final.pth``), and the
+per-class AP beside them (``per_class_ap.json``, TEST.PER_CLASS_AP) as a table of its own. For a
 CrowdHuman-type dataset the run also keeps its MR-FPPI curve (thinned to <= ~200 points) and
 the val-sampling spread of AP / MR^-2 from a bootstrap over the val images, so the report
 never reads a dataset again. Seeds are summarised as mean and sample std (ddof 1).
@@ -73,7 +74,24 @@ def collect_results(run, final_checkpoint: str) -> Optional[Dict[str, dict]]:
                 "std": {k: v["std"] for k, v in
                         bootstrap_metrics(result, num_samples=_BOOTSTRAP_SAMPLES).items()}}
         out[name] = entry
+        per_class = _per_class_ap(os.path.join(folder, "per_class_ap.json"), newest)
+        if per_class is not None:  # TEST.PER_CLASS_AP beside the dataset's own evaluator
+            out[f"{name} per-class AP"] = {"dataset": name, "task": "per_class_ap",
+                                           "metrics": per_class}
     return out
+
+
+def _per_class_ap(path: str, newest: int) -> Optional[Dict[str, float]]:
+    """``{"mAP", "AP-<class>"}`` (classes with GT) of a fresh ``per_class_ap.json``, else None:
+    the keys pods_test reports under the task "per_class_ap"."""
+    if not os.path.isfile(path) or os.stat(path).st_mtime_ns < newest:
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    metrics = {"mAP": saved["mAP"]}
+    metrics.update({f"AP-{name}": c["ap"] for name, c in saved["classes"].items()
+                    if c.get("num_gt", 0) > 0})
+    return {k: float("nan") if v is None else float(v) for k, v in metrics.items()}
 
 
 def _stats(values: List[float]) -> dict:
@@ -108,7 +126,8 @@ def summarize(records: Sequence[dict], labels: Sequence[str]) -> Dict[str, dict]
             per_run = [r["results"].get(name, {}) for r in runs]
             task = per_run[0].get("task", "")
             cols = _columns(task, [p.get("metrics", {}) for p in per_run])
-            ds = {"task": task, "columns": cols, "metrics": {}, "val_bootstrap_std": {}}
+            ds = {"dataset": per_run[0].get("dataset", name), "task": task, "columns": cols,
+                  "metrics": {}, "val_bootstrap_std": {}}
             for key, _ in cols:
                 ds["metrics"][key] = _stats([p.get("metrics", {}).get(key, float("nan"))
                                              for p in per_run])
@@ -191,7 +210,8 @@ def expected_results(summary: Dict[str, dict], *, k: float = 3.0,
                 if math.isnan(s["mean"]):
                     continue
                 tol = floor if math.isnan(s["std"]) else max(k * s["std"], floor)
-                entries.append([name, ds["task"], key, round(s["mean"], 4), round(tol, 4)])
+                entries.append([ds.get("dataset", name), ds["task"], key, round(s["mean"], 4),
+                                round(tol, 4)])
         out[lb] = entries
     return out
 
