@@ -78,7 +78,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     exp = _copy_experiment(root)
     out = root / "out"
-    _cli("train", [f"OUTPUT_DIR", out], cwd=exp,
+    _cli("train", ["OUTPUT_DIR", out], cwd=exp,
          env=_env(root, TINY_DUMP_WEIGHTS="1"))
     return root, exp, out
 
@@ -336,7 +336,7 @@ def test_missing_machine_ends_with_clear_message(tmp_path):
 
 
 def test_cpu_threads_share_the_cores_among_local_workers(monkeypatch):
-    from crowdloss.cli.common import cpu_threads_per_process
+    from crowdloss.cli.process import cpu_threads_per_process
     from crowdloss.utils import comm
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")

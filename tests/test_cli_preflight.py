@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crowdloss.cli import common
+from crowdloss.cli import process
 from crowdloss.cli.errors import is_user_error
 from crowdloss.cli.preflight import check_datasets, plan_device
 from crowdloss.cli.train import run as pods_train
@@ -92,7 +92,7 @@ def test_cli_launches_with_the_planned_device(tmp_path, monkeypatch, cuda, flags
     # The worker applies it: MODEL.DEVICE follows the plan whatever the config said.
     args.opts = list(args.opts) + ["OUTPUT_DIR", str(tmp_path / "out")]
     try:
-        cfg, _, report = common.setup(args)
+        cfg, _, report = process.setup(args)
         report.stop()
     finally:
         release_run_locks()

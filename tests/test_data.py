@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-import crowdloss.data.crowdhuman as ch
 import crowdloss.data.image_io as image_io
 from crowdloss.data import (Annotations, DatasetCatalog, InferenceSampler, MetadataCatalog,
                             TrainingSampler, build_test_loader, build_train_loader,

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from crowdloss.config import BaseDetectionConfig, ConfigDict
+from crowdloss.config import BaseDetectionConfig
 from crowdloss.data import (VOC_CLASSES, DatasetCatalog, MetadataCatalog, apply_difficult_policy,
                             build_train_loader, get_dataset_dicts, load_voc_instances,
                             register_voc_instances)

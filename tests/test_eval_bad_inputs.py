@@ -9,7 +9,8 @@ import torch
 from crowdloss.data import (DatasetCatalog, build_test_loader, get_dataset_dicts,
                             load_crowdhuman_odgt, register_crowdhuman_instances)
 from crowdloss.evaluation.crowdhuman import evaluate_crowdhuman, main
-from crowdloss.evaluation.evaluator import CrowdHumanEvaluator, inference_on_dataset
+from crowdloss.evaluation.evaluator import CrowdHumanEvaluator
+from crowdloss.evaluation.inference import inference_on_dataset
 from crowdloss.evaluation.results_io import load_gt
 from crowdloss.structures import Instances
 from bad_files import (loader_cfg as _cfg, write_corrupt_middle, write_cut_300, write_good,

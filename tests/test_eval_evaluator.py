@@ -14,8 +14,8 @@ from crowdloss.config import BaseDetectionConfig
 from crowdloss.data.catalog import MetadataCatalog
 from crowdloss.evaluation.crowdhuman import main as crowdhuman_cli
 from crowdloss.evaluation.evaluator import (CrowdHumanEvaluator, DatasetEvaluator,
-                                            DatasetEvaluators, build_evaluator,
-                                            inference_on_dataset, print_csv_format)
+                                            DatasetEvaluators, build_evaluator)
+from crowdloss.evaluation.inference import inference_on_dataset, print_csv_format
 from crowdloss.structures import Instances
 
 # Four images; GT lines carry no height/width (like the official files): the evaluator takes

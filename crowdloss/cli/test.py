@@ -37,7 +37,8 @@ import pickle
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from crowdloss.cli.common import CLIError, console_entry, parse_args, run_cli, setup
+from crowdloss.cli.common import CLIError, console_entry, parse_args, run_cli
+from crowdloss.cli.process import setup
 
 __all__ = ["main", "run", "eval_worker", "select_checkpoints", "format_rows", "NoCheckpointError"]
 
@@ -112,7 +113,7 @@ def format_rows(rows: List[Row]) -> str:
     """A text table: one row per checkpoint, columns ``checkpoint iter <dataset/task/metric>...``
     (CrowdHuman and COCO metrics in percent, as the README tables); a checkpoint that failed gets
     ``FAILED`` cells and its error on a line below the table."""
-    from crowdloss.evaluation.evaluator import format_metric
+    from crowdloss.evaluation.inference import format_metric
 
     flats = [_flatten(r) if not isinstance(r, BaseException) else None for _, _, r in rows]
     columns = sorted({key for flat in flats if flat for key in flat})

@@ -12,7 +12,8 @@ import argparse
 import sys
 from typing import Any, Optional, Sequence
 
-from crowdloss.cli.common import console_entry, parse_args, run_cli, setup
+from crowdloss.cli.common import console_entry, parse_args, run_cli
+from crowdloss.cli.process import setup
 
 __all__ = ["main", "run", "train_worker"]
 

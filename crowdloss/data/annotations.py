@@ -9,7 +9,7 @@ Shape vocabulary: M boxes (objects and ignore regions together), K kept boxes.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
 import numpy as np
 

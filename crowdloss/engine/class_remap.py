@@ -28,7 +28,6 @@ background), K_s / K_t classes of the checkpoint / the model.
 """
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Mapping

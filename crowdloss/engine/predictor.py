@@ -104,7 +104,8 @@ class Predictor:
         ``weights`` (default: ``resolve_weights``), which must fill
         ``MODEL.WEIGHTS_MIN_COVERAGE.TEST`` of it. ``MODEL.WEIGHTS_CLASSES`` applies when the
         file loaded is the experiment's ``MODEL.WEIGHTS``."""
-        from crowdloss.cli.common import load_experiment, register_config_datasets
+        from crowdloss.cli.common import load_experiment
+        from crowdloss.cli.process import register_config_datasets
         from crowdloss.config import default_output_dir, validate_config
         from crowdloss.engine.class_remap import class_remap_from_config
         from crowdloss.engine.weights import load_weights

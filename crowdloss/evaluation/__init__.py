@@ -11,8 +11,8 @@ import importlib
 _LAZY = {
     "DatasetEvaluator": "evaluator", "DatasetEvaluators": "evaluator",
     "CrowdHumanEvaluator": "evaluator", "COCOEvaluator": "evaluator",
-    "build_evaluator": "evaluator", "inference_on_dataset": "evaluator",
-    "print_csv_format": "evaluator",
+    "build_evaluator": "evaluator", "inference_on_dataset": "inference",
+    "print_csv_format": "inference",
     "evaluate_crowdhuman": "crowdhuman", "CrowdHumanResult": "crowdhuman",
     "format_results": "crowdhuman",
     "evaluate_coco": "coco",

@@ -19,7 +19,7 @@ C = K (sigmoid scoring) or K + 1 (softmax; background is the last column), D det
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -32,6 +32,9 @@ from ..losses.repulsion import build_repulsion_losses
 from ..priors import Priors
 from ..targets import BatchTargets, ImageTargets
 from .base import Detector, build_backbone_from_cfg
+
+if TYPE_CHECKING:  # for the annotation only; the code imports it where it is used
+    from crowdloss.engine.class_remap import ClassChannels
 
 __all__ = ["DenseDetector", "DenseOutputs", "permute_to_N_R_K", "dense_config_kwargs",
            "clip_to_padded", "TEST_CLIPS"]
@@ -197,7 +200,7 @@ class DenseDetector(Detector):
         """C: class outputs per prior (K, or K + 1 with a softmax background)."""
         return self.num_classes + (self.scoring == "softmax")
 
-    def class_channel_layout(self) -> Dict[str, "ClassChannels"]:
+    def class_channel_layout(self) -> Dict[str, ClassChannels]:
         """State-dict key -> ``ClassChannels`` (A anchors x C logits) of every classifier
         tensor: the head's ``cls_score`` conv, or one per level (``PerLevelHead``). The
         weight loader re-orders them by class name for ``MODEL.WEIGHTS_CLASSES``."""
