@@ -115,6 +115,7 @@ def test_report_tables_bands_and_plots(tmp_path):
     write_report(records, runs, str(tmp_path), command="CMD", band_k=3.0)
     md = (tmp_path / "report.md").read_text()
     assert "Command: `CMD`" in md
+    assert "**synthcrowd_val** (mean +- std over seeds, %; MR^-2: lower is better)" in md
     assert "| a | 3 | 62.00 +- 2.00 | 78.00 +- 2.00 | 90.00 +- 0.00 | 50.00 +- 0.00 |" in md
     assert "| b | 1 | 50.00 +- - |" in md  # one seed: no std
     assert "| a | 1 | 62.00 | 76.00 | 90.00 | 50.00 | 1.0 min | 0.5 min |" in md
@@ -154,13 +155,16 @@ def test_results_are_read_where_pods_test_writes_them(tmp_path):
     extra = got["synthcrowd_val per-class AP"]
     assert extra == {"dataset": "synthcrowd_val", "task": "per_class_ap",
                      "metrics": {"mAP": 0.4, "AP-person": 0.6, "AP-head": 0.2}}
-    from crowdloss.tools.bench_report import expected_results, summarize
+    from crowdloss.tools.bench_report import expected_results, format_markdown, summarize
 
     summary = summarize([{"label": "a", "seed": 0, "experiment": "/x/a", "overrides": [],
                           "results": got}], ["a"])
     bands = expected_results(summary)["a"]
     assert ["synthcrowd_val", "per_class_ap", "AP-head", 0.2, 0.01] in bands
     assert ["synthcrowd_val", "crowdhuman", "AP", 0.5, 0.01] in bands
+    md = format_markdown(summary, "CMD")
+    assert "**synthcrowd_val per-class AP** (mean +- std over seeds, %)\n" in md
+    assert "| a | 1 | 20.00 +- - | 60.00 +- - | 40.00 +- - |" in md  # AP-head, AP-person, mAP
     os.utime(final)  # a checkpoint newer than its scores (training resumed): not scored
     os.utime(folder / "metrics.json", ns=(1, 1))
     assert collect_results(run, str(final)) is None

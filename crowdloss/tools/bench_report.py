@@ -162,7 +162,8 @@ def format_markdown(summary: Dict[str, dict], command: str) -> str:
     for name in datasets:
         labels = [lb for lb in summary if name in summary[lb]["datasets"]]
         cols = summary[labels[0]]["datasets"][name]["columns"]
-        lines += [f"**{name}** (mean +- std over seeds, %; MR^-2: lower is better)", ""]
+        lower = "; MR^-2: lower is better" if any(k == "mMR" for k, _ in cols) else ""
+        lines += [f"**{name}** (mean +- std over seeds, %{lower})", ""]
         lines.append("| experiment | seeds | " + " | ".join(t for _, t in cols)
                      + " | train time / run |")
         lines.append("|---|---:|" + "---:|" * len(cols) + "---:|")
