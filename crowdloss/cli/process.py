@@ -25,7 +25,6 @@ __all__ = ["setup", "register_config_datasets", "cpu_threads_per_process"]
 logger = logging.getLogger(__name__)
 
 
-
 def setup(args: argparse.Namespace) -> Setup:
     """Per-process setup; returns ``Setup(cfg, build_model, report)``.
 

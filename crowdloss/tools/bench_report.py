@@ -83,7 +83,8 @@ def collect_results(run, final_checkpoint: str) -> Optional[Dict[str, dict]]:
 
 def _per_class_ap(path: str, newest: int) -> Optional[Dict[str, float]]:
     """``{"mAP", "AP-<class>"}`` (classes with GT) of a fresh ``per_class_ap.json``, else None:
-    the keys pods_test reports under the task "per_class_ap"."""
+    ``APResult.metrics()`` read back from the file, the keys pods_test reports under the task
+    "per_class_ap"."""
     if not os.path.isfile(path) or os.stat(path).st_mtime_ns < newest:
         return None
     with open(path) as f:
@@ -205,13 +206,13 @@ def expected_results(summary: Dict[str, dict], *, k: float = 3.0,
     out: Dict[str, list] = {}
     for lb, e in summary.items():
         entries = []
-        for name, ds in e["datasets"].items():
+        for ds in e["datasets"].values():
             for key, _ in ds["columns"]:
                 s = ds["metrics"][key]
                 if math.isnan(s["mean"]):
                     continue
                 tol = floor if math.isnan(s["std"]) else max(k * s["std"], floor)
-                entries.append([ds.get("dataset", name), ds["task"], key, round(s["mean"], 4),
+                entries.append([ds["dataset"], ds["task"], key, round(s["mean"], 4),
                                 round(tol, 4)])
         out[lb] = entries
     return out
