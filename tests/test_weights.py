@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from crowdloss.engine import weights as EW
+from crowdloss.engine import weight_formats
 from crowdloss.engine.weight_files import load_pkl_safely
 from crowdloss.modeling.backbone import FPN, LastLevelP6P7, ResNet
 from crowdloss.modeling.backbone import weights as W
@@ -259,8 +260,8 @@ def test_registering_a_format_plugs_it_into_the_loading_path(tmp_path):
         with pytest.raises(EW.WeightsError, match="test_yhenon.*test_greedy"):
             EW.load_weights(model, str(tmp_path / "retinanet.pt"))
     finally:
-        EW._FORMATS.pop("test_yhenon", None)
-        EW._FORMATS.pop("test_greedy", None)
+        weight_formats._FORMATS.pop("test_yhenon", None)
+        weight_formats._FORMATS.pop("test_greedy", None)
 
 
 class _Exploit:

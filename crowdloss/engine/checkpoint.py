@@ -265,8 +265,8 @@ class Checkpointer:
                            class_remap: Any = None) -> LoadSummary:
         """Load model weights only (``MODEL.WEIGHTS``) from any accepted format, path or URL.
 
-        See ``crowdloss.engine.weights`` for the formats, the summary, ``min_coverage`` and
-        ``class_remap`` (``MODEL.WEIGHTS_CLASSES``).
+        See ``crowdloss.engine.weights`` for the summary, ``min_coverage`` and ``class_remap``
+        (``MODEL.WEIGHTS_CLASSES``), ``crowdloss.engine.weight_formats`` for the formats.
         """
         return load_weights(self.model, path, min_coverage=min_coverage, requirement=requirement,
                             cfg=cfg, provenance=self.provenance, ignore_config=ignore_config,

@@ -7,8 +7,8 @@
   arrays and plain containers (MSRA / detectron2 Caffe2 files); anything else with
   ``torch.load(weights_only=True)``.
 
-The rest of the path (format detection, renaming, aligning, the summary, the coverage rule) is
-``crowdloss.engine.weights``.
+The rest of the path: format detection and renaming in ``crowdloss.engine.weight_formats``;
+aligning, the summary and the coverage rule in ``crowdloss.engine.weights``.
 """
 from __future__ import annotations
 
@@ -23,10 +23,14 @@ import torch
 
 from crowdloss.utils.io import atomic_write
 
-__all__ = ["UnreadableWeightsError", "resolve_weights_path", "cache_dir", "read_weights_file",
+__all__ = ["WeightsError", "UnreadableWeightsError", "resolve_weights_path", "cache_dir", "read_weights_file",
            "load_pkl_safely"]
 
 logger = logging.getLogger("crowdloss.engine")
+
+
+class WeightsError(ValueError):
+    """A weights file that must not be used as is (covers too little, names nothing known)."""
 
 
 class UnreadableWeightsError(RuntimeError):

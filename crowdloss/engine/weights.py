@@ -32,44 +32,28 @@ Every load goes through :func:`load_weights` (``MODEL.WEIGHTS``, ``pods_test``) 
    evaluation needs ``.TEST`` (1.0: a random head scores garbage); resuming needs all of the
    model. Then ``load_state_dict(strict=False)``.
 
-Adding a format (e.g. yhenon's pytorch-retinanet state dicts) is one function plus one
-registration (amdegroot's ssd.pytorch files are built in: ``modeling/ssd_weights.py``)::
-
-    def convert_yhenon_retinanet(state_dict):      # {their name: tensor}
-        return {our_name(k): v for k, v in state_dict.items() if keep(k)}
-        # or (renamed dict, [names dropped on purpose]) to have the drops logged
-
-    register_weight_format("yhenon_retinanet", detect=lambda sd: "regressionModel.output.weight"
-                           in sd, convert=convert_yhenon_retinanet,
-                           input_convention=PRETRAINED_PIXEL_STATS["torchvision"])
-
-``register_weight_format(name, detect, convert, *, input_convention=None)``: ``detect(state_dict)
--> bool`` must recognise its own files only (two formats claiming one file is an error);
-``input_convention`` (keys among ``format``, ``pixel_mean``, ``pixel_std``,
-``stride_in_1x1``) makes a config that disagrees with the weights' training input warn.
-Built-in formats are registered at the end of this module; a user's ``net.py`` may register
-more.
+Foreign formats (MSRA, torchvision, pytorch-retinanet, ssd.pytorch) and how to add one:
+``engine.weight_formats``.
 """
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from crowdloss.modeling import ssd_weights
 from crowdloss.modeling.backbone import weights as resnet_weights
-from crowdloss.modeling.pytorch_retinanet import (convert_pytorch_retinanet_names,
-                                                  looks_pytorch_retinanet)
 
 from .class_remap import ClassRemap, remap_class_channels
 from .provenance import warn_provenance
-from .weight_files import (UnreadableWeightsError, load_pkl_safely, read_weights_file,
-                           resolve_weights_path)
+from .weight_files import (UnreadableWeightsError, WeightsError, load_pkl_safely,
+                           read_weights_file, resolve_weights_path)
+from .weight_formats import (NATIVE_FORMAT, WeightFormat, convert_weights, detect_weight_format,
+                             input_convention, register_weight_format, weight_formats)
 
 __all__ = [
     "WeightFormat", "register_weight_format", "weight_formats", "detect_weight_format",
@@ -80,83 +64,8 @@ __all__ = [
 
 logger = logging.getLogger("crowdloss.engine")
 
-NATIVE_FORMAT = "crowdloss"
 # Step counters of BatchNorm: absent from most pretrained files and of no consequence.
 _IGNORED_SUFFIX = "num_batches_tracked"
-
-
-class WeightsError(ValueError):
-    """A weights file that must not be used as is (covers too little, names nothing known)."""
-
-
-# ----------------------------------------------------------------------------- registry
-class WeightFormat(NamedTuple):
-    """A registered foreign format (see ``register_weight_format``)."""
-
-    name: str
-    detect: Callable[[Mapping], bool]
-    convert: Callable[[Mapping], Any]
-    input_convention: Optional[Dict[str, Any]]
-
-
-_FORMATS: Dict[str, WeightFormat] = {}
-
-
-def register_weight_format(name: str, detect: Callable[[Mapping], bool],
-                           convert: Callable[[Mapping], Any], *,
-                           input_convention: Optional[Dict[str, Any]] = None) -> WeightFormat:
-    """Add a foreign weight format (see the module docstring).
-
-    Raises:
-        ValueError: ``name`` is taken by other functions (the same functions, by module and
-            name, replace the entry, so a ``net.py`` executed twice is fine).
-    """
-    fmt = WeightFormat(name, detect, convert, input_convention)
-    old = _FORMATS.get(name)
-    if name == NATIVE_FORMAT or (old is not None and _identity(old) != _identity(fmt)):
-        raise ValueError(f"weight format {name!r} is already registered (by "
-                         f"{old.convert.__module__ if old else 'crowdloss'})")
-    _FORMATS[name] = fmt
-    return fmt
-
-
-def _identity(fmt: WeightFormat) -> Tuple[str, ...]:
-    # By name, not object: a net.py executed again defines new but identical functions.
-    return tuple(f"{getattr(f, '__module__', '')}.{getattr(f, '__qualname__', repr(f))}"
-                 for f in (fmt.detect, fmt.convert))
-
-
-def weight_formats() -> List[str]:
-    """Registered foreign formats, in registration order."""
-    return list(_FORMATS)
-
-
-def detect_weight_format(state_dict: Mapping) -> str:
-    """The one registered format whose ``detect`` claims ``state_dict``, else "crowdloss".
-
-    Raises:
-        WeightsError: several formats claim it (their ``detect`` functions are too loose).
-    """
-    claims = [f.name for f in _FORMATS.values() if f.detect(state_dict)]
-    if len(claims) > 1:
-        raise WeightsError(f"weight formats {claims} all claim a state dict with keys like "
-                           f"{list(state_dict)[:5]}; each format's detect() must be specific")
-    return claims[0] if claims else NATIVE_FORMAT
-
-
-def convert_weights(state_dict: Mapping, weight_format: str = "auto"
-                    ) -> Tuple[Dict[str, torch.Tensor], str, List[str]]:
-    """Rename ``state_dict`` to our names: ``(converted, format name, names dropped)``."""
-    if weight_format == "auto":
-        weight_format = detect_weight_format(state_dict)
-    if weight_format == NATIVE_FORMAT:
-        return dict(state_dict), weight_format, []
-    if weight_format not in _FORMATS:
-        raise WeightsError(f"unknown weight format {weight_format!r}; known: "
-                           f"{[NATIVE_FORMAT] + weight_formats()}")
-    out = _FORMATS[weight_format].convert(state_dict)
-    converted, dropped = out if isinstance(out, tuple) else (out, [])
-    return {k: torch.as_tensor(v) for k, v in converted.items()}, weight_format, list(dropped)
 
 
 # ----------------------------------------------------------------------------- unwrapping
@@ -301,7 +210,7 @@ def load_state(model: nn.Module, data: Any, *, source: str, weight_format: str =
     state, extras = split_checkpoint(data, source=source)
     warn_provenance(extras.get("meta"), provenance, source=source, ignore_config=ignore_config)
     converted, fmt, dropped = convert_weights(state, weight_format)
-    convention = _FORMATS[fmt].input_convention if fmt in _FORMATS else None
+    convention = input_convention(fmt)
     if cfg is not None and convention:
         resnet_weights.check_config_for_weights(cfg, fmt, expected=convention)
     own = model.state_dict()
@@ -382,20 +291,3 @@ def _abbrev(names: Sequence[str], limit: int = 20) -> str:
     names = list(names)
     shown = ", ".join(names[:limit])
     return shown + (f" ... (+{len(names) - limit} more)" if len(names) > limit else "")
-
-
-# ----------------------------------------------------------------------------- built-ins
-register_weight_format("msra", resnet_weights.looks_msra, resnet_weights.convert_msra_names,
-                       input_convention=resnet_weights.PRETRAINED_PIXEL_STATS["msra"])
-register_weight_format("torchvision", resnet_weights.looks_torchvision,
-                       resnet_weights.convert_torchvision_names,
-                       input_convention=resnet_weights.PRETRAINED_PIXEL_STATS["torchvision"])
-register_weight_format("ssd_pytorch_vgg", ssd_weights.looks_ssd_pytorch_vgg,
-                       ssd_weights.convert_ssd_pytorch_vgg,
-                       input_convention=ssd_weights.SSD_PYTORCH_VGG_CONVENTION)
-register_weight_format("ssd_pytorch", ssd_weights.looks_ssd_pytorch,
-                       ssd_weights.convert_ssd_pytorch,
-                       input_convention=ssd_weights.SSD_PYTORCH_CONVENTION)
-register_weight_format("pytorch_retinanet", looks_pytorch_retinanet,
-                       convert_pytorch_retinanet_names,
-                       input_convention=resnet_weights.PRETRAINED_PIXEL_STATS["torchvision"])

@@ -15,8 +15,8 @@ The channel layouts need no reordering: its heads are applied to (N, C, H, W) ma
 flattened as (H, W, A, K) / (H, W, A, 4), i.e. channel ``a * K + k`` / ``a * 4 + c``, which is
 ``permute_to_N_R_K``'s layout. Its anchor ``a`` is ratio-major (``MODEL.ANCHOR_GENERATOR.ORDER``
 "ratio_major"), so the checkpoint is only right in a model built by ``PyTorchRetinaNetConfig``.
-The format is registered by ``crowdloss.engine.weights`` with the torchvision input convention
-(RGB, ImageNet mean / std, stride in the 3x3 conv).
+The format is registered by ``crowdloss.engine.weight_formats`` with the torchvision input
+convention (RGB, ImageNet mean / std, stride in the 3x3 conv).
 
 Files: its COCO model (``coco_resnet_50_map_0_335_state_dict.pt``) and the seed fork's
 checkpoints are plain state dicts (``torch.save(model.state_dict())``, ``module.`` prefixes of

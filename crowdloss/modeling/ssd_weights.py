@@ -1,5 +1,5 @@
 """amdegroot/ssd.pytorch weights -> our SSD names (registered as weight formats by
-``crowdloss.engine.weights``).
+``crowdloss.engine.weight_formats``).
 
 Two files:
 

@@ -3,8 +3,8 @@
 Our names are detectron2/cvpods names (``stem.conv1.weight``, ``res2.0.conv1.norm.bias``,
 ``res2.0.shortcut.weight``), so cvpods/detectron2 checkpoints need no renaming. The two
 renamers and their detectors are registered as weight formats "msra" and "torchvision" by
-``crowdloss.engine.weights``, which owns the whole loading path (reading, format detection,
-aligning to the model's keys, the load summary and the coverage rule).
+``crowdloss.engine.weight_formats``; ``crowdloss.engine.weights`` owns the rest of the loading
+path (reading, aligning to the model's keys, the load summary and the coverage rule).
 
 Each source also fixes the input convention its weights were trained with
 (``PRETRAINED_PIXEL_STATS``); ``check_config_for_weights`` warns when the config disagrees.
