@@ -1,23 +1,19 @@
-"""DefaultRunner: builds everything from a config and runs the training loop with hooks.
+"""DefaultRunner: builds everything from a config and trains with ``TrainLoop``'s loop.
 
-One iteration (``run_step``): zero_grad; for each of ``SOLVER.BATCH_SUBDIVISIONS`` sub-batches
-draw this rank's batch, forward (under autocast when AMP is on), check every returned scalar is
-finite, and backward the sum of the ``loss_*`` entries / subdivisions (DDP ``no_sync`` on all
-but the last, so gradients are reduced once); optional gradient clipping; one optimizer step.
-Entries not named ``loss_*`` (e.g. a loss weight the model adapts) are only logged, averaged
-over sub-batches and ranks like the losses. The hooks then step the LR schedule,
-time, checkpoint, evaluate and write metrics, in that order.
+From the config: the model (``net.py``'s ``build_model``; DDP-wrapped in distributed runs), the
+optimizer and LR schedule, the train loader (built lazily at the start iteration), the
+checkpointer, the hooks (LR schedule, timer, checkpoints, evaluation, metric writers, in that
+order) and the step's settings (``SOLVER.BATCH_SUBDIVISIONS``, ``SOLVER.AMP``,
+``SOLVER.CLIP_GRADIENTS``). ``resume_or_load`` resumes exactly or loads ``MODEL.WEIGHTS``;
+``test`` evaluates a model on ``DATASETS.TEST``. The iteration itself is ``engine.train_loop``.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
-import math
 import os
-import time
 import warnings
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -25,15 +21,14 @@ from torch import nn
 
 from crowdloss.config.access import cfg_get
 from crowdloss.utils import comm
-from crowdloss.utils.env import set_rng_state
 
 from . import hooks
 from .checkpoint import DetectionCheckpointer, unwrap_model
 from .class_remap import class_remap_from_config
-from .events import (CommonMetricPrinter, EventStorage, JSONWriter, TensorboardWriter,
-                     resume_metrics_file)
+from .events import CommonMetricPrinter, JSONWriter, TensorboardWriter, resume_metrics_file
 from .provenance import run_provenance
 from .solver import build_lr_scheduler, build_optimizer
+from .train_loop import TrainLoop
 
 __all__ = ["DefaultRunner"]
 
@@ -49,7 +44,22 @@ def _cfg_builder(cfg, name: str) -> Optional[Callable]:
     return fn if callable(fn) else None
 
 
-class DefaultRunner:
+def _amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
+    """``SOLVER.AMP``'s autocast dtype, or None (off, or not on CUDA: warned)."""
+    amp = cfg.SOLVER.AMP
+    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+    if amp.DTYPE not in dtypes:
+        raise ValueError(f"SOLVER.AMP.DTYPE = {amp.DTYPE!r}; expected 'float16' or 'bfloat16'")
+    if not amp.ENABLED:
+        return None
+    if device.type != "cuda":
+        warnings.warn(f"SOLVER.AMP.ENABLED is ignored on {device}: AMP runs on CUDA only")
+        logger.warning("SOLVER.AMP.ENABLED ignored on %s (CUDA only)", device)
+        return None
+    return dtypes[amp.DTYPE]
+
+
+class DefaultRunner(TrainLoop):
     """Trains ``build_model(cfg)`` as configured by ``cfg`` (cvpods' DefaultRunner semantics).
 
     Args:
@@ -62,8 +72,8 @@ class DefaultRunner:
         device = torch.device(cfg.MODEL.DEVICE)
         model = build_model(cfg).to(device)
         logger.info("Model:\n%s", model)
-        self.optimizer = self.build_optimizer(cfg, model)
-        self.scheduler = self.build_lr_scheduler(cfg, self.optimizer)
+        optimizer = self.build_optimizer(cfg, model)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         if comm.get_world_size() > 1:
             # Gradients are all-reduced; BN statistics stay per rank (as cvpods), hence no
             # buffer broadcast. device_ids only for CUDA (CPU DDP takes none).
@@ -74,52 +84,23 @@ class DefaultRunner:
                 broadcast_buffers=False,
                 find_unused_parameters=False,
             )
-        self.model = model
-        self.device = device
-
-        amp = cfg.SOLVER.AMP
-        self.amp_enabled = bool(amp.ENABLED)
-        if self.amp_enabled and device.type != "cuda":
-            warnings.warn(f"SOLVER.AMP.ENABLED is ignored on {device}: AMP runs on CUDA only")
-            logger.warning("SOLVER.AMP.ENABLED ignored on %s (CUDA only)", device)
-            self.amp_enabled = False
-        dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-        if amp.DTYPE not in dtypes:
-            raise ValueError(f"SOLVER.AMP.DTYPE = {amp.DTYPE!r}; expected 'float16' or 'bfloat16'")
-        self.amp_dtype = dtypes[amp.DTYPE]
-        # bfloat16 has float32's exponent range: no loss scaling needed.
-        use_scaler = self.amp_enabled and self.amp_dtype == torch.float16
-        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-
-        # Gradient clipping settings, read here rather than per step: every component reads its
+        # The step's settings are read here rather than per step: every component reads its
         # keys when it is built (the unread-key report checks them before the first step).
         clip = cfg.SOLVER.CLIP_GRADIENTS
-        self.clip_type: Optional[str] = None
-        if clip.ENABLED:
-            self.clip_type = clip.CLIP_TYPE
-            if self.clip_type not in ("norm", "value"):
-                raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE = {self.clip_type!r}; "
-                                 f"expected 'norm' or 'value'")
-            self.clip_value = float(clip.CLIP_VALUE)
-            self.clip_norm_type = float(clip.NORM_TYPE) if self.clip_type == "norm" else None
-
-        self.subdivisions = int(cfg.SOLVER.BATCH_SUBDIVISIONS)
-        if self.subdivisions < 1:
-            raise ValueError(f"SOLVER.BATCH_SUBDIVISIONS must be >= 1, got {self.subdivisions}")
+        super().__init__(
+            model, optimizer, max_iter=int(cfg.SOLVER.LR_SCHEDULER.MAX_ITER), device=device,
+            subdivisions=int(cfg.SOLVER.BATCH_SUBDIVISIONS), amp_dtype=_amp_dtype(cfg, device),
+            clip_type=clip.CLIP_TYPE if clip.ENABLED else None,
+            clip_value=float(clip.CLIP_VALUE) if clip.ENABLED else 0.0,
+            clip_norm_type=float(clip.NORM_TYPE) if clip.ENABLED and clip.CLIP_TYPE == "norm"
+            else 2.0)
         # Built on first use, once the start iteration is known: building a real loader reads
         # the whole annotation set, which a resume would otherwise pay for twice.
-        self._data_loader = None
         self._data_loader_start = 0
         self.checkpointer = DetectionCheckpointer(
             unwrap_model(model), cfg.OUTPUT_DIR, provenance=run_provenance(cfg, model, build_model),
             optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
         )
-        self.start_iter = 0
-        self.iter = 0
-        self.max_iter = int(cfg.SOLVER.LR_SCHEDULER.MAX_ITER)
-        self.storage: Optional[EventStorage] = None
-        self._pending_rng: Optional[Dict[str, Any]] = None
-        self._hooks: List[hooks.HookBase] = []
         self.register_hooks(self.build_hooks())
 
     # ------------------------------------------------------------------ builders
@@ -191,12 +172,6 @@ class DefaultRunner:
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
         return ret
 
-    def register_hooks(self, new_hooks: List[Optional[hooks.HookBase]]) -> None:
-        for h in new_hooks:
-            if h is not None:
-                h.trainer = self
-                self._hooks.append(h)
-
     @property
     def data_loader(self):
         """This rank's train loader, positioned at ``start_iter`` (x BATCH_SUBDIVISIONS batches)."""
@@ -246,111 +221,6 @@ class DefaultRunner:
                     weights, min_coverage=least, requirement=f"{key} = {least:g}", cfg=self.cfg,
                     class_remap=remap)
         comm.synchronize()
-
-    # ------------------------------------------------------------------ loop
-    def train(self) -> Dict[str, Any]:
-        """Run iterations ``start_iter .. MAX_ITER - 1``; returns the last eval results or {}."""
-        logger.info("Starting training from iteration %d to %d", self.start_iter, self.max_iter)
-        self.iter = self.start_iter
-        with EventStorage(self.start_iter) as self.storage:
-            # Nothing to draw when resuming a finished run (spares a DataLoader's worker start).
-            self._data_iter = iter(self.data_loader) if self.start_iter < self.max_iter else None
-            try:
-                for h in self._hooks:
-                    h.before_train()
-                if self._pending_rng is not None:
-                    # Restored last so that building the loader iterator and the hooks' setup
-                    # cannot shift the streams relative to the uninterrupted run.
-                    set_rng_state(self._pending_rng)
-                    self._pending_rng = None
-                for self.iter in range(self.start_iter, self.max_iter):
-                    self.storage.iter = self.iter
-                    for h in self._hooks:
-                        h.before_step()
-                    self.run_step()
-                    for h in self._hooks:
-                        h.after_step()
-            finally:
-                for h in self._hooks:
-                    h.after_train()
-        evals = [h for h in self._hooks if isinstance(h, hooks.EvalHook)]
-        return (evals[-1].last_results if evals else {}) or {}
-
-    def _autocast(self):
-        if not self.amp_enabled:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-    def run_step(self) -> None:
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        n = self.subdivisions
-        sums: Dict[str, float] = defaultdict(float)
-        data_time = 0.0
-        for i in range(n):
-            t0 = time.perf_counter()
-            batch = next(self._data_iter)
-            data_time += time.perf_counter() - t0
-            last = i == n - 1
-            is_ddp = isinstance(self.model, nn.parallel.DistributedDataParallel)
-            # Reduce gradients once, on the last sub-batch, not after every backward.
-            sync = self.model.no_sync() if is_ddp and not last else contextlib.nullcontext()
-            with sync:
-                with self._autocast():
-                    loss_dict = self.model(batch)
-                # Only ``loss_*`` entries are optimised; others (e.g. aLRP's self-balance
-                # weight) are scalars to log.
-                loss_terms = [v for k, v in loss_dict.items() if k.startswith("loss_")]
-                if not loss_terms:
-                    raise ValueError(f"the model returned no 'loss_*' entry in training, only "
-                                     f"{sorted(loss_dict)}; losses must be named loss_*")
-                losses = sum(loss_terms)
-                # One device sync for all terms; a non-finite term makes the sum non-finite.
-                terms = torch.stack([v.detach().float().reshape(()) for v in loss_dict.values()])
-                values = dict(zip(loss_dict.keys(), terms.tolist()))
-                self._check_finite(sum(values.values()), values, i)
-                loss = losses / n
-                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-            for k, v in values.items():
-                sums[k] += v / n
-
-        if self.clip_type is not None:
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)
-            self.clip_gradients()
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-
-        metrics = comm.reduce_dict({k: torch.tensor(v) for k, v in sorted(sums.items())})
-        metrics = {k: float(v) for k, v in metrics.items()}
-        self.storage.put_scalars(**metrics)
-        self.storage.put_scalar("total_loss",
-                                sum(v for k, v in metrics.items() if k.startswith("loss_")))
-        self.storage.put_scalar("data_time", data_time)
-
-    def clip_gradients(self) -> Optional[float]:
-        """Clip by total norm (returns it, also put as ``grad_norm``) or by value."""
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.clip_type == "norm":
-            norm = torch.nn.utils.clip_grad_norm_(params, self.clip_value,
-                                                  norm_type=self.clip_norm_type)
-            self.storage.put_scalar("grad_norm", norm)
-            return float(norm)
-        torch.nn.utils.clip_grad_value_(params, self.clip_value)
-        return None
-
-    def _check_finite(self, total: float, values: Dict[str, float], sub: int) -> None:
-        if math.isfinite(total):
-            return
-        terms = ", ".join(f"{k}={v}" for k, v in values.items())
-        where = f" (sub-batch {sub + 1}/{self.subdivisions})" if self.subdivisions > 1 else ""
-        raise FloatingPointError(
-            f"Loss became infinite or NaN at iteration={self.iter}{where}: "
-            f"total_loss={total}, {terms}"
-        )
 
     # ------------------------------------------------------------------ evaluation
     @classmethod
