@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from crowdloss.engine import dist_env
 from crowdloss.engine import launch as launch_mod
-from crowdloss.engine.launch import (LaunchError, default_timeout, expand_nodelist,
-                                     find_free_port, launch, raise_open_files_limit)
+from crowdloss.engine.dist_env import default_timeout, expand_nodelist, raise_open_files_limit
+from crowdloss.engine.launch import LaunchError, find_free_port, launch
 
 
 # ---- worker functions (module level so "spawn" can pickle them) ------------------------------
@@ -122,7 +123,7 @@ def test_setrlimit_failure_does_not_raise(monkeypatch, caplog):
 
     monkeypatch.setattr(resource, "getrlimit", lambda _: (256, 4096))
     monkeypatch.setattr(resource, "setrlimit", refuse)
-    with caplog.at_level(logging.WARNING, logger="crowdloss.engine.launch"):
+    with caplog.at_level(logging.WARNING, logger="crowdloss.engine.dist_env"):
         raise_open_files_limit()
     assert "not allowed to raise the limit" in caplog.text
     monkeypatch.setattr(resource, "setrlimit", lambda *_: (_ for _ in ()).throw(OSError("EPERM")))
@@ -146,20 +147,20 @@ def _clear_launcher_env(monkeypatch):
 
 def test_detects_torchrun_and_slurm(monkeypatch):
     _clear_launcher_env(monkeypatch)
-    assert launch_mod._external_launcher() is None
+    assert dist_env.external_launcher() is None
     monkeypatch.setenv("SLURM_PROCID", "0")
     monkeypatch.setenv("SLURM_NTASKS", "1")  # sbatch script, one task: we spawn ourselves
-    assert launch_mod._external_launcher() is None
+    assert dist_env.external_launcher() is None
     monkeypatch.setenv("SLURM_NTASKS", "8")
     monkeypatch.setenv("SLURM_PROCID", "5")
     monkeypatch.setenv("SLURM_LOCALID", "1")
     monkeypatch.setenv("SLURM_JOB_NODELIST", "node[03-04]")
     monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
-    info = launch_mod._external_launcher()
+    info = dist_env.external_launcher()
     assert info == dict(source="SLURM", rank=5, local_rank=1, world_size=8, local_world_size=4,
-                        host="node03", port=launch_mod.DEFAULT_SLURM_PORT)
+                        host="node03", port=dist_env.DEFAULT_SLURM_PORT)
     monkeypatch.setenv("MASTER_PORT", "4242")
-    assert launch_mod._external_launcher()["port"] == 4242
+    assert dist_env.external_launcher()["port"] == 4242
     _clear_launcher_env(monkeypatch)
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -167,7 +168,7 @@ def test_detects_torchrun_and_slurm(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
     monkeypatch.setenv("MASTER_PORT", "1234")
-    assert launch_mod._external_launcher() == dict(
+    assert dist_env.external_launcher() == dict(
         source="torchrun (env://)", rank=3, local_rank=1, world_size=4, local_world_size=2,
         host="10.0.0.1", port=1234)
 

@@ -124,7 +124,7 @@ def parse_args(prog: str, argv: Optional[Sequence[str]] = None, *,
 
 
 def _timeout(args: argparse.Namespace) -> timedelta:
-    from crowdloss.engine.launch import default_timeout
+    from crowdloss.engine.dist_env import default_timeout
 
     if args.dist_timeout is not None:
         return timedelta(seconds=args.dist_timeout)
@@ -212,7 +212,8 @@ def run_cli(args: argparse.Namespace, worker: Callable[[argparse.Namespace], Any
     traceback.
     """
     from crowdloss.config import validate_config
-    from crowdloss.engine.launch import _external_launcher, check_layout, launch
+    from crowdloss.engine.dist_env import external_launcher
+    from crowdloss.engine.launch import check_layout, launch
 
     from . import preflight
     from .errors import is_user_error, report_failure
@@ -227,7 +228,7 @@ def run_cli(args: argparse.Namespace, worker: Callable[[argparse.Namespace], Any
         validate_config(cfg)
         register_config_datasets(cfg)
         _PRELOADED[args.dir] = exp
-        external = _external_launcher() is not None
+        external = external_launcher() is not None
         explicit = ("MODEL.DEVICE" in args.opts[0::2]
                     or preflight.config_sets(exp.config, "MODEL.DEVICE"))
         cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -22,13 +22,13 @@ makes the parent terminate the other local workers and raise :class:`LaunchError
 rank and the cause; remote peers see their gloo connections close (or the collective timeout,
 which is the same ``timeout``). Spawned workers die with their launcher however it ends,
 ``kill -9`` included (``workers.die_with_parent``), so nothing is orphaned. The timeout comes
-from ``--dist-timeout`` or ``$CROWDLOSS_DIST_TIMEOUT`` (seconds).
+from ``--dist-timeout`` or ``$CROWDLOSS_DIST_TIMEOUT`` (seconds). Reading the environment
+(torchrun / SLURM variables, the timeout, the open-files limit) is ``engine.dist_env``.
 """
 from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import signal
 import tempfile
@@ -41,6 +41,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from .dist_env import (DEFAULT_TIMEOUT, default_timeout, expand_nodelist, external_launcher,
+                       raise_open_files_limit)
 from .rendezvous import _rendezvous, find_free_port
 from .workers import (LaunchError, die_with_parent, read_failures, stop_processes,
                       write_failure)
@@ -58,72 +60,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = timedelta(minutes=30)
-# torch's own default rendezvous port; used for SLURM when MASTER_PORT is not exported.
-DEFAULT_SLURM_PORT = 29500
 _RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def default_timeout() -> timedelta:
-    """``$CROWDLOSS_DIST_TIMEOUT`` seconds if set, else 30 minutes."""
-    value = os.environ.get("CROWDLOSS_DIST_TIMEOUT", "").strip()
-    if not value:
-        return DEFAULT_TIMEOUT
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ValueError(f"CROWDLOSS_DIST_TIMEOUT={value!r}: expected a number of seconds") from None
-    if seconds <= 0:
-        raise ValueError(f"CROWDLOSS_DIST_TIMEOUT={value!r}: expected a positive number of seconds")
-    return timedelta(seconds=seconds)
-
-
-def expand_nodelist(nodelist: str) -> List[str]:
-    """Expand a SLURM host list: ``"node[01-03,07],gpu5"`` -> node01 node02 node03 node07 gpu5.
-
-    Handles one bracket group per host (what SLURM prints for plain clusters), keeping the
-    zero padding of each range.
-    """
-    hosts: List[str] = []
-    # Split on commas that are outside brackets.
-    for item in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,]*", nodelist):
-        item = item.strip()
-        if not item:
-            continue
-        match = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", item)
-        if match is None:
-            hosts.append(item)
-            continue
-        prefix, ranges, suffix = match.groups()
-        for part in ranges.split(","):
-            lo, _, hi = part.partition("-")
-            if not lo.isdigit() or (hi and not hi.isdigit()):
-                raise ValueError(f"SLURM node list {nodelist!r}: cannot parse range {part!r}")
-            for num in range(int(lo), int(hi or lo) + 1):
-                hosts.append(f"{prefix}{str(num).zfill(len(lo))}{suffix}")
-    if not hosts:
-        raise ValueError(f"SLURM node list {nodelist!r} names no host")
-    return hosts
-
-
-def raise_open_files_limit(target: int = 1 << 20) -> None:
-    """Raise RLIMIT_NOFILE's soft limit towards the hard limit; never raises.
-
-    Many data-loader workers sharing tensors need many descriptors; cvpods forced this with a
-    bare ``setrlimit`` that crashed on machines with a low hard limit.
-    """
-    try:
-        import resource
-    except ImportError:  # not POSIX
-        return
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        goal = target if hard == resource.RLIM_INFINITY else min(hard, target)
-        if soft != resource.RLIM_INFINITY and soft < goal:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (goal, hard))
-            logger.debug("Raised the open-files limit from %d to %d", soft, goal)
-    except (ValueError, OSError) as exc:
-        logger.warning("Could not raise the open-files limit (%s); keeping the current one", exc)
 
 
 def _parse_tcp_url(dist_url: str) -> Tuple[str, int]:
@@ -141,7 +78,7 @@ def check_layout(num_gpus_per_machine: int, *, num_machines: int = 1, machine_ra
                          f"--num-machines {num_machines}")
     if not 0 <= machine_rank < num_machines:
         raise ValueError(f"--machine-rank {machine_rank} must be in [0, {num_machines})")
-    if num_machines * num_gpus_per_machine == 1 or _external_launcher() is not None:
+    if num_machines * num_gpus_per_machine == 1 or external_launcher() is not None:
         return  # no URL needed: in-process, or the external launcher provides it
     if dist_url in (None, "auto"):
         if num_machines != 1:
@@ -217,30 +154,6 @@ def _spawned_worker(local_rank: int, main_func: Callable, args: Sequence[Any],
         raise
 
 
-def _external_launcher() -> Optional[dict]:
-    """Rank info when torchrun or srun started this process, else None."""
-    env = os.environ
-    if all(k in env for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
-        world = int(env["WORLD_SIZE"])
-        return dict(source="torchrun (env://)", rank=int(env["RANK"]),
-                    local_rank=int(env.get("LOCAL_RANK", 0)), world_size=world,
-                    local_world_size=int(env.get("LOCAL_WORLD_SIZE", world)),
-                    host=env["MASTER_ADDR"], port=int(env["MASTER_PORT"]))
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        world = int(env["SLURM_NTASKS"])
-        nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
-        if not nodes:
-            raise LaunchError("SLURM job without SLURM_JOB_NODELIST / SLURM_NODELIST")
-        per_node = env.get("SLURM_NTASKS_PER_NODE", "")
-        num_nodes = int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1")))
-        local_world = int(per_node) if per_node.isdigit() else max(1, world // num_nodes)
-        return dict(source="SLURM", rank=int(env["SLURM_PROCID"]),
-                    local_rank=int(env.get("SLURM_LOCALID", 0)), world_size=world,
-                    local_world_size=local_world, host=expand_nodelist(nodes)[0],
-                    port=int(env.get("MASTER_PORT", DEFAULT_SLURM_PORT)))
-    return None
-
-
 def launch(main_func: Callable, num_gpus_per_machine: int, *, num_machines: int = 1,
            machine_rank: int = 0, dist_url: Optional[str] = None, args: Sequence[Any] = (),
            timeout: timedelta = DEFAULT_TIMEOUT, device: Optional[str] = None,
@@ -268,7 +181,7 @@ def launch(main_func: Callable, num_gpus_per_machine: int, *, num_machines: int 
             terminated first).
     """
     raise_open_files_limit()
-    external = _external_launcher()
+    external = external_launcher()
     if external is not None:
         source = external.pop("source")
         logger.info("Started by %s as rank %d of %d", source, external["rank"],
