@@ -27,7 +27,7 @@ from typing import Callable, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from crowdloss.modeling.meta_arch.dense_detector import DenseOutputs, permute_to_N_R_K
+from crowdloss.modeling.dense_outputs import DenseOutputs, permute_to_N_R_K
 
 __all__ = ["DenseNetwork", "ExportedDetector", "detections_from_outputs", "export_torchscript",
            "load_torchscript", "export_onnx", "onnx_network", "OUTPUT_NAMES"]

@@ -5,7 +5,8 @@ generator (points or anchors), a box coder, one assigner and its losses. This ba
 shared part; a subclass writes ``losses(outputs, targets)`` (the small functions of
 ``modeling/losses`` it combines) and its ``from_config``:
 
-    features -> head -> ``DenseOutputs`` (priors + flattened predictions, boxes decoded on demand)
+    features -> head -> ``DenseOutputs`` (``modeling/dense_outputs.py``: priors + flattened
+               predictions, boxes decoded on demand)
     training:  ``label_batch`` (the assigner on every image) -> ``BatchTargets``
                -> ``losses`` + any ``extra_losses`` (e.g. repulsion terms switched on by config)
     inference: per image, scores (sigmoid, or softmax with a background class) -> candidates
@@ -18,7 +19,6 @@ C = K (sigmoid scoring) or K + 1 (softmax; background is the last column), D det
 """
 from __future__ import annotations
 
-from functools import cached_property
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -29,7 +29,7 @@ from crowdloss.structures import Instances
 from crowdloss.utils import comm
 
 from ..losses.repulsion import build_repulsion_losses
-from ..priors import Priors
+from ..dense_outputs import DenseOutputs, permute_to_N_R_K
 from ..targets import BatchTargets, ImageTargets
 from .base import Detector, build_backbone_from_cfg
 
@@ -47,45 +47,12 @@ _CANDIDATES = ("level", "class")
 TEST_CLIPS = ("image", "padded")
 
 
-def permute_to_N_R_K(tensor: torch.Tensor, K: int) -> torch.Tensor:
-    """(N, A*K, H, W) -> (N, H*W*A, K): the layout the priors are generated in."""
-    n, _, h, w = tensor.shape
-    return tensor.view(n, -1, K, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, K)
-
-
 def clip_to_padded(boxes: torch.Tensor, padded_size: Tuple[int, int]) -> torch.Tensor:
     """pytorch-retinanet's test-time clip: x1, y1 >= 0 and x2 <= W, y2 <= H (the padded batch's
     size); the other two bounds are left open, so a box wholly outside stays inverted."""
     h, w = padded_size
     return torch.stack([boxes[:, 0].clamp(min=0), boxes[:, 1].clamp(min=0),
                         boxes[:, 2].clamp(max=w), boxes[:, 3].clamp(max=h)], dim=1)
-
-
-class DenseOutputs:
-    """The head's output over the batch, flattened to the priors' layout.
-
-    Args:
-        priors: the batch's ``Priors`` (R of them).
-        logits: (N, R, C) class logits.
-        deltas: (N, R, 4) box outputs (ltrb distances or anchor deltas: the box coder's input).
-        quality: (N, R, 1) quality logits (centerness / IoU branch) or None.
-        decode: ``(deltas, priors_tensor) -> xyxy boxes`` (the detector's box coder).
-    """
-
-    def __init__(self, priors: Priors, logits: torch.Tensor, deltas: torch.Tensor,
-                 quality: Optional[torch.Tensor], decode: Callable):
-        self.priors, self.logits, self.deltas, self.quality = priors, logits, deltas, quality
-        self._decode = decode
-
-    @cached_property
-    def pred_boxes(self) -> torch.Tensor:
-        """(N, R, 4) decoded xyxy boxes, computed once. Decoded with grad enabled even when
-        first asked for inside the no-grad assignment (LLA), so the losses that reuse the cache
-        still backpropagate into the box branch; under a global no_grad the deltas carry no
-        graph and neither does the result."""
-        prior = self.priors.tensor.expand(self.deltas.shape[0], -1, -1)
-        with torch.enable_grad():
-            return self._decode(self.deltas, prior)
 
 
 def dense_config_kwargs(cfg, node, key: str) -> Tuple[dict, list]:

@@ -27,6 +27,7 @@ from crowdloss.structures import Instances, ShapeSpec
 from ..anchors import AnchorGenerator
 from ..assigners import MaxIoUAssigner
 from ..box_coder import Box2BoxTransform
+from ..dense_outputs import permute_to_N_R_K
 from ..losses import smooth_l1_loss
 from ..priors import Priors
 from ..sampling import subsample_labels
@@ -242,9 +243,6 @@ class RPN(nn.Module):
             N ``Instances`` (``proposal_boxes`` (P, 4), ``objectness_logits`` (P,)), detached,
             and ``{"loss_rpn_cls", "loss_rpn_loc"}`` (empty at inference).
         """
-        # Imported here: meta_arch imports this module (GeneralizedRCNN), a cycle at load time.
-        from ..meta_arch.dense_detector import permute_to_N_R_K
-
         maps = [features[f] for f in self.in_features]
         logits, deltas = self.rpn_head(maps)
         priors = self.anchor_generator(maps)
