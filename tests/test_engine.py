@@ -82,7 +82,7 @@ class TinyModel(nn.Module):
 
 def make_cfg(out, *, max_iter=10, batch=2, sub=1, period=4, loader=None, **solver):
     cfg = Cfg(
-        MODEL={"DEVICE": "cpu", "WEIGHTS": "", "WEIGHTS_CLASSES": (),
+        MODEL={"DEVICE": "cpu", "CHANNELS_LAST": False, "WEIGHTS": "", "WEIGHTS_CLASSES": (),
                "WEIGHTS_MIN_COVERAGE": {"TRAIN": 0.5, "TEST": 1.0}},
         SOLVER={
             "LR_SCHEDULER": {"NAME": "WarmupMultiStepLR", "MAX_ITER": max_iter, "STEPS": (6,),

@@ -155,11 +155,12 @@ def eval_worker(args: argparse.Namespace) -> List[Row]:
     from crowdloss.engine.class_remap import class_remap_from_config
     from crowdloss.engine.provenance import run_provenance
     from crowdloss.evaluation.expected import verify_expected_results
+    from crowdloss.modeling.meta_arch import place_model
     from crowdloss.utils import comm
 
     cfg, build_model, report = setup(args)
     try:
-        model = build_model(cfg).to(cfg.MODEL.DEVICE)
+        model = place_model(build_model(cfg), cfg)
         model.eval()
         checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR,
                                              provenance=run_provenance(cfg, model, build_model))

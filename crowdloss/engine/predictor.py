@@ -109,6 +109,7 @@ class Predictor:
         from crowdloss.config import default_output_dir, validate_config
         from crowdloss.engine.class_remap import class_remap_from_config
         from crowdloss.engine.weights import load_weights
+        from crowdloss.modeling.meta_arch import place_model
 
         exp = load_experiment(exp_dir)
         cfg = copy.deepcopy(exp.config)
@@ -119,7 +120,7 @@ class Predictor:
         if not cfg.OUTPUT_DIR:
             cfg.OUTPUT_DIR = default_output_dir(exp.dir)
         path = resolve_weights(cfg, weights)
-        model = exp.build_model(cfg).to(device)
+        model = place_model(exp.build_model(cfg), cfg)
         remap = None
         if cfg.MODEL.WEIGHTS_CLASSES and path == cfg.MODEL.WEIGHTS:
             remap = class_remap_from_config(cfg, "DATASETS.TEST")

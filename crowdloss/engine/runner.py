@@ -68,9 +68,11 @@ class DefaultRunner(TrainLoop):
     """
 
     def __init__(self, cfg, build_model: Callable[[Any], nn.Module]) -> None:
+        from crowdloss.modeling.meta_arch import place_model  # the model stack, on first use
+
         self.cfg = cfg
         device = torch.device(cfg.MODEL.DEVICE)
-        model = build_model(cfg).to(device)
+        model = place_model(build_model(cfg), cfg)
         logger.info("Model:\n%s", model)
         optimizer = self.build_optimizer(cfg, model)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)

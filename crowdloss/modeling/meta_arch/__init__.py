@@ -1,7 +1,7 @@
 """Meta-architectures: ``Detector`` (shared by one- and two-stage), ``DenseDetector`` and the
 dense detectors, ``GeneralizedRCNN`` (Faster R-CNN) (cvpods names)."""
 from .atss import ATSS
-from .base import Detector
+from .base import Detector, place_model
 from .dense_detector import DenseDetector, DenseOutputs
 from .fcos import FCOS
 from .lla import LLAFCOS, LLARetinaNet
@@ -11,4 +11,5 @@ from .retinanet import RetinaNet
 from .ssd import SSD
 
 __all__ = ["Detector", "DenseDetector", "DenseOutputs", "FCOS", "ATSS", "RetinaNet", "LLAFCOS",
-           "LLARetinaNet", "SSD", "ALRPLossRetinaNet", "APLossRetinaNet", "GeneralizedRCNN"]
+           "LLARetinaNet", "SSD", "ALRPLossRetinaNet", "APLossRetinaNet", "GeneralizedRCNN",
+           "place_model"]

@@ -20,7 +20,7 @@ from crowdloss.structures import Instances, ShapeSpec
 
 from ..postprocess import detector_postprocess
 
-__all__ = ["Detector", "build_backbone_from_cfg", "PAD_MODES", "padded_size"]
+__all__ = ["Detector", "build_backbone_from_cfg", "place_model", "PAD_MODES", "padded_size"]
 
 # "ceil": up to the next multiple of the backbone's size divisibility (detectron2, cvpods);
 # "always": n + d - n % d, a whole extra block when n is already a multiple (pytorch-retinanet's
@@ -50,6 +50,19 @@ def build_backbone_from_cfg(cfg, default=None) -> nn.Module:
     if builder is None:
         from crowdloss.modeling.backbone import build_resnet_fpn_p7_backbone as builder
     return builder(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+
+
+def place_model(model: nn.Module, cfg) -> nn.Module:
+    """``model`` on ``MODEL.DEVICE``, its 4-D weights channels-last if ``MODEL.CHANNELS_LAST``.
+
+    Only the weights change layout: a convolution runs channels-last when its input or its
+    weight is, so the activations follow from the first conv on, and the inputs, the heads'
+    flattening (``permute_to_N_R_K``) and the checkpoints need no change.
+    """
+    device = torch.device(cfg.MODEL.DEVICE)
+    if cfg.MODEL.CHANNELS_LAST:
+        return model.to(device, memory_format=torch.channels_last)
+    return model.to(device)
 
 
 class Detector(nn.Module):
