@@ -165,6 +165,20 @@ def test_results_are_read_where_pods_test_writes_them(tmp_path):
     md = format_markdown(summary, "CMD")
     assert "**synthcrowd_val per-class AP** (mean +- std over seeds, %)\n" in md
     assert "| a | 1 | 20.00 +- - | 60.00 +- - | 40.00 +- - |" in md  # AP-head, AP-person, mAP
+    # TEST.COCO_METRICS: coco_metrics.json beside it, COCO AP and oLRP as a table of their own
+    # (task "bbox", the one pods_test reports; oLRP, like MR^-2, lower is better).
+    coco = {"AP": 0.3, "AP50": 0.6, "AP75": 0.25, "APs": None, "AR100": 0.5, "moLRP": 0.7,
+            "moLRP_loc": 0.2, "moLRP_FP": 0.3, "moLRP_FN": 0.4}
+    (folder / "coco_metrics.json").write_text(json.dumps(coco))
+    got = collect_results(run, str(final))
+    assert got["synthcrowd_val COCO"]["task"] == "bbox"
+    assert got["synthcrowd_val COCO"]["metrics"]["AP75"] == 0.25
+    summary = summarize([{"label": "a", "seed": 0, "experiment": "/x/a", "overrides": [],
+                          "results": got}], ["a"])
+    md = format_markdown(summary, "CMD")
+    assert ("**synthcrowd_val COCO** (mean +- std over seeds, %; oLRP: lower is better)\n\n"
+            "| experiment | seeds | AP | AP50 | AP75 | oLRP | oLRP loc | oLRP FP | oLRP FN |") in md
+    assert ["synthcrowd_val", "bbox", "moLRP", 0.7, 0.01] in expected_results(summary)["a"]
     os.utime(final)  # a checkpoint newer than its scores (training resumed): not scored
     os.utime(folder / "metrics.json", ns=(1, 1))
     assert collect_results(run, str(final)) is None

@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 
 from crowdloss.config import BaseDetectionConfig
 from crowdloss.data.catalog import MetadataCatalog
+from crowdloss.evaluation.coco import evaluate_coco
 from crowdloss.evaluation.crowdhuman import main as crowdhuman_cli
 from crowdloss.evaluation.evaluator import (CrowdHumanEvaluator, DatasetEvaluator,
                                             DatasetEvaluators, build_evaluator)
@@ -242,3 +243,41 @@ def test_two_class_models_are_scored_on_their_person_class(tmp_path):
     MetadataCatalog.set(name, thing_classes=["head", "car"])
     with pytest.raises(KeyError, match="need its class 'person'"):
         build_evaluator(cfg, name)
+
+
+def test_coco_metrics_on_an_odgt_dataset(tmp_path):
+    """TEST.COCO_METRICS: the same detections scored with COCO's AP and oLRP, ignore regions
+    as iscrowd; equal to pycocotools on a GT json written here by hand."""
+    name, _ = register(tmp_path, "ch_toy_coco")
+    out = tmp_path / "inference" / name
+    cfg = BaseDetectionConfig()
+    cfg.TEST.COCO_METRICS = True
+    ev = build_evaluator(cfg, name, str(out))
+    ev.reset()
+    for image_id in PRED:
+        ev.process(*batch(image_id))
+    res = ev.evaluate()
+    assert set(res) == {"crowdhuman", "bbox"}
+    coco = res["bbox"]
+    # Ranked .9 TP, (.8 on the mask region: ignored), .75 TP, .7 TP, .6 FP, .2 FP; 4 GT:
+    # precision 1 up to recall .75, so AP50 = 76 of COCO's 101 recall points.
+    assert coco["AP50"] == pytest.approx(76 / 101, abs=1e-12)
+    ids = {g["ID"]: k for k, g in enumerate(GT, 1)}
+    boxes = [(ids[g["ID"]], b) for g in GT for b in g["gtboxes"]]
+    anns = [{"id": j, "image_id": i, "category_id": 1, "bbox": b["fbox"],
+             "area": b["fbox"][2] * b["fbox"][3], "iscrowd": int(b["tag"] == "mask")}
+            for j, (i, b) in enumerate(boxes, 1)]
+    gt_json = tmp_path / "by_hand.json"
+    gt_json.write_text(json.dumps({"images": [{"id": i, "height": 160, "width": 240}
+                                              for i in ids.values()],
+                                   "annotations": anns, "categories": [{"id": 1}]}))
+    results = [{"image_id": ids[i], "category_id": 1, "score": s,
+                "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}
+               for i, dets in PRED.items() for b, s in dets]
+    expected = evaluate_coco(gt_json, results)
+    assert coco.keys() == expected.keys()
+    for k, v in expected.items():
+        assert coco[k] == pytest.approx(v, abs=1e-12, nan_ok=True), k
+    assert 0 < coco["moLRP"] < 1 and coco["moLRP_FN"] == pytest.approx(0.25)
+    saved = json.loads((out / "coco_metrics.json").read_text())
+    assert saved["AP50"] == coco["AP50"] and (out / "coco_gt.json").is_file()

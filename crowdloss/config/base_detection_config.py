@@ -88,6 +88,9 @@ _config_dict: Dict[str, Any] = dict(
         # CrowdHuman JI: "weight" = max-weight bipartite matching (official), "greedy" otherwise.
         JI_MATCHING="weight",
         COCO_MAX_DETS=100,
+        # CrowdHuman-format (odgt) datasets: also score the detections with COCO AP / AR and
+        # oLRP (task "bbox"; ignore regions as iscrowd), at most COCO_MAX_DETS per image.
+        COCO_METRICS=False,
         # Algorithm name in detections_<split>_<name>_results.json, written (not scored) for
         # splits without annotations such as coco_2017_test-dev; no "_" (the server's separator).
         COCO_SUBMISSION_NAME="crowdloss",

@@ -22,8 +22,8 @@ from crowdloss.utils.io import atomic_write
 
 from .lrp import LRP_MODES, olrp_from_cocoeval
 
-__all__ = ["COCO_METRIC_NAMES", "coco_metric_names", "evaluate_coco", "instances_to_coco",
-           "write_coco_submission", "check_submission_name"]
+__all__ = ["COCO_METRIC_NAMES", "coco_metric_names", "evaluate_coco", "evaluate_coco_on_odgt",
+           "instances_to_coco", "write_coco_submission", "check_submission_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +164,34 @@ def evaluate_coco(gt_json: Union[str, os.PathLike], results: Union[str, List[dic
     logger.debug("COCO evaluation (maxDets %d): %s", max_dets,
                  ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items()))
     return metrics
+
+
+def evaluate_coco_on_odgt(gt_images: Sequence, records: Sequence[dict], *,
+                          output_dir: Union[str, os.PathLike, None] = None,
+                          max_dets: int = 100) -> Dict[str, float]:
+    """COCO AP / AR and oLRP of CrowdHuman results ``records`` (odgt lines) against GT odgt
+    images (``results_io.load_gt``): the same detections the CrowdHuman metrics score, with
+    COCO's rules (ignore regions as ``iscrowd``; ``results_io.odgt_to_coco_gt``).
+
+    With ``output_dir`` the converted GT (``coco_gt.json``) and the metrics
+    (``coco_metrics.json``) are written there, so the numbers can be recomputed from the files.
+    """
+    import tempfile
+
+    from .results_io import (crowdhuman_image_ids, odgt_to_coco_gt, odgt_to_coco_results,
+                             write_json)
+
+    image_ids = crowdhuman_image_ids(gt_images)
+    results = odgt_to_coco_results(records, image_ids=image_ids)
+    gt = odgt_to_coco_gt(gt_images, image_ids)
+    if output_dir:
+        path = write_json(os.path.join(output_dir, "coco_gt.json"), gt, compact=True)
+        metrics = evaluate_coco(path, results, max_dets=max_dets)
+        write_json(os.path.join(output_dir, "coco_metrics.json"), metrics)
+        return metrics
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_json(os.path.join(tmp, "coco_gt.json"), gt, compact=True)
+        return evaluate_coco(path, results, max_dets=max_dets)
 
 
 def _olrp(coco_gt, coco_dt, max_dets: int, mode: str, ev=None) -> Dict[str, float]:

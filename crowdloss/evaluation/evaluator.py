@@ -20,8 +20,8 @@ from crowdloss.config.access import cfg_get
 from crowdloss.data.catalog import MetadataCatalog
 from crowdloss.utils import comm
 
-from .coco import (check_submission_name, evaluate_coco, instances_to_coco,
-                   write_coco_submission)
+from .coco import (check_submission_name, evaluate_coco, evaluate_coco_on_odgt,
+                   instances_to_coco, write_coco_submission)
 from .crowdhuman import evaluate_crowdhuman
 from .registry import evaluator_builder, registered_evaluator_types
 from .results_io import (crowdhuman_image_ids, load_dt, load_gt, make_dt_record,
@@ -100,7 +100,9 @@ class CrowdHumanEvaluator(DatasetEvaluator):
     toolkits), ``coco_instances_results.json`` (compact; integer ``image_id`` = the image's
     1-based position in the GT odgt, mapping in ``coco_image_ids.json``), ``metrics.json`` and,
     with ``plot``, ``mr_fppi.png`` / ``precision_recall.png`` titled with the dataset and
-    ``source``.
+    ``source``. With ``coco_max_dets`` > 0 (``TEST.COCO_METRICS``) the same detections are also
+    scored with COCO's AP / AR and oLRP (task "bbox"; ``coco.evaluate_coco_on_odgt``, which
+    writes ``coco_gt.json`` and ``coco_metrics.json``).
 
     GT images that were never predicted are the ones the data loader skipped as bad image
     files (``DATASETS.SKIP_BAD_IMAGES``): their valid GT boxes count as missed, the log says
@@ -115,7 +117,7 @@ class CrowdHumanEvaluator(DatasetEvaluator):
     def __init__(self, dataset_name: str, *, output_dir: Optional[str] = None,
                  distributed: bool = True, ji_matching: str = "weight", plot: bool = True,
                  box_key: str = "fbox", tag_map: Optional[Dict[str, str]] = None,
-                 class_id: Optional[int] = None):
+                 class_id: Optional[int] = None, coco_max_dets: int = 0):
         meta = MetadataCatalog.get(dataset_name)
         if not meta.get("gt_file"):
             raise KeyError(f"MetadataCatalog['{dataset_name}'] has no 'gt_file' (the GT odgt "
@@ -128,6 +130,7 @@ class CrowdHumanEvaluator(DatasetEvaluator):
         self._output_dir, self._distributed = output_dir, distributed
         self._ji_matching, self._plot, self._box_key = ji_matching, plot, box_key
         self._tag_map = dict(tag_map or {})
+        self._coco_max_dets = int(coco_max_dets)
         self.reset()
 
     def reset(self) -> None:
@@ -189,7 +192,11 @@ class CrowdHumanEvaluator(DatasetEvaluator):
                 title = f"{self._name}: {self.source}" if self.source else self._name
                 plot_crowdhuman(result, out, label=self._name, title=title)
         self.result = result
-        return {"crowdhuman": dict(result.metrics)}
+        if not self._coco_max_dets:
+            return {"crowdhuman": dict(result.metrics)}
+        coco = evaluate_coco_on_odgt(gt_images, records, output_dir=out,
+                                     max_dets=self._coco_max_dets)
+        return {"crowdhuman": dict(result.metrics), "bbox": coco}
 
 
 class COCOEvaluator(DatasetEvaluator):
@@ -319,7 +326,9 @@ def _build_dataset_evaluator(cfg, dataset_name: str, output_dir: Optional[str] =
             plot=bool(cfg_get(cfg, "TEST.PLOT")),
             box_key=cfg_get(cfg, "DATASETS.BOX_TYPE"),
             tag_map=dict(cfg_get(cfg, "DATASETS.TAG_MAP") or {}),
-            class_id=crowdhuman_class_id(dataset_name))
+            class_id=crowdhuman_class_id(dataset_name),
+            coco_max_dets=int(cfg_get(cfg, "TEST.COCO_MAX_DETS"))
+            if cfg_get(cfg, "TEST.COCO_METRICS") else 0)
     if kind == "coco":
         return COCOEvaluator(dataset_name, output_dir=output_dir,
                              max_dets=int(cfg_get(cfg, "TEST.COCO_MAX_DETS")),

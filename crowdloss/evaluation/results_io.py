@@ -28,6 +28,7 @@ __all__ = [
     "make_dt_record",
     "write_odgt",
     "odgt_to_coco_results",
+    "odgt_to_coco_gt",
     "crowdhuman_image_ids",
     "write_json",
     "resolve_image_size",
@@ -164,6 +165,30 @@ def odgt_to_coco_results(records: Iterable[dict], *, category_id: int = 1,
 
     return [{"image_id": image_id(r), "category_id": category_id, "bbox": d["box"],
              "score": d["score"]} for r in records for d in r["dtboxes"]]
+
+
+def odgt_to_coco_gt(gt_images: Iterable[GTImage], image_ids: Mapping[str, int], *,
+                    category: str = "person") -> dict:
+    """A COCO GT dataset (one category, id 1) from GT odgt images, for COCO AP and oLRP.
+
+    Valid boxes become annotations; ignore regions (``mask`` and other ignored tags) become
+    ``iscrowd`` annotations, which pycocotools treats as CrowdHuman does: a detection that
+    covers one by IoA (its share of the detection) at the IoU threshold is neither TP nor FP.
+    Boxes stay as in the file (unclipped xywh), ``area`` = w x h; sizes missing from the odgt
+    are 0 (bbox evaluation does not use them).
+    """
+    images, annotations = [], []
+    for g in gt_images:
+        image_id = image_ids[g.image_id]
+        images.append({"id": image_id, "file_name": g.image_id, "height": int(g.height or 0),
+                       "width": int(g.width or 0)})
+        for box, valid in zip(np.asarray(g.boxes, np.float64).reshape(-1, 4), g.valid):
+            w, h = float(box[2]), float(box[3])
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                "category_id": 1, "bbox": [float(box[0]), float(box[1]), w, h],
+                                "area": w * h, "iscrowd": 0 if valid else 1})
+    return {"images": images, "annotations": annotations,
+            "categories": [{"id": 1, "name": category}]}
 
 
 def crowdhuman_image_ids(gt_images: Iterable[GTImage]) -> Dict[str, int]:

@@ -3,7 +3,8 @@
 
 A run's metrics are those its evaluator wrote for the final checkpoint
 (``OUTPUT_DIR/inference/<dataset>/metrics.json``, newer than ``model_final.pth``), and the
-per-class AP beside them (``per_class_ap.json``, TEST.PER_CLASS_AP) as a table of its own. For a
+per-class AP beside them (``per_class_ap.json``, TEST.PER_CLASS_AP) and COCO AP / oLRP of an
+odgt dataset (``coco_metrics.json``, TEST.COCO_METRICS), each as a table of its own. For a
 CrowdHuman-type dataset the run also keeps its MR-FPPI curve (thinned to <= ~200 points) and
 the val-sampling spread of AP / MR^-2 from a bootstrap over the val images, so the report
 never reads a dataset again. Seeds are summarised as mean and sample std (ddof 1).
@@ -24,6 +25,12 @@ __all__ = ["collect_results", "summarize", "format_markdown", "expected_results"
 
 # CrowdHuman metrics in the README's order: (key in the evaluator's results, column title).
 CROWDHUMAN_COLUMNS = (("AP", "AP50"), ("mMR", "MR^-2"), ("Recall", "Recall"), ("JI", "JI"))
+# COCO's AP and the optimal LRP with its components (TEST.COCO_METRICS on an odgt dataset, or a
+# COCO dataset); the other COCO numbers stay in the run's files.
+COCO_COLUMNS = (("AP", "AP"), ("AP50", "AP50"), ("AP75", "AP75"), ("moLRP", "oLRP"),
+                ("moLRP_loc", "oLRP loc"), ("moLRP_FP", "oLRP FP"), ("moLRP_FN", "oLRP FN"))
+# Columns where lower is better, said in the table's heading.
+_LOWER_IS_BETTER = {"mMR": "MR^-2", "moLRP": "oLRP"}
 _TASKS = {"crowdhuman": "crowdhuman", "coco": "bbox"}
 _BOOTSTRAP_SAMPLES = 200
 
@@ -74,21 +81,31 @@ def collect_results(run, final_checkpoint: str) -> Optional[Dict[str, dict]]:
                 "std": {k: v["std"] for k, v in
                         bootstrap_metrics(result, num_samples=_BOOTSTRAP_SAMPLES).items()}}
         out[name] = entry
-        per_class = _per_class_ap(os.path.join(folder, "per_class_ap.json"), newest)
+        per_class = _per_class_ap(_fresh_json(os.path.join(folder, "per_class_ap.json"), newest))
         if per_class is not None:  # TEST.PER_CLASS_AP beside the dataset's own evaluator
             out[f"{name} per-class AP"] = {"dataset": name, "task": "per_class_ap",
                                            "metrics": per_class}
+        coco = _fresh_json(os.path.join(folder, "coco_metrics.json"), newest)
+        if kind == "crowdhuman" and coco is not None:  # TEST.COCO_METRICS on the odgt
+            out[f"{name} COCO"] = {"dataset": name, "task": "bbox", "metrics": {
+                k: float("nan") if v is None else float(v) for k, v in coco.items()}}
     return out
 
 
-def _per_class_ap(path: str, newest: int) -> Optional[Dict[str, float]]:
-    """``{"mAP", "AP-<class>"}`` (classes with GT) of a fresh ``per_class_ap.json``, else None:
-    ``APResult.metrics()`` read back from the file, the keys pods_test reports under the task
-    "per_class_ap"."""
+def _fresh_json(path: str, newest: int) -> Optional[dict]:
+    """The content of ``path`` if it was written after the final checkpoint, else None."""
     if not os.path.isfile(path) or os.stat(path).st_mtime_ns < newest:
         return None
     with open(path) as f:
-        saved = json.load(f)
+        return json.load(f)
+
+
+def _per_class_ap(saved: Optional[dict]) -> Optional[Dict[str, float]]:
+    """``{"mAP", "AP-<class>"}`` (classes with GT) of a ``per_class_ap.json``'s content:
+    ``APResult.metrics()`` read back, the keys pods_test reports under the task
+    "per_class_ap"."""
+    if saved is None:
+        return None
     metrics = {"mAP": saved["mAP"]}
     metrics.update({f"AP-{name}": c["ap"] for name, c in saved["classes"].items()
                     if c.get("num_gt", 0) > 0})
@@ -105,6 +122,8 @@ def _stats(values: List[float]) -> dict:
 def _columns(task: str, metrics: Sequence[dict]) -> List[tuple]:
     if task == "crowdhuman":
         return list(CROWDHUMAN_COLUMNS)
+    if task == "bbox":
+        return [c for c in COCO_COLUMNS if any(c[0] in m for m in metrics)]
     keys = sorted({k for m in metrics for k in m})
     return [(k, k) for k in keys]
 
@@ -163,7 +182,8 @@ def format_markdown(summary: Dict[str, dict], command: str) -> str:
     for name in datasets:
         labels = [lb for lb in summary if name in summary[lb]["datasets"]]
         cols = summary[labels[0]]["datasets"][name]["columns"]
-        lower = "; MR^-2: lower is better" if any(k == "mMR" for k, _ in cols) else ""
+        lower = "".join(f"; {_LOWER_IS_BETTER[k]}: lower is better" for k, _ in cols
+                        if k in _LOWER_IS_BETTER)
         lines += [f"**{name}** (mean +- std over seeds, %{lower})", ""]
         lines.append("| experiment | seeds | " + " | ".join(t for _, t in cols)
                      + " | train time / run |")

@@ -65,6 +65,9 @@ _config_dict = dict(
         # evaluate the same final model a second time (1000 val images, ~50 s each).
         EVAL_PERIOD=-1,
         DETECTIONS_PER_IMAGE=300,
+        # COCO AP and oLRP beside the CrowdHuman metrics (the ranking losses' own metrics), at
+        # COCO's 100 detections per image.
+        COCO_METRICS=True,
     ),
 )
 
