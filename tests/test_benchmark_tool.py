@@ -195,3 +195,29 @@ def test_fingerprint_ignores_output_dir_and_the_expected_band_only():
     assert config_fingerprint(cfg) == base
     cfg.SOLVER.OPTIMIZER.BASE_LR = 0.01
     assert config_fingerprint(cfg) != base
+
+
+def test_runs_recorded_before_a_key_was_added_still_match():
+    import copy
+
+    from crowdloss.cli.common import load_experiment
+    from crowdloss.tools.benchmark import ADDED_KEYS, Run, config_fingerprint, config_fingerprints
+
+    cfg = load_experiment(str(DEMO)).config
+    older = copy.deepcopy(cfg)  # the config as it was before the added keys existed
+    for key in ADDED_KEYS:
+        section, leaf = key.split(".")
+        del older[section][leaf]
+    prints = config_fingerprints(cfg)
+    assert prints[0] == config_fingerprint(cfg) and prints[-1] == config_fingerprint(older)
+    assert len(prints) == len(ADDED_KEYS) + 1 and len(set(prints)) == len(prints)
+    run = Run("lla", str(DEMO), 0, "/tmp/x")
+    run.fingerprint, *run.earlier_fingerprints = prints
+    assert run.made_by({"fingerprint": config_fingerprint(older)})
+    assert not run.made_by({"fingerprint": "f" * 64})
+    # A config that sets an added key otherwise is another config than the runs recorded
+    # before that key existed (it still matches those recorded after it, before a newer key).
+    cfg.MODEL.CHANNELS_LAST = True
+    assert config_fingerprint(older) not in config_fingerprints(cfg)
+    cfg.MODEL.CHANNELS_LAST, cfg.TEST.COCO_METRICS = False, True
+    assert config_fingerprints(cfg) == [config_fingerprint(cfg)]

@@ -34,7 +34,8 @@ from typing import Dict, List, Optional, Sequence
 
 from crowdloss.utils.io import atomic_write
 
-__all__ = ["Run", "plan_runs", "prepare_runs", "config_fingerprint", "execute_run", "main"]
+__all__ = ["Run", "plan_runs", "prepare_runs", "config_fingerprint", "config_fingerprints",
+           "ADDED_KEYS", "execute_run", "main"]
 
 RECORD = "benchmark_run.json"
 _print_lock = threading.Lock()
@@ -55,6 +56,12 @@ class Run:
     overrides: List[str] = field(default_factory=list)
     #: filled by ``prepare_runs`` (in the main thread: loading an experiment is not thread-safe)
     fingerprint: str = ""
+    #: the fingerprints a run recorded before ``ADDED_KEYS`` existed would have
+    earlier_fingerprints: List[str] = field(default_factory=list)
+
+    def made_by(self, record: dict) -> bool:
+        """Whether ``record`` (a run dir's record) is a run of this config."""
+        return record.get("fingerprint") in [self.fingerprint, *self.earlier_fingerprints]
     #: (dataset name, GT file or None, evaluator type, GT box key) of each of DATASETS.TEST
     test_sets: List[tuple] = field(default_factory=list)
 
@@ -106,6 +113,13 @@ def plan_runs(experiments: Sequence[str], seeds: Sequence[int], output: str,
             for seed in seeds for label, path in parsed]
 
 
+# Config keys added after runs were recorded, each with the value that behaves as the configs
+# did before it existed. A run recorded before a key existed matches a config that has the key
+# at that value: adding an option must not orphan every finished run (a config that sets it
+# otherwise is another config). Append here when adding a key to the config classes.
+ADDED_KEYS = {"MODEL.CHANNELS_LAST": False, "TEST.COCO_METRICS": False}
+
+
 def config_fingerprint(cfg) -> str:
     """sha256 of a run's config, so that a changed config.py or override list is never mistaken
     for the finished run. Left out: OUTPUT_DIR and the expected-results band (pasting the
@@ -114,6 +128,23 @@ def config_fingerprint(cfg) -> str:
     cfg.OUTPUT_DIR = ""
     cfg.TEST.EXPECTED_RESULTS = []
     return hashlib.sha256(cfg.dump().encode("utf-8")).hexdigest()
+
+
+def config_fingerprints(cfg) -> List[str]:
+    """The fingerprint, then those of the same config before each ``ADDED_KEYS`` entry existed
+    (newest key first; only while the config has the key at its neutral value)."""
+    out = [config_fingerprint(cfg)]
+    cfg = copy.deepcopy(cfg)
+    for key, neutral in reversed(ADDED_KEYS.items()):
+        *parents, leaf = key.split(".")
+        node = cfg
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node or node[leaf] != neutral:
+            break
+        del node[leaf]
+        out.append(config_fingerprint(cfg))
+    return out
 
 
 def prepare_runs(runs: Sequence[Run]) -> None:
@@ -128,7 +159,7 @@ def prepare_runs(runs: Sequence[Run]) -> None:
             cfg.merge_from_list(list(run.overrides) + ["SEED", str(run.seed)])
         except (KeyError, ValueError) as exc:
             raise SystemExit(f"benchmark: error: {run.name}: {exc}") from None
-        run.fingerprint = config_fingerprint(cfg)
+        run.fingerprint, *run.earlier_fingerprints = config_fingerprints(cfg)
         run.test_sets = []
         for name in cfg.DATASETS.TEST:
             meta = MetadataCatalog.get(name)
@@ -194,7 +225,7 @@ def execute_run(run: Run, *, env: dict, python: str = sys.executable,
     path = os.path.join(run.out, RECORD)
     fp = run.fingerprint
     record = _read_json(path) or {}
-    if record and record.get("fingerprint") != fp:
+    if record and not run.made_by(record):
         raise RuntimeError(f"{run.out} holds a run of another config (its {RECORD} differs in "
                            f"the config fingerprint): use another --output or remove it")
     if not record and os.path.exists(os.path.join(run.out, "last_checkpoint")):
@@ -269,7 +300,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.report_only:
         for run in runs:
             record = _read_json(os.path.join(run.out, RECORD))
-            if record and record.get("results") and record.get("fingerprint") == run.fingerprint:
+            if record and record.get("results") and run.made_by(record):
                 records.append(record)
             elif record and record.get("results"):
                 _say(f"[skipped] {run.name}: {run.out} was made from another config")
