@@ -9,7 +9,7 @@ import torch
 from crowdloss.engine import DefaultRunner
 from crowdloss.modeling.meta_arch import SSD, GeneralizedRCNN, place_model
 from crowdloss.utils.env import seed_all_rng
-from test_engine import TinyModel, make_cfg  # noqa: E402
+from test_engine import ConvModel, make_cfg  # noqa: E402
 from test_meta_arch import build, crowd_batch, make_input, tiny_cfg  # noqa: E402
 from test_rcnn_e2e import sample, tiny_cfg as rcnn_cfg  # noqa: E402
 from test_ssd import ssd_cfg  # noqa: E402
@@ -148,16 +148,3 @@ def test_runner_trains_channels_last(tmp_path):
     ref.train()
     for (k, a), (_, b) in zip(ref.model.state_dict().items(), runner.model.state_dict().items()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=k)
-
-
-class ConvModel(TinyModel):
-    """TinyModel whose inputs first pass a conv, so the layout has something to act on."""
-
-    def __init__(self):
-        super().__init__(noise=0.0)
-        self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)
-
-    def forward(self, batch):
-        for b in batch:  # (4,) -> a 2-channel 1 x 2 image through the conv, back to (4,)
-            b["x"] = self.conv(b["x"].reshape(1, 2, 1, 2)).reshape(4)
-        return super().forward(batch)

@@ -80,6 +80,19 @@ class TinyModel(nn.Module):
         return {"loss_reg": loss, "loss_aux": 0.1 * pred.abs().mean()}
 
 
+class ConvModel(TinyModel):
+    """TinyModel whose inputs first pass a conv, so the layout has something to act on."""
+
+    def __init__(self):
+        super().__init__(noise=0.0)
+        self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, batch):
+        for b in batch:  # (4,) -> a 2-channel 1 x 2 image through the conv, back to (4,)
+            b["x"] = self.conv(b["x"].reshape(1, 2, 1, 2)).reshape(4)
+        return super().forward(batch)
+
+
 def make_cfg(out, *, max_iter=10, batch=2, sub=1, period=4, loader=None, **solver):
     cfg = Cfg(
         MODEL={"DEVICE": "cpu", "CHANNELS_LAST": False, "WEIGHTS": "", "WEIGHTS_CLASSES": (),
