@@ -101,7 +101,10 @@ def _record(label, seed, ap, mr, wall=60.0):
                 "metrics": {"AP": ap, "mMR": mr, "Recall": 0.9, "JI": 0.5},
                 "curve": {"fppi": [0.01, 0.1, 1.0], "miss_rate": [0.9, 0.6, mr]},
                 "val_bootstrap": {"images": 1000, "samples": 200,
-                                  "std": {"AP": 0.005, "mMR": 0.01, "Recall": 0.004}}}}}
+                                  "std": {"AP": 0.005, "mMR": 0.01, "Recall": 0.004}}},
+                # TEST.COCO_METRICS beside it: a table, not a plot (its AP is not AP50).
+                "synthcrowd_val COCO": {"dataset": "synthcrowd_val", "task": "bbox",
+                                        "metrics": {"AP": ap / 2, "AP50": ap, "moLRP": mr}}}}
 
 
 def test_report_tables_bands_and_plots(tmp_path):
@@ -126,6 +129,9 @@ def test_report_tables_bands_and_plots(tmp_path):
     assert [e for e in res["expected_results"]["b"] if e[2] == "AP"][0][4] == 0.01  # floor
     # the MR-FPPI curve shown is the seed closest to the mean MR^-2 (0.78: seed 2)
     assert res["experiments"]["a"]["datasets"]["synthcrowd_val"]["curve"]["seed"] == 2
+    assert "| a | 3 | 31.00 +- 1.00 | 62.00 +- 2.00 | 78.00 +- 2.00 |" in md  # COCO AP, AP50, oLRP
+    # One CrowdHuman dataset: the plots keep their plain names, and only its figures are drawn.
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["ap_mr.png", "mr_fppi.png"]
     assert (tmp_path / "ap_mr.png").stat().st_size > 0
     assert (tmp_path / "mr_fppi.png").stat().st_size > 0
 
@@ -201,7 +207,8 @@ def test_runs_recorded_before_a_key_was_added_still_match():
     import copy
 
     from crowdloss.cli.common import load_experiment
-    from crowdloss.tools.benchmark import ADDED_KEYS, Run, config_fingerprint, config_fingerprints
+    from crowdloss.config.tracking import ADDED_KEYS
+    from crowdloss.tools.benchmark import Run, config_fingerprint, config_fingerprints
 
     cfg = load_experiment(str(DEMO)).config
     older = copy.deepcopy(cfg)  # the config as it was before the added keys existed

@@ -72,6 +72,15 @@ def test_one_bad_value_one_error_naming_key_and_value(key, value, fragment):
     assert lines[1].startswith(f"  {key} = {value!r}: ") and fragment in lines[1]
 
 
+def test_coco_max_dets_is_checked_when_coco_metrics_are_on():
+    cfg = _cfg(**{"TEST.COCO_MAX_DETS": "5"})
+    assert validate_config(cfg) == []  # TEST.COCO_METRICS off: COCO_MAX_DETS unused
+    cfg.TEST.COCO_METRICS = True
+    with pytest.raises(ConfigValueError, match=r"TEST.COCO_MAX_DETS = 5: must be an integer "
+                                               r">= 10 \(COCO also reports AR1 and AR10\)"):
+        validate_config(cfg)
+
+
 def test_all_bad_values_in_one_error_and_branch_only_checks():
     cfg = _cfg(**{"SOLVER.LR_SCHEDULER.MAX_ITER": "-5", "SOLVER.OPTIMIZER.BASE_LR": "-1"})
     with pytest.raises(ConfigValueError, match=r"MAX_ITER = -5: .*\n.*BASE_LR = -1\.0: "):

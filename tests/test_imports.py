@@ -7,7 +7,9 @@ REPO = Path(__file__).resolve().parents[1]
 MODULES = ["crowdloss", "crowdloss.config", "crowdloss.engine", "crowdloss.engine.runner",
            "crowdloss.data", "crowdloss.ops", "crowdloss.modeling.meta_arch",
            "crowdloss.modeling.backbone", "crowdloss.evaluation",
-           "crowdloss.evaluation.evaluator", "crowdloss.cli.train", "crowdloss.cli.test"]
+           "crowdloss.evaluation.evaluator", "crowdloss.cli.train", "crowdloss.cli.test",
+           "crowdloss.engine.weight_formats", "crowdloss.engine.train_loop",
+           "crowdloss.engine.dist_env", "crowdloss.modeling.dense_outputs"]
 FORBIDDEN = ["torchvision", "timm", "tensorboard", "tensorboardX", "matplotlib"]
 
 

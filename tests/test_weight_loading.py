@@ -194,3 +194,14 @@ def test_checkpoints_record_their_origin_and_loads_warn_on_differences(lla, tmp_
     assert "its config differs in 1 key(s): MODEL.FCOS.NUM_CONVS: 2 -> 3" in warnings
     assert f"written by experiment {LLA}, this run has /some/other/experiment" in warnings
     assert "OUTPUT_DIR" not in warnings
+
+
+def test_a_key_added_after_the_checkpoint_compares_as_its_neutral_value():
+    from crowdloss.engine.provenance import provenance_differences
+
+    current = {"config": {"TEST.COCO_METRICS": "false", "MODEL.FCOS.NUM_CONVS": "2"}}
+    older = {"config": {"MODEL.FCOS.NUM_CONVS": "2"}}  # written before TEST.COCO_METRICS
+    assert provenance_differences(older, current) == []
+    current["config"]["TEST.COCO_METRICS"] = "true"
+    assert provenance_differences(older, current) == [
+        "its config differs in 1 key(s): TEST.COCO_METRICS: false -> true"]

@@ -45,7 +45,7 @@ _config_dict: Dict[str, Any] = dict(
         DEVICE="cuda",
         # Keep the model's 4-D weights in NHWC order (torch.channels_last), so every conv runs
         # in that layout: the same model and weights, different float rounding; training steps
-        # 1.2-1.4x faster on CPU (oneDNN; benchmarks/channels_last.py), also the layout
+        # 1.14-1.36x faster on CPU (oneDNN; benchmarks/channels_last.py), also the layout
         # tensor cores prefer under AMP. Checkpoints load either way.
         CHANNELS_LAST=False,
         # Checkpoint or backbone weights to load ("" = none): .pth, MSRA .pkl, detectron2://...

@@ -32,7 +32,7 @@ import threading
 from typing import FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 __all__ = ["ReadTracker", "untracked", "UnreadKeyReport", "UnreadKeysError", "UNREAD_KEYS_ACTIONS",
-           "TRAIN_ONLY_KEYS", "BUILD_TIME_KEYS", "matches_prefix"]
+           "TRAIN_ONLY_KEYS", "BUILD_TIME_KEYS", "ADDED_KEYS", "matches_prefix"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ EVAL_ONLY_KEYS = ("DATASETS.TEST", "INPUT.AUG.TEST_PIPELINES", "TEST")
 # Keys whose readers (model, optimizer, scheduler, hooks, train loader) have all run once the
 # runner is built and its train loader exists: checked before the first iteration.
 BUILD_TIME_KEYS = ("MODEL", "SOLVER")
+# Keys added to the config classes after runs and checkpoints were recorded, each with the value
+# that behaves as the configs did before it existed: a record without the key (a benchmark run's
+# fingerprint, a checkpoint's config) equals a config that has the key at that value. Append
+# here when adding a key whose default keeps the old behaviour.
+ADDED_KEYS = {"MODEL.CHANNELS_LAST": False, "TEST.COCO_METRICS": False}
 
 
 class UnreadKeysError(ValueError):

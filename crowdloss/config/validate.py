@@ -197,6 +197,9 @@ def validate_config(cfg) -> List[str]:
             c.fail("TEST.EVAL_PERIOD", c.get("TEST.EVAL_PERIOD"),
                    "must be an integer (> 0 periodic, 0 after training, < 0 never)")
         c.int_at_least("TEST.DETECTIONS_PER_IMAGE", 1)
+        if "COCO_METRICS" in c.cfg.TEST and c.get("TEST.COCO_METRICS"):
+            # Checked here, not when the evaluator first runs after the whole training.
+            c.int_at_least("TEST.COCO_MAX_DETS", 10, " (COCO also reports AR1 and AR10)")
         if not _is_int(c.get("SEED")):
             c.fail("SEED", c.get("SEED"), "must be an integer (< 0 draws one per run)")
         c.choice("UNREAD_KEYS", UNREAD_KEYS_ACTIONS)

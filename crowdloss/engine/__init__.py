@@ -10,11 +10,13 @@ from .events import (
 from . import hooks
 from .hooks import *  # noqa: F401,F403  (the hook classes, listed in hooks.__all__)
 from .runner import DefaultRunner
+from .train_loop import TrainLoop
 from .solver import build_lr_scheduler, build_optimizer
 
 __all__ = [
     "launch",
     "DefaultRunner",
+    "TrainLoop",
     "Checkpointer",
     "DetectionCheckpointer",
     "EventStorage",

@@ -24,6 +24,7 @@ DEFAULT_TIMEOUT = timedelta(minutes=30)
 # torch's own default rendezvous port; used for SLURM when MASTER_PORT is not exported.
 DEFAULT_SLURM_PORT = 29500
 
+
 def default_timeout() -> timedelta:
     """``$CROWDLOSS_DIST_TIMEOUT`` seconds if set, else 30 minutes."""
     value = os.environ.get("CROWDLOSS_DIST_TIMEOUT", "").strip()
@@ -32,7 +33,8 @@ def default_timeout() -> timedelta:
     try:
         seconds = float(value)
     except ValueError:
-        raise ValueError(f"CROWDLOSS_DIST_TIMEOUT={value!r}: expected a number of seconds") from None
+        raise ValueError(f"CROWDLOSS_DIST_TIMEOUT={value!r}: expected a number of "
+                         "seconds") from None
     if seconds <= 0:
         raise ValueError(f"CROWDLOSS_DIST_TIMEOUT={value!r}: expected a positive number of seconds")
     return timedelta(seconds=seconds)

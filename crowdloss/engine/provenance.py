@@ -12,6 +12,8 @@ version, or config values (the differing keys are listed). Keys that say where o
 executes, not what it computes, are left out of the config record: ``OUTPUT_DIR``,
 ``MODEL.WEIGHTS*``, ``MODEL.DEVICE``, ``MODEL.CHANNELS_LAST``, ``SEED``. Callables attached to
 the config by ``net.py`` are code, not config, and are left out too.
+A key added to the config classes after a checkpoint was written
+(``config.tracking.ADDED_KEYS``) is absent from its record and compares as its neutral value.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
+
+from crowdloss.config.tracking import ADDED_KEYS
 
 __all__ = ["run_provenance", "provenance_differences", "warn_provenance"]
 
@@ -98,6 +102,9 @@ def provenance_differences(saved: Mapping, current: Mapping, *,
         if old and new and old != new:
             problems.append(f"it was written by {what} {old}, this run has {new}")
     old_cfg, new_cfg = saved.get("config") or {}, current.get("config") or {}
+    # A checkpoint from before a key existed: absent there = the key's neutral value.
+    added = {k: json.dumps(v) for k, v in ADDED_KEYS.items()}
+    old_cfg = {**{k: v for k, v in added.items() if k in new_cfg}, **old_cfg}
     keys = [k for k in sorted(set(old_cfg) | set(new_cfg))
             if not any(k.startswith(p) for p in ignore_config)
             and old_cfg.get(k) != new_cfg.get(k)]

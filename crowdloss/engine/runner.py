@@ -47,16 +47,15 @@ def _cfg_builder(cfg, name: str) -> Optional[Callable]:
 def _amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
     """``SOLVER.AMP``'s autocast dtype, or None (off, or not on CUDA: warned)."""
     amp = cfg.SOLVER.AMP
+    enabled = bool(amp.ENABLED)
+    if enabled and device.type != "cuda":
+        warnings.warn(f"SOLVER.AMP.ENABLED is ignored on {device}: AMP runs on CUDA only")
+        logger.warning("SOLVER.AMP.ENABLED ignored on %s (CUDA only)", device)
+        enabled = False
     dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16}
     if amp.DTYPE not in dtypes:
         raise ValueError(f"SOLVER.AMP.DTYPE = {amp.DTYPE!r}; expected 'float16' or 'bfloat16'")
-    if not amp.ENABLED:
-        return None
-    if device.type != "cuda":
-        warnings.warn(f"SOLVER.AMP.ENABLED is ignored on {device}: AMP runs on CUDA only")
-        logger.warning("SOLVER.AMP.ENABLED ignored on %s (CUDA only)", device)
-        return None
-    return dtypes[amp.DTYPE]
+    return dtypes[amp.DTYPE] if enabled else None
 
 
 class DefaultRunner(TrainLoop):
@@ -88,14 +87,16 @@ class DefaultRunner(TrainLoop):
             )
         # The step's settings are read here rather than per step: every component reads its
         # keys when it is built (the unread-key report checks them before the first step).
+        amp_dtype = _amp_dtype(cfg, device)
         clip = cfg.SOLVER.CLIP_GRADIENTS
+        clip_type = clip.CLIP_TYPE if clip.ENABLED else None
+        clip_value = float(clip.CLIP_VALUE) if clip.ENABLED else 0.0
+        norm_type = float(clip.NORM_TYPE) if clip_type == "norm" else 2.0
         super().__init__(
-            model, optimizer, max_iter=int(cfg.SOLVER.LR_SCHEDULER.MAX_ITER), device=device,
-            subdivisions=int(cfg.SOLVER.BATCH_SUBDIVISIONS), amp_dtype=_amp_dtype(cfg, device),
-            clip_type=clip.CLIP_TYPE if clip.ENABLED else None,
-            clip_value=float(clip.CLIP_VALUE) if clip.ENABLED else 0.0,
-            clip_norm_type=float(clip.NORM_TYPE) if clip.ENABLED and clip.CLIP_TYPE == "norm"
-            else 2.0)
+            model, optimizer, device=device, amp_dtype=amp_dtype, clip_type=clip_type,
+            clip_value=clip_value, clip_norm_type=norm_type,
+            subdivisions=int(cfg.SOLVER.BATCH_SUBDIVISIONS),
+            max_iter=int(cfg.SOLVER.LR_SCHEDULER.MAX_ITER))
         # Built on first use, once the start iteration is known: building a real loader reads
         # the whole annotation set, which a resume would otherwise pay for twice.
         self._data_loader_start = 0

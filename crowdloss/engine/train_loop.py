@@ -57,11 +57,11 @@ class TrainLoop:
                  device: torch.device = torch.device("cpu"), subdivisions: int = 1,
                  amp_dtype: Optional[torch.dtype] = None, clip_type: Optional[str] = None,
                  clip_value: float = 0.0, clip_norm_type: float = 2.0) -> None:
-        if subdivisions < 1:
-            raise ValueError(f"SOLVER.BATCH_SUBDIVISIONS must be >= 1, got {subdivisions}")
         if clip_type not in (None, "norm", "value"):
             raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE = {clip_type!r}; "
                              f"expected 'norm' or 'value'")
+        if subdivisions < 1:
+            raise ValueError(f"SOLVER.BATCH_SUBDIVISIONS must be >= 1, got {subdivisions}")
         self.model = model
         self.optimizer = optimizer
         self._data_loader = data_loader

@@ -8,7 +8,8 @@
   ``torch.load(weights_only=True)``.
 
 The rest of the path: format detection and renaming in ``crowdloss.engine.weight_formats``;
-aligning, the summary and the coverage rule in ``crowdloss.engine.weights``.
+aligning, the summary and the coverage rule in ``crowdloss.engine.weights``. ``WeightsError``
+(a file that must not be used as is) is defined here, the module both of those import.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ import torch
 
 from crowdloss.utils.io import atomic_write
 
-__all__ = ["WeightsError", "UnreadableWeightsError", "resolve_weights_path", "cache_dir", "read_weights_file",
-           "load_pkl_safely"]
+__all__ = ["WeightsError", "UnreadableWeightsError", "resolve_weights_path", "cache_dir",
+           "read_weights_file", "load_pkl_safely"]
 
 logger = logging.getLogger("crowdloss.engine")
 

@@ -172,8 +172,9 @@ def odgt_to_coco_gt(gt_images: Iterable[GTImage], image_ids: Mapping[str, int], 
     """A COCO GT dataset (one category, id 1) from GT odgt images, for COCO AP and oLRP.
 
     Valid boxes become annotations; ignore regions (``mask`` and other ignored tags) become
-    ``iscrowd`` annotations, which pycocotools treats as CrowdHuman does: a detection that
-    covers one by IoA (its share of the detection) at the IoU threshold is neither TP nor FP.
+    ``iscrowd`` annotations, which pycocotools treats close to CrowdHuman's rule: an unmatched
+    detection whose IoA with one (its share inside it) reaches the IoU threshold is neither TP
+    nor FP (CrowdHuman: IoA > 0.5 at any threshold).
     Boxes stay as in the file (unclipped xywh), ``area`` = w x h; sizes missing from the odgt
     are 0 (bbox evaluation does not use them).
     """

@@ -243,7 +243,10 @@ def _plots(summary: Dict[str, dict], output: str) -> List[str]:
 
     plt = _pyplot()
     written = []
-    names = sorted({d for e in summary.values() for d in e["datasets"]})
+    # The CrowdHuman tables only: their AP is AP50 and they have MR^-2 and the curves (per-class
+    # AP and COCO entries are tables, not plots).
+    names = sorted({d for e in summary.values() for d, ds in e["datasets"].items()
+                    if ds["task"] == "crowdhuman"})
     for name in names:
         suffix = "" if len(names) == 1 else f"_{name}"
         labels = [lb for lb in summary if name in summary[lb]["datasets"]]

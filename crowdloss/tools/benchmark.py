@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Sequence
 from crowdloss.utils.io import atomic_write
 
 __all__ = ["Run", "plan_runs", "prepare_runs", "config_fingerprint", "config_fingerprints",
-           "ADDED_KEYS", "execute_run", "main"]
+           "execute_run", "main"]
 
 RECORD = "benchmark_run.json"
 _print_lock = threading.Lock()
@@ -56,14 +56,14 @@ class Run:
     overrides: List[str] = field(default_factory=list)
     #: filled by ``prepare_runs`` (in the main thread: loading an experiment is not thread-safe)
     fingerprint: str = ""
-    #: the fingerprints a run recorded before ``ADDED_KEYS`` existed would have
+    #: the fingerprints a run recorded before ``config.tracking.ADDED_KEYS`` existed would have
     earlier_fingerprints: List[str] = field(default_factory=list)
+    #: (dataset name, GT file or None, evaluator type, GT box key) of each of DATASETS.TEST
+    test_sets: List[tuple] = field(default_factory=list)
 
     def made_by(self, record: dict) -> bool:
         """Whether ``record`` (a run dir's record) is a run of this config."""
         return record.get("fingerprint") in [self.fingerprint, *self.earlier_fingerprints]
-    #: (dataset name, GT file or None, evaluator type, GT box key) of each of DATASETS.TEST
-    test_sets: List[tuple] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -113,13 +113,6 @@ def plan_runs(experiments: Sequence[str], seeds: Sequence[int], output: str,
             for seed in seeds for label, path in parsed]
 
 
-# Config keys added after runs were recorded, each with the value that behaves as the configs
-# did before it existed. A run recorded before a key existed matches a config that has the key
-# at that value: adding an option must not orphan every finished run (a config that sets it
-# otherwise is another config). Append here when adding a key to the config classes.
-ADDED_KEYS = {"MODEL.CHANNELS_LAST": False, "TEST.COCO_METRICS": False}
-
-
 def config_fingerprint(cfg) -> str:
     """sha256 of a run's config, so that a changed config.py or override list is never mistaken
     for the finished run. Left out: OUTPUT_DIR and the expected-results band (pasting the
@@ -131,8 +124,12 @@ def config_fingerprint(cfg) -> str:
 
 
 def config_fingerprints(cfg) -> List[str]:
-    """The fingerprint, then those of the same config before each ``ADDED_KEYS`` entry existed
-    (newest key first; only while the config has the key at its neutral value)."""
+    """The fingerprint, then those the same config had before each key of
+    ``config.tracking.ADDED_KEYS`` existed, newest key first: a run recorded before a key was
+    added matches a config that has it at its neutral value (adding an option must not orphan
+    every finished run; a config that sets it otherwise is another config)."""
+    from crowdloss.config.tracking import ADDED_KEYS
+
     out = [config_fingerprint(cfg)]
     cfg = copy.deepcopy(cfg)
     for key, neutral in reversed(ADDED_KEYS.items()):
@@ -140,7 +137,9 @@ def config_fingerprints(cfg) -> List[str]:
         node = cfg
         for name in parents:
             node = node.get(name) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or leaf not in node or node[leaf] != neutral:
+        if not isinstance(node, dict) or leaf not in node:
+            continue  # a config without the key: as before it existed
+        if node[leaf] != neutral:
             break
         del node[leaf]
         out.append(config_fingerprint(cfg))

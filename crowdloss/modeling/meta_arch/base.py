@@ -53,7 +53,8 @@ def build_backbone_from_cfg(cfg, default=None) -> nn.Module:
 
 
 def place_model(model: nn.Module, cfg) -> nn.Module:
-    """``model`` on ``MODEL.DEVICE``, its 4-D weights channels-last if ``MODEL.CHANNELS_LAST``.
+    """``model`` on ``MODEL.DEVICE``; with ``MODEL.CHANNELS_LAST`` its 4-D parameters and
+    buffers in NHWC order (``nn.Module.to(memory_format=...)``, in place).
 
     Only the weights change layout: a convolution runs channels-last when its input or its
     weight is, so the activations follow from the first conv on, and the inputs, the heads'
