@@ -165,7 +165,7 @@ def test_evaluation_printed_once_in_percent_with_titled_plots(tmp_path, engine_l
     name, _ = register(tmp_path, "ch_print_eval")
     cfg = make_cfg(tmp_path)
     cfg.DATASETS.TEST = (name,)
-    cfg.TEST.update(PLOT=True, JI_MATCHING="weight", PER_CLASS_AP="")
+    cfg.TEST.update(PLOT=True, JI_MATCHING="weight", PER_CLASS_AP="", COCO_METRICS=False)
     cfg.DATASETS.update(BOX_TYPE="fbox", TAG_MAP={})
     cfg.build_test_loader = lambda c, n: [batch(i)[0] for i in PRED]
     results = DefaultRunner.test(cfg, ToyModel(), source="model_final.pth, iteration 4")
