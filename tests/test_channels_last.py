@@ -15,12 +15,8 @@ from test_rcnn_e2e import sample, tiny_cfg as rcnn_cfg  # noqa: E402
 from test_ssd import ssd_cfg  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors and many small ops: one intra-op thread (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def weights_4d(model):

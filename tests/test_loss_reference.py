@@ -46,13 +46,8 @@ GTS = [
 SIZES = [(67, 93), (77, 61)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Toy-sized tensors: intra-op threads only add synchronisation (seconds on a busy machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors and many small ops: one intra-op thread (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyBackbone(Backbone):

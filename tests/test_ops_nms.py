@@ -15,13 +15,8 @@ from crowdloss.ops import batched_nms, box_iou, nms
 nms_impl = importlib.import_module("crowdloss.ops.nms")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small tensors: intra-op threads only add synchronisation (x50 on a busy 2-core machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors and many small ops: one intra-op thread (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pure(boxes, scores, thr):

@@ -11,14 +11,8 @@ import torch
 from crowdloss.modeling.losses import alrp_loss, ap_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The reference loop's many small steps only lose to thread hand-offs on a busy machine
-    # (the large case: 5 s of CPU on one thread, over 60 s on two).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors and many small ops: one intra-op thread (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def h(x, delta):

@@ -18,14 +18,8 @@ from crowdloss.structures import Instances
 PLAYGROUND = Path(__file__).resolve().parents[1] / "playground" / "detection" / "synthcrowd"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # A detector step is many small ops; on a busy machine two threads only add hand-offs
-    # (measured here: 3x the CPU time of one thread for the same steps).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors and many small ops: one intra-op thread (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(small_batches=False, **repulsion):

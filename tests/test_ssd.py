@@ -19,12 +19,8 @@ from crowdloss.ops import box_iou
 from crowdloss.structures import Instances
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors and many small ops: one intra-op thread (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ssd_cfg(width=0.125, size=300):

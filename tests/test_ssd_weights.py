@@ -19,12 +19,8 @@ from crowdloss.modeling.ssd_weights import VGG_CONV_INDICES, background_last
 WIDTH = 0.125  # a narrow model in ssd.pytorch's exact layout keeps the forward passes cheap
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors and many small ops: one intra-op thread (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference_state_dict(width=WIDTH, seed=0, num_classes=21, empty=False):
