@@ -54,14 +54,16 @@ def build(exp_name):
 class Stepper:
     """Training steps of one model on a fixed batch, with their CPU and wall times."""
 
-    def __init__(self, model, batch):
-        self.model, self.batch = model, batch
+    def __init__(self, model, batch, autocast_dtype=None):
+        self.model, self.batch, self.autocast_dtype = model, batch, autocast_dtype
         self.opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
         self.cpu, self.wall, self.losses = [], [], {}
 
     def step(self, record: bool):
         c0, w0 = time.process_time(), time.perf_counter()
-        losses = self.model(self.batch)
+        amp = self.autocast_dtype is not None
+        with torch.autocast("cpu", dtype=self.autocast_dtype or torch.bfloat16, enabled=amp):
+            losses = self.model(self.batch)
         total = sum(losses.values())
         self.opt.zero_grad()
         total.backward()

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from crowdloss.engine import DefaultRunner
+from crowdloss.engine import runner as runner_mod
 from crowdloss.engine.events import CommonMetricPrinter, EventStorage
 from crowdloss.utils.env import get_rng_state, seed_all_rng, set_rng_state
 from crowdloss.utils.logger import setup_logger
@@ -210,11 +211,31 @@ def test_gradient_clipping(tmp_path, clip_type, limit):
     assert measure(grads_after_one_step(True)) <= limit * (1 + 1e-5)
 
 
-def test_amp_is_disabled_on_cpu_with_a_warning(tmp_path):
-    cfg = make_cfg(tmp_path, AMP__ENABLED=True)
-    with pytest.warns(UserWarning, match="CUDA only"):
+def test_float16_amp_is_disabled_on_cpu_with_a_warning(tmp_path):
+    cfg = make_cfg(tmp_path, AMP__ENABLED=True)  # DTYPE float16
+    with pytest.warns(UserWarning, match="AMP needs SOLVER.AMP.DTYPE bfloat16"):
         runner = DefaultRunner(cfg, lambda c: TinyModel())
     assert not runner.amp_enabled and runner.scaler is None
+
+
+def test_bfloat16_amp_trains_on_cpu(tmp_path, monkeypatch):
+    """SOLVER.AMP with bfloat16 runs on the CPU (autocast, no loss scaling); a CPU without
+    native bfloat16 is warned that it will be slow, and still trains."""
+    monkeypatch.setattr(runner_mod, "cpu_has_native_bf16", lambda: True)
+    cfg = make_cfg(tmp_path, max_iter=2, AMP__ENABLED=True, AMP__DTYPE="bfloat16")
+    runner = DefaultRunner(cfg, lambda c: TinyModel())
+    assert runner.amp_enabled and runner.amp_dtype == torch.bfloat16 and runner.scaler is None
+    seen = []
+    runner.model.register_forward_hook(lambda m, i, o: seen.append(torch.is_autocast_enabled("cpu")))
+    before = runner.model.linear.weight.detach().clone()
+    runner.train()
+    assert seen == [True, True]
+    assert not torch.equal(before, runner.model.linear.weight.detach())
+    monkeypatch.setattr(runner_mod, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="without native bfloat16"):
+        runner = DefaultRunner(make_cfg(tmp_path / "emulated", AMP__ENABLED=True,
+                                        AMP__DTYPE="bfloat16"), lambda c: TinyModel())
+    assert runner.amp_dtype == torch.bfloat16
 
 
 def test_metrics_json_and_console_line(tmp_path):

@@ -161,6 +161,22 @@ def test_half_precision_inputs(dtype):
     torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-2)
 
 
+def test_under_cpu_autocast():
+    """Mixed-precision training (SOLVER.AMP bfloat16 on CPU) hands the pooler bfloat16 maps
+    inside autocast: the forward and backward run (autocast would recast the sparse matmul to a
+    dtype it lacks) and give the same numbers as outside autocast."""
+    x = _feature(1, 2, 9, 9, seed=7).to(torch.bfloat16).requires_grad_()
+    rois = _rois(6, 1, 9, seed=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = roi_align(x, rois, 3, 1.0, 0, True, impl="pure")
+    (g_got,) = torch.autograd.grad(got.float().square().sum(), x)
+    want = roi_align(x, rois, 3, 1.0, 0, True, impl="pure")
+    (g_want,) = torch.autograd.grad(want.float().square().sum(), x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(g_got, g_want, rtol=0, atol=0)
+
+
 def test_batch_index_routing_and_order():
     x = _feature(3, 2, 8, 8, seed=9)
     boxes = [_rois(n, 1, 8, seed=10 + i)[:, 1:] for i, n in enumerate([4, 0, 5])]

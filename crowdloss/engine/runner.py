@@ -44,18 +44,43 @@ def _cfg_builder(cfg, name: str) -> Optional[Callable]:
     return fn if callable(fn) else None
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions natively here (AVX512-BF16 or AMX): without
+    them CPU autocast emulates bfloat16 and is slower than float32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available()
+                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without the probe
+        return False
+
+
 def _amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
-    """``SOLVER.AMP``'s autocast dtype, or None (off, or not on CUDA: warned)."""
+    """``SOLVER.AMP``'s autocast dtype, or None (off, or unsupported on this device: warned).
+
+    CUDA takes float16 (with loss scaling) or bfloat16; the CPU takes bfloat16 only (its
+    float16 convolutions are not accelerated), and is warned when it lacks native bfloat16.
+    """
     amp = cfg.SOLVER.AMP
-    enabled = bool(amp.ENABLED)
-    if enabled and device.type != "cuda":
-        warnings.warn(f"SOLVER.AMP.ENABLED is ignored on {device}: AMP runs on CUDA only")
-        logger.warning("SOLVER.AMP.ENABLED ignored on %s (CUDA only)", device)
-        enabled = False
     dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16}
     if amp.DTYPE not in dtypes:
         raise ValueError(f"SOLVER.AMP.DTYPE = {amp.DTYPE!r}; expected 'float16' or 'bfloat16'")
-    return dtypes[amp.DTYPE] if enabled else None
+    if not amp.ENABLED:
+        return None
+    if device.type == "cpu" and amp.DTYPE == "bfloat16":
+        if not cpu_has_native_bf16():
+            msg = ("SOLVER.AMP on a CPU without native bfloat16 (AVX512-BF16 / AMX): autocast "
+                   "emulates it, expect training slower than float32")
+            warnings.warn(msg)
+            logger.warning(msg)
+        return torch.bfloat16
+    if device.type != "cuda":
+        need = "SOLVER.AMP.DTYPE bfloat16" if device.type == "cpu" else "CUDA"
+        msg = (f"SOLVER.AMP.ENABLED is ignored on {device} with DTYPE {amp.DTYPE}: AMP needs "
+               f"{need}; training in float32")
+        warnings.warn(msg)
+        logger.warning(msg)
+        return None
+    return dtypes[amp.DTYPE]
 
 
 class DefaultRunner(TrainLoop):

@@ -141,10 +141,11 @@ class _RoIAlignPure(torch.autograd.Function):
         ctx.meta = tuple((tuple(x.shape), _channels_last(x)) for x in features)
         out = spec[0]
         output = features[0].new_empty(rois.shape[0], features[0].shape[1], out[0], out[1])
-        for lv, x in enumerate(features):
-            dst = torch.nonzero(levels == lv).squeeze(1)
-            if dst.numel():
-                K.pool_level(x, rois[dst], dst, output, (out, spec[1][lv]) + spec[2:])
+        with _no_autocast(features[0]):
+            for lv, x in enumerate(features):
+                dst = torch.nonzero(levels == lv).squeeze(1)
+                if dst.numel():
+                    K.pool_level(x, rois[dst], dst, output, (out, spec[1][lv]) + spec[2:])
         return output
 
     @staticmethod
@@ -163,13 +164,14 @@ class _RoIAlignPureBackward(torch.autograd.Function):
         ctx.save_for_backward(rois, levels)
         ctx.spec, ctx.meta, ctx.needs = spec, meta, needs
         grads, grad = [], grad.contiguous()
-        for lv, ((shape, channels_last), need) in enumerate(zip(meta, needs)):
-            if not need:
-                grads.append(grad.new_zeros(0))  # placeholder, mapped to None by the caller
-                continue
-            dst = torch.nonzero(levels == lv).squeeze(1)
-            lv_spec = (spec[0], spec[1][lv]) + spec[2:]
-            grads.append(K.grad_level(grad, rois[dst], dst, shape, channels_last, lv_spec))
+        with _no_autocast(grad):
+            for lv, ((shape, channels_last), need) in enumerate(zip(meta, needs)):
+                if not need:
+                    grads.append(grad.new_zeros(0))  # placeholder, mapped to None by the caller
+                    continue
+                dst = torch.nonzero(levels == lv).squeeze(1)
+                lv_spec = (spec[0], spec[1][lv]) + spec[2:]
+                grads.append(K.grad_level(grad, rois[dst], dst, shape, channels_last, lv_spec))
         return tuple(grads)
 
     @staticmethod
@@ -177,6 +179,12 @@ class _RoIAlignPureBackward(torch.autograd.Function):
         rois, levels = ctx.saved_tensors
         gg = [g if need else g.new_zeros(shape) for g, need, (shape, _) in zip(gg, ctx.needs, ctx.meta)]
         return (_RoIAlignPure.apply(rois, levels, ctx.spec, *gg),) + (None,) * 5
+
+
+def _no_autocast(x: Tensor):
+    """The kernels pool in their own compute dtype (float32 for half inputs); under autocast
+    the sparse matmul would be recast to the half type, which it does not implement."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 def _channels_last(x: Tensor) -> bool:
