@@ -17,6 +17,10 @@ from crowdloss.utils.env import seed_all_rng
 SYNTH = Path(__file__).resolve().parents[1] / "playground/detection/synthcrowd"
 ALRP = SYNTH / "alrp_loss.res18.fpn.synthcrowd.256size.2600"
 AP = SYNTH / "ap_loss.res18.fpn.synthcrowd.256size.2600"
+# Bitwise comparisons of two trainings: one intra-op thread (conftest.one_thread), so that the
+# CPU kernels' reduction order cannot depend on how threads are scheduled on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # Checkpoints after 3 and 6 iterations; self-balance updates after 2, 4 and 6: the checkpoint
 # after 3 holds a period half done, and the resumed run crosses the next two updates.
 MAX_ITER, PERIOD, SB_PERIOD = 6, 3, 2
