@@ -42,8 +42,21 @@ def test_runner_trains_reports_reuses_and_resumes(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     out = tmp_path / "bench"
     argv = ["--output", str(out), "--seeds", "0", "1", "--jobs", "2", f"lla={DEMO}",
-            f"wu={DEMO}", "--exp-opts", "wu", "MODEL.LLA.WARMUP_ITERS", "1", "--opts", *TOY]
+            f"wu={DEMO}", f"top5={DEMO}", "--exp-opts", "wu", "MODEL.LLA.WARMUP_ITERS", "1",
+            "--exp-opts", "top5", "TEST.DETECTIONS_PER_IMAGE", "5", "--opts", *TOY]
     assert main(argv) == 0
+
+    # top5 differs from lla in a test-time key only: it scores lla's models, trains nothing.
+    for seed in (0, 1):
+        top5 = out / "top5" / f"seed{seed}"
+        record = json.loads((top5 / "benchmark_run.json").read_text())
+        trainer = json.loads((out / "lla" / f"seed{seed}" / "benchmark_run.json").read_text())
+        assert record["trained_by"] == str(out / "lla" / f"seed{seed}")
+        assert record["train"] == trainer["train"] and record["test"]["invocations"] == 1
+        assert (top5 / "model_final.pth").is_symlink() and not (top5 / "log.txt").exists()
+        odgt = top5 / "inference" / "model_final" / "synthcrowd_val" / "crowdhuman_results.odgt"
+        assert max(len(json.loads(line)["dtboxes"]) for line in odgt.open()) == 5
+    assert "top5 scores the models trained by lla" in (out / "report.md").read_text()
 
     report = (out / "report.md").read_text()
     assert "| lla | 2 |" in report and "| wu | 2 |" in report and "+-" in report
@@ -51,7 +64,7 @@ def test_runner_trains_reports_reuses_and_resumes(tmp_path, monkeypatch, capsys)
         for seed in (0, 1):
             assert f"| {label} | {seed} |" in report
     results = json.loads((out / "results.json").read_text())
-    assert results["missing"] == [] and len(results["runs"]) == 4
+    assert results["missing"] == [] and len(results["runs"]) == 6
     ap = results["experiments"]["lla"]["datasets"]["synthcrowd_val"]["metrics"]["AP"]
     assert ap["n"] == 2 and all(0 <= v <= 1 for v in ap["values"])
     bands = results["expected_results"]["lla"]
@@ -228,3 +241,68 @@ def test_runs_recorded_before_a_key_was_added_still_match():
     assert config_fingerprint(older) not in config_fingerprints(cfg)
     cfg.MODEL.CHANNELS_LAST, cfg.TEST.COCO_METRICS = False, True
     assert config_fingerprints(cfg) == [config_fingerprint(cfg)]
+
+
+def test_test_time_keys_and_the_training_fingerprint():
+    from crowdloss.cli.common import load_experiment
+    from crowdloss.config.tracking import is_test_time_key
+    from crowdloss.tools.benchmark import config_fingerprint, training_fingerprint
+
+    for key in ("TEST.DETECTIONS_PER_IMAGE", "TEST.COCO_METRICS", "DATASETS.TEST",
+                "INPUT.AUG.TEST_PIPELINES", "MODEL.FCOS.SCORE_THRESH_TEST",
+                "MODEL.RPN.POST_NMS_TOPK_TEST", "MODEL.RETINANET.TEST_CLIP",
+                "MODEL.WEIGHTS_MIN_COVERAGE.TEST"):
+        assert is_test_time_key(key), key
+    for key in ("TEST.EVAL_PERIOD", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "SOLVER.TEST_X",
+                "DATASETS.TRAIN", "MODEL.WEIGHTS_MIN_COVERAGE.TRAIN", "MODEL.LLA.TOPK"):
+        assert not is_test_time_key(key), key
+
+    cfg = load_experiment(str(DEMO)).config
+    base, full = training_fingerprint(cfg), config_fingerprint(cfg)
+    cfg.MODEL.FCOS.SCORE_THRESH_TEST = 0.0
+    cfg.TEST.DETECTIONS_PER_IMAGE = 100
+    cfg.INPUT.AUG.TEST_PIPELINES = []
+    cfg.OUTPUT_DIR = "/elsewhere"
+    assert training_fingerprint(cfg) == base and config_fingerprint(cfg) != full
+    cfg.MODEL.LLA.TOPK = 9
+    assert training_fingerprint(cfg) != base
+    cfg.MODEL.LLA.TOPK = 10
+    # Evaluating during training draws from its random streams: every key counts then.
+    cfg.TEST.EVAL_PERIOD = 100
+    other = load_experiment(str(DEMO)).config
+    other.TEST.EVAL_PERIOD = 100
+    assert training_fingerprint(cfg) != training_fingerprint(other)
+
+
+def test_link_trainings_in_the_plan_on_disk_and_never_over_a_trained_run(tmp_path):
+    from crowdloss.tools.benchmark import RECORD, Run, link_trainings
+
+    def run(label, seed, train_fp):
+        r = Run(label, str(DEMO), seed, str(tmp_path / label / f"seed{seed}"))
+        r.train_fingerprint = train_fp
+        return r
+
+    def finish(r, **record):
+        os.makedirs(r.out, exist_ok=True)
+        (Path(r.out) / "model_final.pth").write_bytes(b"x")
+        (Path(r.out) / "last_checkpoint").write_text("model_final.pth")
+        (Path(r.out) / RECORD).write_text(json.dumps(
+            {"seed": r.seed, "train_fingerprint": r.train_fingerprint, **record}))
+
+    runs = [run("a", 0, "T"), run("thr", 0, "T"), run("b", 0, "U"), run("a", 1, "T"),
+            run("thr", 1, "T")]
+    link_trainings(runs, str(tmp_path), RECORD)
+    assert [r.trained_by for r in runs] == [None, runs[0].out, None, None, runs[3].out]
+
+    # Only the variant asked for later: it scores the finished run on disk of its training.
+    finish(runs[0])
+    late = [run("thr", 0, "T"), run("c", 0, "V")]
+    link_trainings(late, str(tmp_path), RECORD)
+    assert [r.trained_by for r in late] == [runs[0].out, None]
+    # A run dir holding its own final checkpoint keeps it; runs scoring others' models (their
+    # records say trained_by) are not trainers.
+    finish(late[0], trained_by=runs[0].out)
+    os.remove(runs[0].out + "/" + RECORD)
+    again = [run("thr", 0, "T"), run("d", 0, "T")]
+    link_trainings(again, str(tmp_path), RECORD)
+    assert [r.trained_by for r in again] == [None, again[0].out]

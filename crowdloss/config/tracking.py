@@ -32,7 +32,7 @@ import threading
 from typing import FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 __all__ = ["ReadTracker", "untracked", "UnreadKeyReport", "UnreadKeysError", "UNREAD_KEYS_ACTIONS",
-           "TRAIN_ONLY_KEYS", "BUILD_TIME_KEYS", "ADDED_KEYS", "matches_prefix"]
+           "TRAIN_ONLY_KEYS", "BUILD_TIME_KEYS", "ADDED_KEYS", "matches_prefix", "is_test_time_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,20 @@ BUILD_TIME_KEYS = ("MODEL", "SOLVER")
 # fingerprint, a checkpoint's config) equals a config that has the key at that value. Append
 # here when adding a key whose default keeps the old behaviour.
 ADDED_KEYS = {"MODEL.CHANNELS_LAST": False, "TEST.COCO_METRICS": False}
+
+
+def is_test_time_key(key: str) -> bool:
+    """Whether ``key`` only changes how a trained model is evaluated, never what training
+    produces: the evaluation sections (``EVAL_ONLY_KEYS``, except ``TEST.EVAL_PERIOD``, which
+    evaluates during training) and the models' inference settings, named so by convention
+    (``MODEL....*_TEST``, ``MODEL....TEST_*``, ``MODEL.WEIGHTS_MIN_COVERAGE.TEST``)."""
+    if key == "TEST.EVAL_PERIOD":
+        return False
+    if matches_prefix(key, EVAL_ONLY_KEYS):
+        return True
+    leaf = key.rsplit(".", 1)[-1]
+    return key.startswith("MODEL.") and (leaf == "TEST" or leaf.endswith("_TEST")
+                                         or leaf.startswith("TEST_"))
 
 
 class UnreadKeysError(ValueError):

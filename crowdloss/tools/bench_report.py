@@ -138,6 +138,10 @@ def summarize(records: Sequence[dict], labels: Sequence[str]) -> Dict[str, dict]
             continue
         entry = {"experiment": runs[0]["experiment"], "overrides": runs[0]["overrides"],
                  "seeds": [r["seed"] for r in runs], "datasets": {}, "time": {}}
+        trainers = sorted({os.path.basename(os.path.dirname(r["trained_by"]))
+                           for r in runs if r.get("trained_by")})
+        if trainers:  # scores other runs' models (same training, other test-time settings)
+            entry["scores_models_of"] = trainers
         for stage in ("train", "test"):
             for unit in ("wall_s", "cpu_s"):
                 entry["time"][f"{stage}_{unit}"] = _stats(
@@ -216,6 +220,11 @@ def format_markdown(summary: Dict[str, dict], command: str) -> str:
                           f"{lb}: " + ", ".join(f"{t} {100 * b[k]:.2f}" for k, t in cols if k in b)
                           for lb, b in boot)]
         lines.append("")
+    shared = [f"{lb} scores the models trained by {', '.join(e['scores_models_of'])}"
+              for lb, e in summary.items() if e.get("scores_models_of")]
+    if shared:
+        lines += ["Same training, other test-time settings (its training time is theirs): "
+                  + "; ".join(shared) + ".", ""]
     return "\n".join(lines)
 
 

@@ -5,7 +5,9 @@ iteration) in its own ``OUTPUT_DIR`` = ``<output>/<label>/seed<k>``, run as a su
 one torch thread, ``--jobs`` of them at a time; ``pods_test`` runs only when the training left
 no evaluation of its final checkpoint. Re-running the same command reuses finished runs and
 resumes half-finished ones (``pods_train --resume`` continues bit for bit from the newest
-checkpoint); a run dir made from another config is an error, never reused. The report
+checkpoint); a run dir made from another config is an error, never reused. A run whose config
+differs from another run's only in test-time keys (score threshold, NMS, test pipeline, ...)
+trains nothing: it scores that run's final checkpoint (``bench_fingerprint``). The report
 (``report.md``, ``results.json``, ``ap_mr.png``, ``mr_fppi.png`` under ``<output>``) gives
 mean +- std over seeds, every seed's values and the time per run: ``crowdloss.tools.bench_report``.
 
@@ -16,13 +18,16 @@ Example (the standard synthcrowd comparison, docs/benchmark.md)::
     # a variant of one experiment, under its own label:
     python -m crowdloss.tools.benchmark --output output/bench \\
         lla_wu=playground/detection/synthcrowd/lla.res18... --exp-opts lla_wu MODEL.LLA.WARMUP_ITERS 500
+    # the same trained models scored at another score threshold (no training; from
+    # playground/detection/synthcrowd):
+    python -m crowdloss.tools.benchmark --output output/bench lla=lla.res18... \\
+        thr0=lla.res18... --exp-opts thr0 MODEL.FCOS.SCORE_THRESH_TEST 0.0
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
 import copy
-import hashlib
 import json
 import os
 import subprocess
@@ -33,6 +38,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from crowdloss.utils.io import atomic_write
+
+from .bench_fingerprint import (config_fingerprint, config_fingerprints, link_trainings,
+                                training_fingerprint)
 
 __all__ = ["Run", "plan_runs", "prepare_runs", "config_fingerprint", "config_fingerprints",
            "execute_run", "main"]
@@ -60,6 +68,11 @@ class Run:
     earlier_fingerprints: List[str] = field(default_factory=list)
     #: (dataset name, GT file or None, evaluator type, GT box key) of each of DATASETS.TEST
     test_sets: List[tuple] = field(default_factory=list)
+    #: the config without its test-time keys (``bench_fingerprint.training_fingerprint``)
+    train_fingerprint: str = ""
+    #: the out dir of the run that trains this run's model (same training, other test-time
+    #: settings); None: this run trains (``bench_fingerprint.link_trainings``)
+    trained_by: Optional[str] = None
 
     def made_by(self, record: dict) -> bool:
         """Whether ``record`` (a run dir's record) is a run of this config."""
@@ -113,39 +126,6 @@ def plan_runs(experiments: Sequence[str], seeds: Sequence[int], output: str,
             for seed in seeds for label, path in parsed]
 
 
-def config_fingerprint(cfg) -> str:
-    """sha256 of a run's config, so that a changed config.py or override list is never mistaken
-    for the finished run. Left out: OUTPUT_DIR and the expected-results band (pasting the
-    report's band into the config must not orphan the runs that produced it)."""
-    cfg = copy.deepcopy(cfg)
-    cfg.OUTPUT_DIR = ""
-    cfg.TEST.EXPECTED_RESULTS = []
-    return hashlib.sha256(cfg.dump().encode("utf-8")).hexdigest()
-
-
-def config_fingerprints(cfg) -> List[str]:
-    """The fingerprint, then those the same config had before each key of
-    ``config.tracking.ADDED_KEYS`` existed, newest key first: a run recorded before a key was
-    added matches a config that has it at its neutral value (adding an option must not orphan
-    every finished run; a config that sets it otherwise is another config)."""
-    from crowdloss.config.tracking import ADDED_KEYS
-
-    out = [config_fingerprint(cfg)]
-    cfg = copy.deepcopy(cfg)
-    for key, neutral in reversed(ADDED_KEYS.items()):
-        *parents, leaf = key.split(".")
-        node = cfg
-        for name in parents:
-            node = node.get(name) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or leaf not in node:
-            continue  # a config without the key: as before it existed
-        if node[leaf] != neutral:
-            break
-        del node[leaf]
-        out.append(config_fingerprint(cfg))
-    return out
-
-
 def prepare_runs(runs: Sequence[Run]) -> None:
     """Load each experiment with its run's overrides: fingerprint and test sets (a bad override
     fails here, before anything trains)."""
@@ -159,6 +139,7 @@ def prepare_runs(runs: Sequence[Run]) -> None:
         except (KeyError, ValueError) as exc:
             raise SystemExit(f"benchmark: error: {run.name}: {exc}") from None
         run.fingerprint, *run.earlier_fingerprints = config_fingerprints(cfg)
+        run.train_fingerprint = training_fingerprint(cfg)
         run.test_sets = []
         for name in cfg.DATASETS.TEST:
             meta = MetadataCatalog.get(name)
@@ -211,6 +192,25 @@ def _add_time(record: dict, stage: str, t: dict) -> None:
     acc["invocations"] += 1
 
 
+def _use_training(run: Run, record: dict) -> None:
+    """Point ``run.out`` at the final checkpoint of the run that trains its model (a symlink and
+    ``last_checkpoint``, after the record that says so); the record takes that run's training
+    time and names it."""
+    src = _final_checkpoint(run.trained_by)
+    if src is None:
+        raise RuntimeError(f"{run.name} scores the model of {run.trained_by}, which has no "
+                           f"final checkpoint")
+    trainer = _read_json(os.path.join(run.trained_by, RECORD)) or {}
+    record.update(trained_by=run.trained_by, train=trainer.get("train", {}))
+    atomic_write(os.path.join(run.out, RECORD), json.dumps(record, indent=1))
+    link = os.path.join(run.out, "model_final.pth")
+    if os.path.realpath(link) != os.path.realpath(src):
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(os.path.abspath(src), link)
+    atomic_write(os.path.join(run.out, "last_checkpoint"), "model_final.pth")
+
+
 def execute_run(run: Run, *, env: dict, python: str = sys.executable,
                 always_test: bool = False) -> dict:
     """Train (or resume) and evaluate one run; returns its record (also in ``OUT/RECORD``).
@@ -231,7 +231,10 @@ def execute_run(run: Run, *, env: dict, python: str = sys.executable,
         raise RuntimeError(f"{run.out} holds checkpoints but no {RECORD}: not a run of this "
                            f"benchmark; use another --output or remove it")
     record.update(label=run.label, experiment=run.exp_dir, seed=run.seed,
-                  overrides=run.overrides, fingerprint=fp)
+                  overrides=run.overrides, fingerprint=fp,
+                  train_fingerprint=run.train_fingerprint)
+    if run.trained_by is not None:
+        _use_training(run, record)
     final = _final_checkpoint(run.out)
     if record.get("results") and final and record.get("final_mtime_ns") == \
             os.stat(final).st_mtime_ns and not always_test:
@@ -292,6 +295,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit(f"benchmark: error: --opts needs KEY VALUE pairs, got {args.opts}")
     runs = plan_runs(args.experiments, args.seeds, args.output, args.opts, args.exp_opts)
     prepare_runs(runs)
+    link_trainings(runs, os.path.abspath(args.output), RECORD)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     jobs = max(1, min(args.jobs or max(1, (cores or 1) // args.threads), len(runs)))
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -305,17 +309,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 _say(f"[skipped] {run.name}: {run.out} was made from another config")
     else:
         _say(f"benchmark: {len(runs)} runs, {jobs} at a time, {args.threads} thread(s) each")
+        # A run that scores another run's model starts when that run's training is done.
+        waiting: Dict[str, List[Run]] = {}
+        ready = []
+        for run in runs:
+            in_plan = any(r.out == run.trained_by for r in runs)
+            (waiting.setdefault(run.trained_by, []) if in_plan else ready).append(run)
         with futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-            pending = {pool.submit(execute_run, run, env=env, always_test=args.always_test): run
-                       for run in runs}
-            for fut in futures.as_completed(pending):
-                run = pending[fut]
-                try:
-                    records.append(fut.result())
-                    _say(f"[done] {run.name}")
-                except Exception as exc:  # one failed run must not stop the others
-                    failures.append(f"{run.name}: {exc}")
-                    _say(f"[FAILED] {run.name}: {exc}")
+            def submit(batch):
+                return {pool.submit(execute_run, r, env=env, always_test=args.always_test): r
+                        for r in batch}
+
+            pending = submit(ready)
+            while pending:
+                done, _ = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
+                for fut in done:
+                    run = pending.pop(fut)
+                    followers = waiting.pop(run.out, [])
+                    try:
+                        records.append(fut.result())
+                        _say(f"[done] {run.name}")
+                        pending.update(submit(followers))
+                    except Exception as exc:  # one failed run must not stop the others
+                        failures.append(f"{run.name}: {exc}")
+                        _say(f"[FAILED] {run.name}: {exc}")
+                        failures += [f"{r.name}: not scored, {run.name} failed" for r in followers]
     command = "python -m crowdloss.tools.benchmark " + " ".join(
         argv if argv is not None else sys.argv[1:])
     written = write_report(records, runs, args.output, command=command, band_k=args.band_k)
