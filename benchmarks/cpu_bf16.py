@@ -15,11 +15,7 @@ Needs synthcrowd (CROWDLOSS_DATASETS; generated on first use). Prints one line p
 and, LAST, the geometric mean over them of float32 / bfloat16 step time (NCHW both; above 1:
 bfloat16 is faster).
 """
-import argparse
-import copy
-import math
 import os
-import statistics
 import sys
 
 import torch
@@ -28,51 +24,12 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from crowdloss.data import build_train_loader  # noqa: E402
 from crowdloss.engine.runner import cpu_has_native_bf16  # noqa: E402
-from crowdloss.modeling.meta_arch import place_model  # noqa: E402
-from channels_last import EXPERIMENTS  # noqa: E402  (benchmarks/ is this script's path[0])
-from rcnn_step import Stepper, build  # noqa: E402
-
-VARIANTS = (("fp32", False, None), ("bf16", False, torch.bfloat16),
-            ("bf16+NHWC", True, torch.bfloat16))
-
-
-def time_variants(exp_name: str, steps: int, warmup: int) -> float:
-    cfg, model = build(exp_name)
-    batch = next(iter(build_train_loader(cfg)))
-    steppers = {}
-    for name, channels_last, dtype in VARIANTS:
-        cfg.MODEL.CHANNELS_LAST = channels_last
-        steppers[name] = Stepper(place_model(copy.deepcopy(model), cfg), batch, dtype)
-    for i in range(warmup + steps):
-        for st in steppers.values():
-            torch.manual_seed(i)  # the R-CNN samplers draw at random: the same draws for all
-            st.step(record=i >= warmup)
-    med = {k: statistics.median(st.cpu) for k, st in steppers.items()}
-    losses = "; ".join(f"{k} " + " ".join(f"{v:.3f}" for _, v in sorted(st.losses.items()))
-                       for k, st in steppers.items())
-    print(f"{exp_name:48s} " + "  ".join(f"{k} {v:.3f} s" for k, v in med.items())
-          + f"  fp32/bf16 {med['fp32'] / med['bf16']:.2f}"
-          + f"  fp32/(bf16+NHWC) {med['fp32'] / med['bf16+NHWC']:.2f}")
-    print(f"{'':48s} last losses: {losses}")
-    return med["fp32"] / med["bf16"]
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("experiments", nargs="*", default=list(EXPERIMENTS))
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--warmup", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(f"native bfloat16 on this CPU: {cpu_has_native_bf16()}; CPU time per training step, "
-          "one thread")
-    ratios = [time_variants(name, args.steps, args.warmup) for name in args.experiments]
-    geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-    print(f"float32 / bfloat16 step CPU time, geometric mean over {len(ratios)} experiments: "
-          f"{geo:.2f}")
-
+from rcnn_step import variants_main  # noqa: E402  (benchmarks/ is this script's path[0])
 
 if __name__ == "__main__":
-    main()
+    print(f"native bfloat16 on this CPU: {cpu_has_native_bf16()}; CPU seconds per training "
+          "step, one thread")
+    variants_main(__doc__, [("fp32", False, None), ("bf16", False, torch.bfloat16),
+                            ("bf16+NHWC", True, torch.bfloat16)], ("fp32", "bf16"),
+                  "float32 / bfloat16 step CPU time (NCHW both)")

@@ -20,6 +20,8 @@ Needs synthcrowd (CROWDLOSS_DATASETS; generated on first use). Prints one line p
 LAST, the ratio Faster R-CNN / FCOS (median CPU seconds per step).
 """
 import argparse
+import copy
+import math
 import os
 import statistics
 import sys
@@ -74,6 +76,53 @@ class Stepper:
         if not torch.isfinite(total):
             raise SystemExit(f"non-finite loss: {losses}")
         self.losses = {k: float(v.detach()) for k, v in losses.items()}
+
+
+#: the synthcrowd experiments the per-variant step benchmarks time by default
+STEP_EXPERIMENTS = ("lla.res18.fpn.synthcrowd.256size.2600",
+                    "ssd300.vgg16q.synthcrowd.300size.2600",
+                    "faster_rcnn.res18.fpn.synthcrowd.256size.2600")
+
+
+def time_variants(exp_name, variants, steps, warmup):
+    """Median CPU seconds per training step of copies of one experiment's model with the same
+    weights, one per variant ``(name, channels_last, autocast dtype or None)``, on one batch of
+    its train pipeline; the variants alternate step by step so that load changes hit all."""
+    from crowdloss.data import build_train_loader
+    from crowdloss.modeling.meta_arch import place_model
+
+    cfg, model = build(exp_name)
+    batch = next(iter(build_train_loader(cfg)))
+    steppers = {}
+    for name, channels_last, dtype in variants:
+        cfg.MODEL.CHANNELS_LAST = channels_last
+        steppers[name] = Stepper(place_model(copy.deepcopy(model), cfg), batch, dtype)
+    for i in range(warmup + steps):
+        for st in steppers.values():
+            torch.manual_seed(i)  # the R-CNN samplers draw at random: the same draws for all
+            st.step(record=i >= warmup)
+    return {name: statistics.median(st.cpu) for name, st in steppers.items()}
+
+
+def variants_main(doc, variants, ratio, headline):
+    """CLI of a per-variant step benchmark: ``[EXPERIMENT ...] [--steps] [--warmup]``; one
+    line per experiment, LAST the geometric mean over them of ``ratio`` = (numerator variant,
+    denominator variant) of the step times, printed after ``headline``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("experiments", nargs="*", default=list(STEP_EXPERIMENTS))
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    ratios = []
+    for exp_name in args.experiments:
+        med = time_variants(exp_name, variants, args.steps, args.warmup)
+        ratios.append(med[ratio[0]] / med[ratio[1]])
+        others = "".join(f"  {ratio[0]}/{k} {med[ratio[0]] / v:.2f}" for k, v in med.items()
+                         if k != ratio[0])
+        print(f"{exp_name:48s} " + "  ".join(f"{k} {v:.3f} s" for k, v in med.items()) + others)
+    geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    print(f"{headline}, geometric mean over {len(ratios)} experiments: {geo:.2f}")
 
 
 def main():
