@@ -8,7 +8,8 @@ A run whose config differs from another's only in test-time keys (score threshol
 pipeline, detections per image, COCO metrics: ``config.tracking.is_test_time_key``) would train
 the same model from the same seed, so it is not trained again: it scores that run's final
 checkpoint (``training_fingerprint`` decides; ``link_trainings`` finds the run that trains,
-in the same command or finished earlier under the same output).
+in the same command or finished earlier under the same output). Also the two readers of a run
+dir both sides use: ``final_checkpoint`` and ``read_json``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["config_fingerprint", "config_fingerprints", "training_fingerprint",
-           "link_trainings"]
+           "link_trainings", "final_checkpoint", "read_json"]
 
 
 def config_fingerprint(cfg) -> str:
@@ -81,12 +82,24 @@ def training_fingerprint(cfg) -> str:
     return hashlib.sha256(("train:" + cfg.dump()).encode("utf-8")).hexdigest()
 
 
-def _finished(out: str) -> bool:
+def read_json(path: str) -> Optional[dict]:
+    """A JSON file's content, or None when it is missing or unreadable."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def final_checkpoint(out: str) -> Optional[str]:
+    """``model_final.pth`` if ``last_checkpoint`` names it (training reached MAX_ITER)."""
     try:
         with open(os.path.join(out, "last_checkpoint")) as f:
-            return f.read().strip() == "model_final.pth"
+            name = f.read().strip()
     except OSError:
-        return False
+        return None
+    path = os.path.join(out, name)
+    return path if name == "model_final.pth" and os.path.isfile(path) else None
 
 
 def link_trainings(runs: Sequence, output: str, record_name: str) -> None:
@@ -100,18 +113,14 @@ def link_trainings(runs: Sequence, output: str, record_name: str) -> None:
     first: Dict[Tuple[str, int], object] = {}
     done: Dict[Tuple[str, int], str] = {}
     for path in sorted(glob.glob(os.path.join(output, "*", "seed*", record_name))):
-        try:
-            with open(path) as f:
-                rec = json.load(f)
-        except (OSError, ValueError):
-            continue
-        out = os.path.dirname(path)
-        if rec.get("train_fingerprint") and not rec.get("trained_by") and _finished(out):
+        rec, out = read_json(path) or {}, os.path.dirname(path)
+        if rec.get("train_fingerprint") and not rec.get("trained_by") and final_checkpoint(out):
             done.setdefault((rec["train_fingerprint"], int(rec.get("seed", -1))), out)
     for run in runs:
         key = (run.train_fingerprint, run.seed)
         trainer: Optional[str] = None
-        if not _finished(run.out) or os.path.islink(os.path.join(run.out, "model_final.pth")):
+        own = final_checkpoint(run.out)
+        if own is None or os.path.islink(own):
             if key in first:
                 trainer = first[key].out
             elif done.get(key) not in (None, run.out):

@@ -18,10 +18,9 @@ Example (the standard synthcrowd comparison, docs/benchmark.md)::
     # a variant of one experiment, under its own label:
     python -m crowdloss.tools.benchmark --output output/bench \\
         lla_wu=playground/detection/synthcrowd/lla.res18... --exp-opts lla_wu MODEL.LLA.WARMUP_ITERS 500
-    # the same trained models scored at another score threshold (no training; from
-    # playground/detection/synthcrowd):
-    python -m crowdloss.tools.benchmark --output output/bench lla=lla.res18... \\
-        thr0=lla.res18... --exp-opts thr0 MODEL.FCOS.SCORE_THRESH_TEST 0.0
+    # lla's trained models scored again at another score threshold (no training):
+    python -m crowdloss.tools.benchmark --output output/bench lla=DIR thr0=DIR \\
+        --exp-opts thr0 MODEL.FCOS.SCORE_THRESH_TEST 0.0
 """
 from __future__ import annotations
 
@@ -41,6 +40,8 @@ from crowdloss.utils.io import atomic_write
 
 from .bench_fingerprint import (config_fingerprint, config_fingerprints, link_trainings,
                                 training_fingerprint)
+from .bench_fingerprint import final_checkpoint as _final_checkpoint
+from .bench_fingerprint import read_json as _read_json
 
 __all__ = ["Run", "plan_runs", "prepare_runs", "config_fingerprint", "config_fingerprints",
            "execute_run", "main"]
@@ -147,25 +148,6 @@ def prepare_runs(runs: Sequence[Run]) -> None:
                                   cfg.DATASETS.BOX_TYPE))
 
 
-def _read_json(path: str) -> Optional[dict]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def _final_checkpoint(out: str) -> Optional[str]:
-    """``model_final.pth`` if ``last_checkpoint`` names it (training reached MAX_ITER)."""
-    try:
-        with open(os.path.join(out, "last_checkpoint")) as f:
-            name = f.read().strip()
-    except OSError:
-        return None
-    path = os.path.join(out, name)
-    return path if name == "model_final.pth" and os.path.isfile(path) else None
-
-
 def _timed(cmd: List[str], log: str, env: dict) -> dict:
     """Run ``cmd`` with stdout + stderr appended to ``log``; wall and CPU seconds (the child
     and the children it waited for, e.g. data loader workers) from ``wait4``."""
@@ -230,6 +212,7 @@ def execute_run(run: Run, *, env: dict, python: str = sys.executable,
     if not record and os.path.exists(os.path.join(run.out, "last_checkpoint")):
         raise RuntimeError(f"{run.out} holds checkpoints but no {RECORD}: not a run of this "
                            f"benchmark; use another --output or remove it")
+    findable = record.get("train_fingerprint") == run.train_fingerprint
     record.update(label=run.label, experiment=run.exp_dir, seed=run.seed,
                   overrides=run.overrides, fingerprint=fp,
                   train_fingerprint=run.train_fingerprint)
@@ -238,6 +221,8 @@ def execute_run(run: Run, *, env: dict, python: str = sys.executable,
     final = _final_checkpoint(run.out)
     if record.get("results") and final and record.get("final_mtime_ns") == \
             os.stat(final).st_mtime_ns and not always_test:
+        if not findable:  # recorded before training fingerprints: let later variants find it
+            atomic_write(path, json.dumps(record, indent=1))
         return record  # finished earlier: reused as it is
     atomic_write(path, json.dumps(record, indent=1))
     log = os.path.join(run.out, "benchmark.log")
