@@ -100,6 +100,18 @@ def test_runner_trains_reports_reuses_and_resumes(tmp_path, monkeypatch, capsys)
     key = "synthcrowd_val"
     assert record["results"][key]["metrics"] == before[key]["metrics"]
 
+    # Only a test-time key changed: the run is scored again, not trained again.
+    few = ["--output", str(out), f"lla={DEMO}", "--seeds", "1", "--opts", *TOY,
+           "TEST.DETECTIONS_PER_IMAGE", "3"]
+    lla1 = out / "lla" / "seed1"
+    before = json.loads((lla1 / "benchmark_run.json").read_text())
+    assert main(few) == 0
+    record = json.loads((lla1 / "benchmark_run.json").read_text())
+    assert record["train"] == before["train"]
+    assert record["test"]["invocations"] == before.get("test", {}).get("invocations", 0) + 1
+    odgt = lla1 / "inference" / "model_final" / "synthcrowd_val" / "crowdhuman_results.odgt"
+    assert max(len(json.loads(line)["dtboxes"]) for line in odgt.open()) == 3
+
     # Another config into the same run dirs is refused, not reused.
     capsys.readouterr()
     assert main(argv + ["SOLVER.OPTIMIZER.BASE_LR", "0.001"]) == 1

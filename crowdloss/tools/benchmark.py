@@ -207,8 +207,11 @@ def execute_run(run: Run, *, env: dict, python: str = sys.executable,
     fp = run.fingerprint
     record = _read_json(path) or {}
     if record and not run.made_by(record):
-        raise RuntimeError(f"{run.out} holds a run of another config (its {RECORD} differs in "
-                           f"the config fingerprint): use another --output or remove it")
+        if record.get("train_fingerprint") != run.train_fingerprint:
+            raise RuntimeError(f"{run.out} holds a run of another config (its {RECORD} differs "
+                               f"in the config fingerprint): use another --output or remove it")
+        _say(f"[retest] {run.name}: only test-time keys changed; its model is scored again")
+        always_test = True  # the training stands, its scores do not
     if not record and os.path.exists(os.path.join(run.out, "last_checkpoint")):
         raise RuntimeError(f"{run.out} holds checkpoints but no {RECORD}: not a run of this "
                            f"benchmark; use another --output or remove it")
