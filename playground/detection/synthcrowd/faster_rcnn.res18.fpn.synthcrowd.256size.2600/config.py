@@ -68,6 +68,9 @@ _config_dict = dict(
         # evaluate the same final model a second time (1000 val images, ~50 s each).
         EVAL_PERIOD=-1,
         DETECTIONS_PER_IMAGE=300,
+        # COCO AP / AP75 and oLRP beside the CrowdHuman metrics: AP75 and oLRP's localisation
+        # component show how well the boxes sit, which repulsion acts on.
+        COCO_METRICS=True,
     ),
 )
 
