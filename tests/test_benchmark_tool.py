@@ -318,3 +318,18 @@ def test_link_trainings_in_the_plan_on_disk_and_never_over_a_trained_run(tmp_pat
     again = [run("thr", 0, "T"), run("d", 0, "T")]
     link_trainings(again, str(tmp_path), RECORD)
     assert [r.trained_by for r in again] == [None, again[0].out]
+
+
+def test_plot_labels_stay_distinct():
+    from crowdloss.tools.bench_report import short_labels
+
+    tail = ".res18.fpn.synthcrowd.256size.2600"
+    # The shared dotted suffix goes; what tells the experiments apart stays.
+    assert short_labels(["lla" + tail, "fcos" + tail, "atss" + tail]) == ["lla", "fcos", "atss"]
+    assert short_labels(["faster_rcnn" + tail, "faster_rcnn.repgt_repbox" + tail]) == [
+        "faster_rcnn", "faster_rcnn.repgt_repbox"]
+    # Cutting to the first dotted part would merge these two: they are kept whole.
+    two = ["faster_rcnn.res18.fpn.a", "faster_rcnn.repgt.res18.fpn.b"]
+    assert short_labels(two) == two
+    # Runner labels without dots, beside a long experiment name.
+    assert short_labels(["lla" + tail, "lla_wu_bf16"]) == ["lla", "lla_wu_bf16"]

@@ -21,7 +21,8 @@ import numpy as np
 
 from crowdloss.utils.io import atomic_write
 
-__all__ = ["collect_results", "summarize", "format_markdown", "expected_results", "write_report"]
+__all__ = ["collect_results", "summarize", "format_markdown", "expected_results", "write_report",
+           "short_labels"]
 
 # CrowdHuman metrics in the README's order: (key in the evaluator's results, column title).
 CROWDHUMAN_COLUMNS = (("AP", "AP50"), ("mMR", "MR^-2"), ("Recall", "Recall"), ("JI", "JI"))
@@ -247,6 +248,22 @@ def expected_results(summary: Dict[str, dict], *, k: float = 3.0,
     return out
 
 
+def short_labels(labels: Sequence[str], *, width: int = 14) -> List[str]:
+    """Axis labels: the dotted suffix all labels share dropped ("lla.res18.fpn..." ->
+    "lla"; "faster_rcnn.repgt_repbox.res18..." -> "faster_rcnn.repgt_repbox"), then a long
+    one cut to its first dotted part, each step only if the labels stay distinct."""
+    parts = [lb.split(".") for lb in labels]
+    common = 0
+    while (all(len(p) > common + 1 for p in parts)
+           and len({p[-1 - common] for p in parts}) == 1):
+        common += 1
+    out = [".".join(p[:len(p) - common]) for p in parts]
+    if len(set(out)) != len(set(labels)):
+        out = list(labels)
+    cut = [lb.split(".")[0] if len(lb) > width else lb for lb in out]
+    return cut if len(set(cut)) == len(set(out)) else out
+
+
 def _plots(summary: Dict[str, dict], output: str) -> List[str]:
     from crowdloss.evaluation.plots import _pyplot, _save
 
@@ -273,8 +290,7 @@ def _plots(summary: Dict[str, dict], output: str) -> List[str]:
                             fmt="o", capsize=5, color=f"C{x % 10}", zorder=3)
             ax.set_xlim(-0.5, len(labels) - 0.5)
             ax.set_xticks(range(len(labels)))
-            ax.set_xticklabels([lb.split(".")[0] if len(lb) > 14 else lb for lb in labels],
-                               rotation=20, fontsize=8)
+            ax.set_xticklabels(short_labels(labels), rotation=20, fontsize=8)
             ax.set_ylabel({"AP": "AP50 (%)", "mMR": "MR$^{-2}$ (%, lower is better)"}[key])
             ax.grid(True, axis="y", alpha=0.3)
         fig.suptitle(f"{name}: mean +- std over seeds (grey: each seed)", fontsize=9)
