@@ -88,7 +88,9 @@ def test_converted_model_gives_the_reference_detections(depth, size):
     assert len(ours[0]) == len(want[0])
     assert torch.equal(ours[1], want[1])
     assert (ours[0] - want[0]).abs().max() < 1e-4
-    assert (ours[2] - want[2]).abs().max() < 1e-4
+    # Box coordinates are pixels (up to ~100): float32 through ResNet-50 on another CPU's
+    # kernels lands ~1e-4 px apart (1e-6 relative); a convention error is >= 0.5 px.
+    assert torch.allclose(ours[2], want[2], rtol=1e-5, atol=1e-4)
 
 
 def test_padded_clip_and_no_clamp_are_what_make_it_exact():
