@@ -31,12 +31,12 @@ import json
 import sys
 from typing import Dict, Optional, Sequence
 
-import numpy as np
 import torch
 
 from crowdloss.data.odgt import BOX_TYPES, load_odgt
 from crowdloss.modeling.losses.repulsion import (aligned_iog, repbox_pair_sums,
                                                   repulsion_gt_targets, smooth_ln)
+from crowdloss.ops import box_xywh_to_xyxy
 from crowdloss.utils.io import atomic_write
 
 __all__ = ["repulsion_floor", "main"]
@@ -56,11 +56,10 @@ def repulsion_floor(odgt: str, *, box_type: str = "fbox", sigma_gt: float = 1.0,
     iogs = []
     images = load_odgt(odgt, box_type=box_type)
     for img in images:
-        xywh = img.boxes[img.valid]
-        m = xywh.shape[0]
+        boxes = box_xywh_to_xyxy(torch.as_tensor(img.boxes[img.valid]))
+        m = boxes.shape[0]
         if m == 0:
             continue
-        boxes = torch.as_tensor(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1))
         positives += m
         own = torch.arange(m)
         # Each GT is the positive, its proposal and its prediction at once.
