@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from crowdloss.data.synthetic import generate_synthcrowd
-from crowdloss.tools.benchmark import main, plan_runs
+from crowdloss.tools.benchmark import main, plan_runs, prepare_runs
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = next((REPO / "playground/detection/synthcrowd").glob("lla.res18.fpn.synthcrowd.*"))
@@ -33,6 +33,21 @@ def test_plan_is_seed_major_with_per_experiment_overrides(tmp_path):
         plan_runs([str(DEMO)], [0], str(tmp_path), [], [["zz", "Y", "2"]])
     with pytest.raises(SystemExit, match="no config.py"):
         plan_runs([str(tmp_path)], [0], str(tmp_path))
+
+
+def test_plan_can_fix_seed_and_vary_the_data_stream(tmp_path):
+    runs = plan_runs([f"init={DEMO}", f"data={DEMO}"], [3, 4], str(tmp_path), [],
+                     [["init", "DATALOADER.SEED", "0"],
+                      ["data", "SEED", "0", "DATALOADER.SEED", "{seed}"]])
+    by = {(r.label, r.seed): r for r in runs}
+    assert by["data", 4].overrides == ["SEED", "0", "DATALOADER.SEED", "4"]
+    # SEED <k> comes first, so an override fixes it; the config sees what the run trains with
+    assert by["data", 4].cli_args()[-6:] == ["SEED", "4", "SEED", "0", "DATALOADER.SEED", "4"]
+    assert by["init", 3].config_overrides() == ["SEED", "3", "DATALOADER.SEED", "0"]
+    prepare_runs(runs)
+    assert len({r.fingerprint for r in runs}) == 4  # four different trainings
+    with pytest.raises(SystemExit, match="no value uses {seed}"):
+        plan_runs([str(DEMO)], [0, 1], str(tmp_path), ["SEED", "0"])
 
 
 @pytest.mark.slow
@@ -252,6 +267,8 @@ def test_runs_recorded_before_a_key_was_added_still_match():
     cfg.MODEL.CHANNELS_LAST = True
     assert config_fingerprint(older) not in config_fingerprints(cfg)
     cfg.MODEL.CHANNELS_LAST, cfg.TEST.COCO_METRICS = False, True
+    assert len(config_fingerprints(cfg)) == 2  # matches runs recorded before DATALOADER.SEED
+    cfg.DATALOADER.SEED = 0  # the newest key, set: no earlier record is this config
     assert config_fingerprints(cfg) == [config_fingerprint(cfg)]
 
 

@@ -228,6 +228,18 @@ def test_loader_contract_and_resume(tiny):
         assert all(torch.equal(g["image"], w["image"]) for g, w in zip(got, want))
 
 
+def test_dataloader_seed_sets_the_data_stream_apart_from_seed(tiny):
+    def stream(**over):
+        it = iter(build_train_loader(_cfg(**over)))
+        return [[(x["image_id"], x["image"].shape, x["instances"].gt_boxes[0, 0].item())
+                 for x in next(it)] for _ in range(8)]
+
+    base = stream(SEED=1)
+    assert stream(SEED=1, DATALOADER=dict(SEED=-1)) == base  # < 0: SEED's stream
+    assert stream(SEED=7, DATALOADER=dict(SEED=1)) == base   # SEED no longer moves it
+    assert stream(SEED=1, DATALOADER=dict(SEED=2)) != base
+
+
 @pytest.mark.slow
 def test_loader_workers_same_order(tiny):
     ref = iter(build_train_loader(_cfg()))

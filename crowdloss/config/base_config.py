@@ -86,6 +86,9 @@ _config_dict: Dict[str, Any] = dict(
         # Batch portrait and landscape images separately (less padding).
         ASPECT_RATIO_GROUPING=True,
         FILTER_EMPTY_ANNOTATIONS=True,
+        # The data order and augmentation draws of training; < 0: those of SEED. Set apart
+        # from SEED, the initialisation and the data stream vary separately (a seed study).
+        SEED=-1,
     ),
     SOLVER=dict(
         LR_SCHEDULER=dict(

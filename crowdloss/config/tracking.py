@@ -46,7 +46,7 @@ UNREAD_KEYS_ACTIONS = ("warn", "error", "off")
 # judge them, so they are left out of its report.
 TRAIN_ONLY_KEYS = ("SOLVER", "DATASETS.TRAIN", "INPUT.AUG.TRAIN_PIPELINES",
                    "DATALOADER.ASPECT_RATIO_GROUPING", "DATALOADER.FILTER_EMPTY_ANNOTATIONS",
-                   "TEST.EVAL_PERIOD")
+                   "DATALOADER.SEED", "TEST.EVAL_PERIOD")
 # Keys only an evaluation reads: a training run that evaluates nothing (TEST.EVAL_PERIOD -1,
 # pods_test scores the model) leaves them to pods_test's report.
 EVAL_ONLY_KEYS = ("DATASETS.TEST", "INPUT.AUG.TEST_PIPELINES", "TEST")
@@ -57,7 +57,7 @@ BUILD_TIME_KEYS = ("MODEL", "SOLVER")
 # that behaves as the configs did before it existed: a record without the key (a benchmark run's
 # fingerprint, a checkpoint's config) equals a config that has the key at that value. Append
 # here when adding a key whose default keeps the old behaviour.
-ADDED_KEYS = {"MODEL.CHANNELS_LAST": False, "TEST.COCO_METRICS": False}
+ADDED_KEYS = {"MODEL.CHANNELS_LAST": False, "TEST.COCO_METRICS": False, "DATALOADER.SEED": -1}
 
 
 def is_test_time_key(key: str) -> bool:

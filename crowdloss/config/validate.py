@@ -202,6 +202,9 @@ def validate_config(cfg) -> List[str]:
             c.int_at_least("TEST.COCO_MAX_DETS", 10, " (COCO also reports AR1 and AR10)")
         if not _is_int(c.get("SEED")):
             c.fail("SEED", c.get("SEED"), "must be an integer (< 0 draws one per run)")
+        if "SEED" in c.cfg.DATALOADER and not _is_int(c.get("DATALOADER.SEED")):
+            c.fail("DATALOADER.SEED", c.get("DATALOADER.SEED"),
+                   "must be an integer (< 0: the data stream of SEED)")
         c.choice("UNREAD_KEYS", UNREAD_KEYS_ACTIONS)
         entries = c.get("TEST.EXPECTED_RESULTS")
         if entries:

@@ -10,8 +10,8 @@ Every checkpoint carries ``meta = run_provenance(cfg, model, build_model)``::
 a warning for each difference with the loading run: another experiment, model class, crowdloss
 version, or config values (the differing keys are listed). Keys that say where or how a run
 executes, not what it computes, are left out of the config record: ``OUTPUT_DIR``,
-``MODEL.WEIGHTS*``, ``MODEL.DEVICE``, ``MODEL.CHANNELS_LAST``, ``SEED``. Callables attached to
-the config by ``net.py`` are code, not config, and are left out too.
+``MODEL.WEIGHTS*``, ``MODEL.DEVICE``, ``MODEL.CHANNELS_LAST``, ``SEED``, ``DATALOADER.SEED``.
+Callables attached to the config by ``net.py`` are code, not config, and are left out too.
 A key added to the config classes after a checkpoint was written
 (``config.tracking.ADDED_KEYS``) is absent from its record and compares as its neutral value.
 """
@@ -35,7 +35,8 @@ __all__ = ["run_provenance", "provenance_differences", "warn_provenance"]
 
 logger = logging.getLogger("crowdloss.engine")
 
-_VOLATILE = ("OUTPUT_DIR", "MODEL.WEIGHTS", "MODEL.DEVICE", "MODEL.CHANNELS_LAST", "SEED")
+_VOLATILE = ("OUTPUT_DIR", "MODEL.WEIGHTS", "MODEL.DEVICE", "MODEL.CHANNELS_LAST", "SEED",
+             "DATALOADER.SEED")
 
 
 def _flat_config(cfg: Any, prefix: str = "") -> Dict[str, str]:

@@ -21,6 +21,12 @@ Example (the standard synthcrowd comparison, docs/benchmark.md)::
     # lla's trained models scored again at another score threshold (no training):
     python -m crowdloss.tools.benchmark --output output/bench lla=DIR thr0=DIR \\
         --exp-opts thr0 MODEL.FCOS.SCORE_THRESH_TEST 0.0
+    # which seed matters: the initialisation alone, then the data stream alone
+    python -m crowdloss.tools.benchmark --output output/bench init=DIR data=DIR \\
+        --exp-opts init DATALOADER.SEED 0 --exp-opts data SEED 0 DATALOADER.SEED {seed}
+
+Each run sets ``SEED <k>`` before the overrides, so an override may fix ``SEED``; ``{seed}`` in
+an override's value stands for the run's seed ``k``.
 """
 from __future__ import annotations
 
@@ -83,9 +89,12 @@ class Run:
     def name(self) -> str:
         return f"{self.label} seed {self.seed}"
 
+    def config_overrides(self) -> List[str]:
+        """``SEED <k>``, then the overrides (which may fix SEED and vary another key)."""
+        return ["SEED", str(self.seed), *self.overrides]
+
     def cli_args(self) -> List[str]:
-        return ["--dir", self.exp_dir, "OUTPUT_DIR", self.out, *self.overrides,
-                "SEED", str(self.seed)]
+        return ["--dir", self.exp_dir, "OUTPUT_DIR", self.out, *self.config_overrides()]
 
 
 def parse_experiment(spec: str) -> tuple:
@@ -121,9 +130,15 @@ def plan_runs(experiments: Sequence[str], seeds: Sequence[int], output: str,
         per_label.setdefault(label, []).extend(pairs)
     if len(seeds) != len(set(seeds)) or not seeds:
         raise SystemExit(f"benchmark: error: --seeds must be distinct, got {list(seeds)}")
+    for label in labels:
+        pairs = list(opts) + per_label.get(label, [])
+        if "SEED" in pairs[::2] and not any("{seed}" in str(v) for v in pairs[1::2]):
+            raise SystemExit(f"benchmark: error: {label}: the overrides fix SEED and no value "
+                             "uses {seed}: every seed would train the same run")
     output = os.path.abspath(output)
     return [Run(label, path, int(seed), os.path.join(output, label, f"seed{seed}"),
-                list(opts) + per_label.get(label, []))
+                [str(v).replace("{seed}", str(seed))
+                 for v in list(opts) + per_label.get(label, [])])
             for seed in seeds for label, path in parsed]
 
 
@@ -136,7 +151,7 @@ def prepare_runs(runs: Sequence[Run]) -> None:
     for run in runs:
         cfg = copy.deepcopy(load_experiment(run.exp_dir).config)
         try:
-            cfg.merge_from_list(list(run.overrides) + ["SEED", str(run.seed)])
+            cfg.merge_from_list(run.config_overrides())
         except (KeyError, ValueError) as exc:
             raise SystemExit(f"benchmark: error: {run.name}: {exc}") from None
         run.fingerprint, *run.earlier_fingerprints = config_fingerprints(cfg)
@@ -263,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs at a time (default: the CPU cores this process may use)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--exp-opts", nargs="+", action="append", default=[],
-                   metavar="LABEL KEY VALUE", help="overrides for one experiment (repeatable)")
+                   metavar="LABEL KEY VALUE",
+                   help="overrides for one experiment (repeatable; {seed}: the run's seed)")
     p.add_argument("--always-test", action="store_true",
                    help="run pods_test even when the training evaluated its final checkpoint")
     p.add_argument("--report-only", action="store_true",
