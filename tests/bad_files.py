@@ -63,5 +63,6 @@ def loader_cfg(skip, name="bad_train"):
         TEST_PIPELINES=[])),
         DATASETS=d(TRAIN=(name,), TEST=(name,), BOX_TYPE="fbox", SKIP_BAD_IMAGES=skip,
                    TAG_MAP={}),
-        DATALOADER=d(NUM_WORKERS=0, ASPECT_RATIO_GROUPING=True, FILTER_EMPTY_ANNOTATIONS=True),
+        DATALOADER=d(NUM_WORKERS=0, ASPECT_RATIO_GROUPING=True, FILTER_EMPTY_ANNOTATIONS=True,
+                     SEED=-1),
         SOLVER=d(IMS_PER_DEVICE=2))
