@@ -163,10 +163,10 @@ def build_train_loader(cfg, start_iter: int = 0) -> DataLoader:
     """Infinite loader of lists of IMS_PER_DEVICE model inputs, starting at ``start_iter``."""
     dicts = get_dataset_dicts(cfg_get(cfg, "DATASETS.TRAIN"), cfg, filter_empty=bool(
         cfg_get(cfg, "DATALOADER.FILTER_EMPTY_ANNOTATIONS")), training=True)
-    seed = cfg_get(cfg, "DATALOADER.SEED")
-    if seed is None or seed < 0:  # the run's SEED, drawn by then when it was -1 (cli.process)
-        seed = cfg_get(cfg, "SEED")
-    seed = comm.shared_random_seed() if seed is None or seed < 0 else int(seed)
+    # DATALOADER.SEED < 0: the run's SEED (drawn by then when it was -1, cli.process)
+    seed = next((s for s in (cfg_get(cfg, "DATALOADER.SEED"), cfg_get(cfg, "SEED"))
+                 if s is not None and s >= 0), None)
+    seed = comm.shared_random_seed() if seed is None else int(seed)
     sampler = TrainingSampler(len(dicts), shuffle=True, seed=seed)
     stream = _TrainStream(dicts, DatasetMapper(cfg, True), sampler,
                           int(cfg_get(cfg, "SOLVER.IMS_PER_DEVICE")),

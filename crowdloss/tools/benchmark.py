@@ -130,15 +130,14 @@ def plan_runs(experiments: Sequence[str], seeds: Sequence[int], output: str,
         per_label.setdefault(label, []).extend(pairs)
     if len(seeds) != len(set(seeds)) or not seeds:
         raise SystemExit(f"benchmark: error: --seeds must be distinct, got {list(seeds)}")
-    for label in labels:
-        pairs = list(opts) + per_label.get(label, [])
-        if "SEED" in pairs[::2] and not any("{seed}" in str(v) for v in pairs[1::2]):
+    pairs = {label: list(opts) + per_label.get(label, []) for label in labels}
+    for label, kv in pairs.items():
+        if "SEED" in kv[::2] and not any("{seed}" in str(v) for v in kv[1::2]):
             raise SystemExit(f"benchmark: error: {label}: the overrides fix SEED and no value "
                              "uses {seed}: every seed would train the same run")
     output = os.path.abspath(output)
     return [Run(label, path, int(seed), os.path.join(output, label, f"seed{seed}"),
-                [str(v).replace("{seed}", str(seed))
-                 for v in list(opts) + per_label.get(label, [])])
+                [str(v).replace("{seed}", str(seed)) for v in pairs[label]])
             for seed in seeds for label, path in parsed]
 
 
