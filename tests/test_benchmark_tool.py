@@ -253,8 +253,13 @@ def test_runs_recorded_before_a_key_was_added_still_match():
     cfg = load_experiment(str(DEMO)).config
     older = copy.deepcopy(cfg)  # the config as it was before the added keys existed
     for key in ADDED_KEYS:
-        section, leaf = key.split(".")
-        del older[section][leaf]
+        *parents, leaf = key.split(".")
+        node = older
+        for name in parents:
+            node = node[name]
+        del node[leaf]
+    assert older.SOLVER.EMA == {}
+    del older.SOLVER["EMA"]  # a section that came with its keys
     prints = config_fingerprints(cfg)
     assert prints[0] == config_fingerprint(cfg) and prints[-1] == config_fingerprint(older)
     assert len(prints) == len(ADDED_KEYS) + 1 and len(set(prints)) == len(prints)
@@ -267,8 +272,11 @@ def test_runs_recorded_before_a_key_was_added_still_match():
     cfg.MODEL.CHANNELS_LAST = True
     assert config_fingerprint(older) not in config_fingerprints(cfg)
     cfg.MODEL.CHANNELS_LAST, cfg.TEST.COCO_METRICS = False, True
-    assert len(config_fingerprints(cfg)) == 2  # matches runs recorded before DATALOADER.SEED
-    cfg.DATALOADER.SEED = 0  # the newest key, set: no earlier record is this config
+    # matches runs recorded before DATALOADER.SEED and before SOLVER.EMA's two keys
+    assert len(config_fingerprints(cfg)) == 4
+    cfg.DATALOADER.SEED = 0
+    assert len(config_fingerprints(cfg)) == 3
+    cfg.SOLVER.EMA.DECAY = 0.999  # the newest key, set: no earlier record is this config
     assert config_fingerprints(cfg) == [config_fingerprint(cfg)]
 
 

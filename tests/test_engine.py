@@ -109,6 +109,7 @@ def make_cfg(out, *, max_iter=10, batch=2, sub=1, period=4, loader=None, **solve
             "CLIP_GRADIENTS": {"ENABLED": False, "CLIP_TYPE": "norm", "CLIP_VALUE": 1.0,
                                "NORM_TYPE": 2.0},
             "AMP": {"ENABLED": False, "DTYPE": "float16"},
+            "EMA": {"ENABLED": False, "DECAY": 0.9998},
         },
         DATASETS={"TRAIN": ("toy",), "TEST": ()},
         TEST={"EVAL_PERIOD": 0},

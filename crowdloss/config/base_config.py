@@ -121,6 +121,10 @@ _config_dict: Dict[str, Any] = dict(
         REFERENCE_WORLD_SIZE=8,
         CLIP_GRADIENTS=dict(ENABLED=False, CLIP_TYPE="norm", CLIP_VALUE=1.0, NORM_TYPE=2.0),
         AMP=dict(ENABLED=False, DTYPE="float16"),
+        # An exponential moving average of the weights, updated after every step; checkpoints
+        # hold it as their "model" (what pods_test scores). DECAY once ramped up: an average
+        # over about 1 / (1 - DECAY) steps (0.9998, YOLOX's, suits long schedules).
+        EMA=dict(ENABLED=False, DECAY=0.9998),
     ),
     TEST=dict(
         # > 0: evaluate every EVAL_PERIOD iterations; 0: after training only; < 0: never.

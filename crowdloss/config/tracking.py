@@ -57,7 +57,8 @@ BUILD_TIME_KEYS = ("MODEL", "SOLVER")
 # that behaves as the configs did before it existed: a record without the key (a benchmark run's
 # fingerprint, a checkpoint's config) equals a config that has the key at that value. Append
 # here when adding a key whose default keeps the old behaviour.
-ADDED_KEYS = {"MODEL.CHANNELS_LAST": False, "TEST.COCO_METRICS": False, "DATALOADER.SEED": -1}
+ADDED_KEYS = {"MODEL.CHANNELS_LAST": False, "TEST.COCO_METRICS": False, "DATALOADER.SEED": -1,
+              "SOLVER.EMA.ENABLED": False, "SOLVER.EMA.DECAY": 0.9998}
 
 
 def is_test_time_key(key: str) -> bool:

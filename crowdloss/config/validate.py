@@ -191,6 +191,8 @@ def validate_config(cfg) -> List[str]:
             if clip_type == "norm":
                 c.number(s + "CLIP_GRADIENTS.NORM_TYPE", low=0, low_open=True)
         c.choice(s + "AMP.DTYPE", ("float16", "bfloat16"))
+        if "EMA" in c.cfg.SOLVER and c.get(s + "EMA.ENABLED"):
+            c.number(s + "EMA.DECAY", low=0, high=1, high_open=True)
 
         c.int_at_least("DATALOADER.NUM_WORKERS", 0)
         if not _is_int(c.get("TEST.EVAL_PERIOD")):

@@ -6,7 +6,11 @@ A training checkpoint (read back with ``torch.load(weights_only=True)``)::
      "iteration": int (0-based index of the last finished iteration, as in detectron2),
      "rng": utils.env.get_rng_state() (a list with one per rank in distributed runs),
      "metrics": [{"iteration": i, scalar: value}] not yet in metrics.json when it was saved,
-     "meta": engine.provenance.run_provenance(...) (experiment, model class, config, versions)}
+     "meta": engine.provenance.run_provenance(...) (experiment, model class, config, versions),
+     "ema": None | {"trained": state_dict, "updates": int, "decay": float}}
+
+Under ``SOLVER.EMA`` (``engine.ema``) ``model`` holds the averaged weights, the ones to evaluate
+and deploy, and ``ema`` the trained ones a resume goes on from.
 
 Names count iterations done: the checkpoint after 5000 iterations is ``model_iter_0005000.pth``
 (``iteration`` 4999 inside), the last one ``model_final.pth``. Anything that needs a
@@ -103,7 +107,10 @@ class Checkpointer:
         """Write ``<save_dir>/<name>.pth`` atomically and point ``last_checkpoint`` at it."""
         if not self.save_dir or not self.save_to_disk:
             return None
-        data: Dict[str, Any] = {"model": self.model.state_dict()}
+        ema = self.checkpointables.get("ema")
+        # Loaders read "model": under SOLVER.EMA the averaged weights are what they should get.
+        data: Dict[str, Any] = {"model": ema.averaged_state() if ema is not None
+                                else self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict() if obj is not None else None
         data.setdefault("scaler", None)
@@ -214,6 +221,10 @@ class Checkpointer:
             raise WeightsError(
                 f"{path}: expected a training checkpoint (a dict with a 'model' key), got "
                 f"{type(data).__name__}{' with keys ' + str(sorted(data)[:8]) if isinstance(data, dict) else ''}")
+        if data.get("ema") is not None and self.checkpointables.get("ema") is None:
+            # Its "model" is an average; going on from it would silently change the run.
+            raise WeightsError(f"{path} was trained with SOLVER.EMA.ENABLED True (its 'model' "
+                               f"holds averaged weights); resume it with the same setting")
         summary = load_state(self.model, data, source=path, weight_format=NATIVE_FORMAT,
                              min_coverage=1.0, requirement="a resume needs every tensor",
                              provenance=self.provenance)

@@ -1,6 +1,6 @@
 """Hooks that run around each training iteration, in the order the runner registers them:
-iteration to model, LR scheduler, iteration timer, periodic checkpointer, eval hook, periodic
-writer.
+iteration to model, LR scheduler, iteration timer, weight average (``SOLVER.EMA``), periodic
+checkpointer, eval hook, periodic writer.
 
 A hook sees the runner as ``self.trainer`` (``iter``, ``max_iter``, ``storage``, ``model``,
 ``optimizer``, ``scheduler``, ``cfg``). ``iter`` is the 0-based iteration just run in
@@ -24,6 +24,7 @@ __all__ = [
     "IterationToModel",
     "LRScheduler",
     "IterationTimer",
+    "EMAUpdate",
     "PeriodicCheckpointer",
     "EvalHook",
     "PeriodicWriter",
@@ -127,6 +128,17 @@ class IterationTimer(HookBase):
                 f"; evaluation took {datetime.timedelta(seconds=int(evaluating))} more"
                 if evaluating else "",
             )
+
+
+class EMAUpdate(HookBase):
+    """Moves a :class:`~crowdloss.engine.ema.ModelEMA` after every step; registered before
+    the checkpointer, so that a checkpoint holds the average of the steps it has done."""
+
+    def __init__(self, ema) -> None:
+        self.ema = ema
+
+    def after_step(self) -> None:
+        self.ema.update()
 
 
 class PeriodicCheckpointer(HookBase):

@@ -2,8 +2,8 @@
 
 From the config: the model (``net.py``'s ``build_model``; DDP-wrapped in distributed runs), the
 optimizer and LR schedule, the train loader (built lazily at the start iteration), the
-checkpointer, the hooks (LR schedule, timer, checkpoints, evaluation, metric writers, in that
-order) and the step's settings (``SOLVER.BATCH_SUBDIVISIONS``, ``SOLVER.AMP``,
+checkpointer, the hooks (LR schedule, timer, weight average, checkpoints, evaluation, metric
+writers, in that order) and the step's settings (``SOLVER.BATCH_SUBDIVISIONS``, ``SOLVER.AMP``,
 ``SOLVER.CLIP_GRADIENTS``). ``resume_or_load`` resumes exactly or loads ``MODEL.WEIGHTS``;
 ``test`` evaluates a model on ``DATASETS.TEST``. The iteration itself is ``engine.train_loop``.
 """
@@ -25,6 +25,7 @@ from crowdloss.utils import comm
 from . import hooks
 from .checkpoint import DetectionCheckpointer, unwrap_model
 from .class_remap import class_remap_from_config
+from .ema import ModelEMA
 from .events import CommonMetricPrinter, JSONWriter, TensorboardWriter, resume_metrics_file
 from .provenance import run_provenance
 from .solver import build_lr_scheduler, build_optimizer
@@ -125,9 +126,12 @@ class DefaultRunner(TrainLoop):
         # Built on first use, once the start iteration is known: building a real loader reads
         # the whole annotation set, which a resume would otherwise pay for twice.
         self._data_loader_start = 0
+        ema = cfg.SOLVER.EMA
+        # DECAY is read only when the average is on (the unread-key report flags it otherwise).
+        self.ema = ModelEMA(unwrap_model(model), decay=float(ema.DECAY)) if ema.ENABLED else None
         self.checkpointer = DetectionCheckpointer(
             unwrap_model(model), cfg.OUTPUT_DIR, provenance=run_provenance(cfg, model, build_model),
-            optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+            optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, ema=self.ema,
         )
         self.register_hooks(self.build_hooks())
 
@@ -190,15 +194,24 @@ class DefaultRunner(TrainLoop):
             hooks.IterationToModel(),
             hooks.LRScheduler(self.optimizer, self.scheduler),
             hooks.IterationTimer(),
+            hooks.EMAUpdate(self.ema) if self.ema is not None else None,
             hooks.PeriodicCheckpointer(
                 self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_iter
             ),
-            hooks.EvalHook(cfg.TEST.EVAL_PERIOD, lambda: self.test(
-                cfg, unwrap_model(self.model), source=f"iteration {self.iter + 1}")),
+            hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self._evaluate_during_training),
         ]
         if comm.is_main_process() and cfg.OUTPUT_DIR:
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
-        return ret
+        return [h for h in ret if h is not None]
+
+    def _evaluate_during_training(self) -> Dict[str, Any]:
+        """Scores the weights a checkpoint of this iteration would hand to pods_test: the
+        averaged ones under SOLVER.EMA."""
+        source = f"iteration {self.iter + 1}"
+        if self.ema is None:
+            return self.test(self.cfg, unwrap_model(self.model), source=source)
+        with self.ema.swapped() as model:
+            return self.test(self.cfg, model, source=source + " (EMA weights)")
 
     @property
     def data_loader(self):

@@ -45,14 +45,20 @@ def config_fingerprints(cfg) -> List[str]:
     cfg = copy.deepcopy(cfg)
     for key, neutral in reversed(ADDED_KEYS.items()):
         *parents, leaf = key.split(".")
-        node = cfg
+        chain = [cfg]
         for name in parents:
-            node = node.get(name) if isinstance(node, dict) else None
+            chain.append(chain[-1].get(name) if isinstance(chain[-1], dict) else None)
+        node = chain[-1]
         if not isinstance(node, dict) or leaf not in node:
             continue  # a config without the key: as before it existed
         if node[leaf] != neutral:
             break
         del node[leaf]
+        # A section that came with its keys (SOLVER.EMA) goes with the last of them.
+        for parent, name, child in reversed(list(zip(chain, parents, chain[1:]))):
+            if child:
+                break
+            del parent[name]
         out.append(config_fingerprint(cfg))
     return out
 
