@@ -204,6 +204,19 @@ def test_pods_test_newest_checkpoint(trained):
     assert len(rows) == 1 and rows[0].split()[:2] == ["model_final.pth", "6"]
 
 
+def test_pods_test_scores_the_weight_average_of_an_ema_run(tmp_path):
+    exp = _copy_experiment(tmp_path)
+    out = tmp_path / "out"
+    _cli("train", ["OUTPUT_DIR", out, "SOLVER.EMA.ENABLED", "True", "SOLVER.EMA.DECAY", "0.5"],
+         cwd=exp, env=_env(tmp_path))
+    data = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    assert data["ema"]["updates"] == 6
+    assert any(not torch.equal(v, data["ema"]["trained"][k]) for k, v in data["model"].items())
+    proc = _cli("test", ["OUTPUT_DIR", out], cwd=exp, env=_env(tmp_path))
+    assert "model_final.pth holds the moving average of the weights (SOLVER.EMA, decay 0.5 " \
+           "over 6 updates)" in proc.stdout, proc.stdout
+
+
 def test_pods_test_iteration_range(trained):
     root, exp, out = trained
     config_before = (out / "config.yaml").read_bytes()

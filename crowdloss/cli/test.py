@@ -207,15 +207,21 @@ def _evaluate_one(cfg, model, checkpointer, path: str, iteration, coverage_key: 
 
     try:
         # SOLVER keys are rescaled by the world size and unused by inference.
-        checkpointer.load_model_weights(path, min_coverage=min_coverage, cfg=cfg,
-                                        requirement=f"{coverage_key} = {min_coverage:g}",
-                                        ignore_config=("SOLVER.",), class_remap=class_remap)
+        summary = checkpointer.load_model_weights(
+            path, min_coverage=min_coverage, cfg=cfg,
+            requirement=f"{coverage_key} = {min_coverage:g}", ignore_config=("SOLVER.",),
+            class_remap=class_remap)
     except _LOAD_ERRORS as exc:
         logger.error("Cannot evaluate %s: %s", path, exc)
         return exc
     name = os.path.basename(path)
     out = os.path.join(cfg.OUTPUT_DIR, "inference", os.path.splitext(name)[0])
     source = name if iteration is None else f"{name}, iteration {iteration}"
+    ema = summary.extras.get("ema")
+    if isinstance(ema, dict):  # SOLVER.EMA: the file's model is the average (engine.ema)
+        logger.info("%s holds the moving average of the weights (SOLVER.EMA, decay %g over %s "
+                    "updates): it is what is scored", name, ema.get("decay"), ema.get("updates"))
+        source += " (EMA weights)"
     try:
         return DefaultRunner.test(cfg, model, output_dir=out, source=source, print_results=False)
     except Exception as exc:
