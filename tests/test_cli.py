@@ -212,9 +212,12 @@ def test_pods_test_scores_the_weight_average_of_an_ema_run(tmp_path):
     data = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
     assert data["ema"]["updates"] == 6
     assert any(not torch.equal(v, data["ema"]["trained"][k]) for k, v in data["model"].items())
-    proc = _cli("test", ["OUTPUT_DIR", out], cwd=exp, env=_env(tmp_path))
-    assert "model_final.pth holds the moving average of the weights (SOLVER.EMA, decay 0.5 " \
-           "over 6 updates)" in proc.stdout, proc.stdout
+    for flag, scored in (("True", "average"), ("False", "trained weights")):
+        proc = _cli("test", ["OUTPUT_DIR", out, "TEST.EMA_WEIGHTS", flag], cwd=exp,
+                    env=_env(tmp_path))
+        assert f"model_final.pth holds the moving average of the weights (SOLVER.EMA, decay 0.5 " \
+               f"over 6 updates) and the trained weights: the {scored} are scored " \
+               f"(TEST.EMA_WEIGHTS {flag})" in proc.stdout, proc.stdout
 
 
 def test_pods_test_iteration_range(trained):

@@ -81,10 +81,16 @@ def test_averaging_does_not_change_training_and_checkpoints_hold_the_average(tmp
         assert torch.equal(data["model"][key], averaged.ema.averaged_state()[key])
     assert not torch.equal(data["model"]["linear.weight"], data["ema"]["trained"]["linear.weight"])
     assert torch.load(tmp_path / "plain" / "model_final.pth", weights_only=True)["ema"] is None
-    # What pods_test and MODEL.WEIGHTS load is the average.
+    # What pods_test and MODEL.WEIGHTS load is the average; TEST.EMA_WEIGHTS False the
+    # trained weights (and a file without an average loads its model either way).
+    for ema_weights, expected in ((True, data["model"]), (False, data["ema"]["trained"])):
+        fresh = TinyModel()
+        load_weights(fresh, str(tmp_path / "ema" / "model_final.pth"), min_coverage=1.0,
+                     ema_weights=ema_weights)
+        assert torch.equal(fresh.linear.weight, expected["linear.weight"])
     fresh = TinyModel()
-    load_weights(fresh, str(tmp_path / "ema" / "model_final.pth"), min_coverage=1.0)
-    assert torch.equal(fresh.linear.weight, data["model"]["linear.weight"])
+    load_weights(fresh, str(tmp_path / "plain" / "model_final.pth"), ema_weights=False)
+    assert torch.equal(fresh.linear.weight, plain.model.linear.weight)
 
 
 def test_resume_continues_the_average_exactly(tmp_path):
@@ -125,3 +131,6 @@ def test_evaluation_during_training_scores_the_average(tmp_path):
     score = lambda m: DefaultRunner.test(cfg, m, evaluators=[CountingEvaluator()])
     assert mae == pytest.approx(score(averaged)["toy_val"]["toy"]["MAE"])
     assert mae != pytest.approx(score(trained)["toy_val"]["toy"]["MAE"])
+    cfg.TEST.EMA_WEIGHTS = False  # the trained weights instead
+    assert runner._evaluate_during_training()["toy_val"]["toy"]["MAE"] == pytest.approx(
+        score(trained)["toy_val"]["toy"]["MAE"])

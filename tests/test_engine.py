@@ -112,7 +112,7 @@ def make_cfg(out, *, max_iter=10, batch=2, sub=1, period=4, loader=None, **solve
             "EMA": {"ENABLED": False, "DECAY": 0.9998},
         },
         DATASETS={"TRAIN": ("toy",), "TEST": ()},
-        TEST={"EVAL_PERIOD": 0},
+        TEST={"EVAL_PERIOD": 0, "EMA_WEIGHTS": True},
         OUTPUT_DIR=str(out),
         SEED=0,
     )

@@ -210,7 +210,7 @@ def _evaluate_one(cfg, model, checkpointer, path: str, iteration, coverage_key: 
         summary = checkpointer.load_model_weights(
             path, min_coverage=min_coverage, cfg=cfg,
             requirement=f"{coverage_key} = {min_coverage:g}", ignore_config=("SOLVER.",),
-            class_remap=class_remap)
+            class_remap=class_remap, ema_weights=bool(cfg.TEST.EMA_WEIGHTS))
     except _LOAD_ERRORS as exc:
         logger.error("Cannot evaluate %s: %s", path, exc)
         return exc
@@ -219,9 +219,12 @@ def _evaluate_one(cfg, model, checkpointer, path: str, iteration, coverage_key: 
     source = name if iteration is None else f"{name}, iteration {iteration}"
     ema = summary.extras.get("ema")
     if isinstance(ema, dict):  # SOLVER.EMA: the file's model is the average (engine.ema)
+        average = bool(cfg.TEST.EMA_WEIGHTS)
         logger.info("%s holds the moving average of the weights (SOLVER.EMA, decay %g over %s "
-                    "updates): it is what is scored", name, ema.get("decay"), ema.get("updates"))
-        source += " (EMA weights)"
+                    "updates) and the trained weights: the %s are scored (TEST.EMA_WEIGHTS %s)",
+                    name, ema.get("decay"), ema.get("updates"),
+                    "average" if average else "trained weights", average)
+        source += " (EMA weights)" if average else " (trained weights, not the EMA)"
     try:
         return DefaultRunner.test(cfg, model, output_dir=out, source=source, print_results=False)
     except Exception as exc:

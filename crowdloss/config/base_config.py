@@ -129,6 +129,9 @@ _config_dict: Dict[str, Any] = dict(
     TEST=dict(
         # > 0: evaluate every EVAL_PERIOD iterations; 0: after training only; < 0: never.
         EVAL_PERIOD=0,
+        # A checkpoint of a SOLVER.EMA run holds the weight average and the trained weights:
+        # True scores the average (its "model"), False the trained weights.
+        EMA_WEIGHTS=True,
         DETECTIONS_PER_IMAGE=100,
         # Checked after the final evaluation of pods_train and after pods_test:
         # [[dataset, task, metric, expected, tolerance], ...] (dataset may be left out when

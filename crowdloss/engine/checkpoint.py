@@ -273,15 +273,16 @@ class Checkpointer:
 
     def load_model_weights(self, path: str, *, min_coverage: float = 0.0, requirement: str = "",
                            cfg: Any = None, ignore_config: Sequence[str] = (),
-                           class_remap: Any = None) -> LoadSummary:
+                           class_remap: Any = None, ema_weights: bool = True) -> LoadSummary:
         """Load model weights only (``MODEL.WEIGHTS``) from any accepted format, path or URL.
 
         See ``crowdloss.engine.weights`` for the summary, ``min_coverage`` and ``class_remap``
-        (``MODEL.WEIGHTS_CLASSES``), ``crowdloss.engine.weight_formats`` for the formats.
+        (``MODEL.WEIGHTS_CLASSES``), ``ema_weights`` (``TEST.EMA_WEIGHTS``),
+        ``crowdloss.engine.weight_formats`` for the formats.
         """
         return load_weights(self.model, path, min_coverage=min_coverage, requirement=requirement,
                             cfg=cfg, provenance=self.provenance, ignore_config=ignore_config,
-                            class_remap=class_remap)
+                            class_remap=class_remap, ema_weights=ema_weights)
 
 
 # cvpods' name for the same class.

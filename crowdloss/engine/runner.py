@@ -206,9 +206,9 @@ class DefaultRunner(TrainLoop):
 
     def _evaluate_during_training(self) -> Dict[str, Any]:
         """Scores the weights a checkpoint of this iteration would hand to pods_test: the
-        averaged ones under SOLVER.EMA."""
+        averaged ones under SOLVER.EMA (unless TEST.EMA_WEIGHTS is False)."""
         source = f"iteration {self.iter + 1}"
-        if self.ema is None:
+        if self.ema is None or not self.cfg.TEST.EMA_WEIGHTS:
             return self.test(self.cfg, unwrap_model(self.model), source=source)
         with self.ema.swapped() as model:
             return self.test(self.cfg, model, source=source + " (EMA weights)")

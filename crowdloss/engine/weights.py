@@ -185,7 +185,8 @@ class LoadSummary(NamedTuple):
 def load_state(model: nn.Module, data: Any, *, source: str, weight_format: str = "auto",
                min_coverage: float = 0.0, requirement: str = "", cfg: Any = None,
                provenance: Optional[Mapping] = None, ignore_config: Sequence[str] = (),
-               class_remap: Optional[ClassRemap] = None) -> LoadSummary:
+               class_remap: Optional[ClassRemap] = None, ema_weights: bool = True
+               ) -> LoadSummary:
     """Steps 2-6 on a file's content ``data`` (see the module docstring).
 
     Args:
@@ -202,11 +203,16 @@ def load_state(model: nn.Module, data: Any, *, source: str, weight_format: str =
         class_remap: the file's and the model's class names (``class_remap_from_config``):
             the classifier tensors the model declares (``class_channel_layout()``) are
             re-ordered by name; they count as filled by the fraction of classes kept.
+        ema_weights: of a ``SOLVER.EMA`` checkpoint (``engine.ema``), load the weight average
+            (its ``model``; True) or the trained weights (its ``ema["trained"]``; False).
 
     Raises:
         WeightsError: the file fills less than ``min_coverage`` of the model, or a class remap
             is asked of a model that declares no classifier; nothing is loaded.
     """
+    ema = data.get("ema") if isinstance(data, Mapping) else None
+    if not ema_weights and isinstance(ema, Mapping) and isinstance(ema.get("trained"), Mapping):
+        data = {**data, "model": ema["trained"]}
     state, extras = split_checkpoint(data, source=source)
     warn_provenance(extras.get("meta"), provenance, source=source, ignore_config=ignore_config)
     converted, fmt, dropped = convert_weights(state, weight_format)
