@@ -7,10 +7,10 @@ After every optimizer step the average moves toward the model::
 for the t-th update (t = 2, 3, ...; the first one starts the average at the model). The ramp
 (TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``) keeps the early, fast-moving
 weights from dominating; from about ``9 / (1 - DECAY)`` updates on the decay is DECAY, an
-average over the last ``1 / (1 - DECAY)`` steps or so. Every floating-point entry of the state dict is averaged, BatchNorm's running
-statistics included (they belong to the averaged weights); integer entries (BN's step
-counters) are copied. Averaging reads the model and changes nothing in it: the run trains
-exactly as without it.
+average over the last ``1 / (1 - DECAY)`` steps or so. Every floating-point entry of the state
+dict is averaged, BatchNorm's running statistics included (they belong to the averaged
+weights); integer entries (BN's step counters) are copied. Averaging reads the model and
+changes nothing in it: the run trains exactly as without it.
 
 In a checkpoint (``engine.checkpoint``) ``model`` holds the averaged weights, the ones every
 loader (``pods_test``, ``MODEL.WEIGHTS``, export) takes, and ``ema`` holds what a resume needs
