@@ -6,7 +6,10 @@ solver from here: SGD at LR 0.02 with a 100-iteration linear warm-up from 1/1000
 iterations of 4 images on ONE process, LR / 10 at 2000 and 2420.
 
 Every key is spelled out, not inherited, because the config classes disagree on defaults
-(``PyTorchRetinaNetConfig`` clips gradients at norm 0.1, as pytorch-retinanet does).
+(``PyTorchRetinaNetConfig`` clips gradients at norm 0.1, as pytorch-retinanet does). The one
+exception is ``SOLVER.EMA``: off in every config class, and its DECAY, set here while off,
+would be reported as an unread key (a moving average did not help LLA here:
+docs/benchmark.md).
 
 Gradients are clipped at total L2 norm 5. The models train from scratch with BatchNorm, and
 while the LR warms up an occasional batch gives a gradient 10-60x the usual norm (measured
