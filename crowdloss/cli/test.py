@@ -205,12 +205,13 @@ def _evaluate_one(cfg, model, checkpointer, path: str, iteration, coverage_key: 
     from crowdloss.engine.runner import DefaultRunner
     from crowdloss.utils import comm
 
+    average = bool(cfg.TEST.EMA_WEIGHTS)  # of a SOLVER.EMA checkpoint: the average or not
     try:
         # SOLVER keys are rescaled by the world size and unused by inference.
         summary = checkpointer.load_model_weights(
             path, min_coverage=min_coverage, cfg=cfg,
             requirement=f"{coverage_key} = {min_coverage:g}", ignore_config=("SOLVER.",),
-            class_remap=class_remap, ema_weights=bool(cfg.TEST.EMA_WEIGHTS))
+            class_remap=class_remap, ema_weights=average)
     except _LOAD_ERRORS as exc:
         logger.error("Cannot evaluate %s: %s", path, exc)
         return exc
@@ -219,7 +220,6 @@ def _evaluate_one(cfg, model, checkpointer, path: str, iteration, coverage_key: 
     source = name if iteration is None else f"{name}, iteration {iteration}"
     ema = summary.extras.get("ema")
     if isinstance(ema, dict):  # SOLVER.EMA: the file's model is the average (engine.ema)
-        average = bool(cfg.TEST.EMA_WEIGHTS)
         logger.info("%s holds the moving average of the weights (SOLVER.EMA, decay %g over %s "
                     "updates) and the trained weights: the %s are scored (TEST.EMA_WEIGHTS %s)",
                     name, ema.get("decay"), ema.get("updates"),

@@ -77,9 +77,7 @@ class ModelEMA:
 
     def averaged_state(self) -> Dict[str, torch.Tensor]:
         """The averaged weights as a state dict (the model's own before the first update)."""
-        if self.averaged is None:
-            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        return dict(self.averaged)
+        return dict(self.averaged) if self.averaged is not None else self.model.state_dict()
 
     @contextlib.contextmanager
     def swapped(self) -> Iterator[nn.Module]:
@@ -99,8 +97,7 @@ class ModelEMA:
     def state_dict(self) -> Dict[str, Any]:
         """What a checkpoint's ``ema`` entry holds: the TRAINED weights (its ``model`` entry
         holds the averaged ones), the update count and the decay."""
-        return {"trained": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-                "updates": self.updates, "decay": self.decay}
+        return {"trained": self.model.state_dict(), "updates": self.updates, "decay": self.decay}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Resume: the model, which the checkpointer has just filled from ``model`` (the

@@ -10,7 +10,9 @@ Every load goes through :func:`load_weights` (``MODEL.WEIGHTS``, ``pods_test``) 
 2. **unwrap** (:func:`split_checkpoint`): ``{"model": ...}``, ``{"blobs": ...}`` (Caffe2) and
    ``{"state_dict": ...}`` wrappers go, DDP's ``module.`` prefixes go, numpy arrays become
    tensors; the rest of a training checkpoint (``iteration``, ``meta``...) is kept aside, and
-   its ``meta`` is compared with the loading run's (``engine.provenance``).
+   its ``meta`` is compared with the loading run's (``engine.provenance``). Of a
+   ``SOLVER.EMA`` checkpoint ``model`` (the weight average) is taken, or with
+   ``ema_weights=False`` (``TEST.EMA_WEIGHTS``) its ``ema["trained"]``.
 3. **detect** (:func:`detect_weight_format`): every registered format's ``detect`` looks at the
    key names; exactly one may claim the dict, none means our own names ("crowdloss": this
    project, cvpods and detectron2 share them).
@@ -69,11 +71,15 @@ _IGNORED_SUFFIX = "num_batches_tracked"
 
 
 # ----------------------------------------------------------------------------- unwrapping
-def split_checkpoint(data: Any, *, source: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+def split_checkpoint(data: Any, *, source: str, ema_weights: bool = True
+                     ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """Step 2: ``(state dict of tensors, everything else)`` from what a file held."""
     if not isinstance(data, Mapping):
         raise WeightsError(f"{source}: expected a state dict or {{'model': state_dict}}, got "
                            f"{type(data).__name__}")
+    ema = data.get("ema")
+    if not ema_weights and isinstance(ema, Mapping) and isinstance(ema.get("trained"), Mapping):
+        data = {**data, "model": ema["trained"]}
     extras: Dict[str, Any] = {}
     for key in ("model", "blobs", "state_dict"):
         if isinstance(data.get(key), Mapping):
@@ -210,10 +216,7 @@ def load_state(model: nn.Module, data: Any, *, source: str, weight_format: str =
         WeightsError: the file fills less than ``min_coverage`` of the model, or a class remap
             is asked of a model that declares no classifier; nothing is loaded.
     """
-    ema = data.get("ema") if isinstance(data, Mapping) else None
-    if not ema_weights and isinstance(ema, Mapping) and isinstance(ema.get("trained"), Mapping):
-        data = {**data, "model": ema["trained"]}
-    state, extras = split_checkpoint(data, source=source)
+    state, extras = split_checkpoint(data, source=source, ema_weights=ema_weights)
     warn_provenance(extras.get("meta"), provenance, source=source, ignore_config=ignore_config)
     converted, fmt, dropped = convert_weights(state, weight_format)
     convention = input_convention(fmt)
