@@ -3,9 +3,11 @@
 report files, reuse of finished runs, resume of a half-finished one, refusal of a run dir made
 from another config."""
 import json
+import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from crowdloss.data.synthetic import generate_synthcrowd
@@ -93,10 +95,23 @@ def test_runner_trains_reports_reuses_and_resumes(tmp_path, monkeypatch, capsys)
     assert "assignment warm-up over at iteration 1" in (run_dir / "log.txt").read_text()
     assert "warm-up" not in (out / "lla" / "seed1" / "log.txt").read_text()
 
-    # Same command again: every run is reused, nothing is started.
+    halves = record["results"]["synthcrowd_val"]["val_halves"]
+    assert halves["images"] == 4 and len(halves["mMR"]) == 20 and len(halves["mMR"][0]) == 2
+
+    # Same command again: every run is reused, nothing is started; a record written before the
+    # split halves existed gets them from the run's saved detections, not from a new scoring.
+    del record["results"]["synthcrowd_val"]["val_halves"]
+    (run_dir / "benchmark_run.json").write_text(json.dumps(record))
     log = (run_dir / "benchmark.log").read_text()
     assert main(argv) == 0
     assert (run_dir / "benchmark.log").read_text() == log
+    again = json.loads((run_dir / "benchmark_run.json").read_text())
+    assert again["results"]["synthcrowd_val"]["val_halves"] == halves
+    assert again["train"] == record["train"] and "test" not in again
+    (run_dir / "benchmark_run.json").write_text(json.dumps(record))  # and with --report-only
+    assert main(["--report-only", *argv]) == 0
+    again = json.loads((run_dir / "benchmark_run.json").read_text())
+    assert again["results"]["synthcrowd_val"]["val_halves"] == halves
 
     # A half-finished run (killed after its first checkpoint) resumes where it stopped.
     (run_dir / "model_final.pth").unlink()
@@ -174,6 +189,49 @@ def test_report_tables_bands_and_plots(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["ap_mr.png", "mr_fppi.png"]
     assert (tmp_path / "ap_mr.png").stat().st_size > 0
     assert (tmp_path / "mr_fppi.png").stat().st_size > 0
+
+
+def test_split_half_estimate_recovers_the_seed_std_and_the_val_share():
+    from crowdloss.tools.bench_report import seed_std_without_val
+
+    # S models, each true value m_i; a half of the val set adds noise of variance 2 s^2, the
+    # whole set s^2 (the 1 / size law): the estimate must find std(m) and s^2 / (var m + s^2).
+    rng = np.random.default_rng(0)
+    m = rng.normal(0.7, 0.01, 400)
+    noise = rng.normal(0, 0.01 * math.sqrt(2), (400, 20, 2))
+    halves = m[:, None, None] + noise
+    whole = m + noise[:, 0, :].mean(axis=1)
+    est = seed_std_without_val(whole, halves)
+    assert est["std"] == pytest.approx(m.std(ddof=1), rel=0.1)
+    assert est["val_share"] == pytest.approx(0.5, abs=0.08)
+    # no val noise at all: the share is 0 and the std is the plain seed std
+    est = seed_std_without_val(m[:5], np.repeat(m[:5, None, None], 2, axis=2))
+    assert est == pytest.approx({"std": m[:5].std(ddof=1), "val_share": 0.0})
+    assert seed_std_without_val([0.7], [[[0.7, 0.7]]]) is None  # one seed
+    assert seed_std_without_val([0.7, 0.7], np.full((2, 3, 2), 0.7)) is None  # no spread
+
+
+def test_report_says_how_much_of_the_seed_std_is_the_val_set(tmp_path):
+    from crowdloss.tools.bench_report import write_report
+    from crowdloss.tools.benchmark import Run
+
+    records = []
+    for seed, ap in enumerate((0.60, 0.62, 0.64)):
+        rec = _record("a", seed, ap, 0.80)
+        half = 0.62 + (ap - 0.62) * math.sqrt(1.5)  # var over seeds: 1.5 x the whole set's
+        rec["results"]["synthcrowd_val"]["val_halves"] = {
+            "images": 1000, "AP": [[half, half]] * 4, "mMR": [[0.8, 0.8]] * 4}
+        records.append(rec)
+    runs = [Run("a", "/x/a", s, str(tmp_path / "a" / f"seed{s}")) for s in (0, 1, 2)]
+    write_report(records, runs, str(tmp_path), command="CMD")
+    md = (tmp_path / "report.md").read_text()
+    # var whole 4e-4, var half 6e-4: the seeds' own std sqrt(2e-4), the val set half of it;
+    # MR^-2 has no spread: no estimate
+    assert ("Seed std with the val set's share taken out (split-half estimate, %; in brackets "
+            "that share of the seed variance): a: AP50 1.41 (50 %)\n") in md
+    res = json.loads((tmp_path / "results.json").read_text())
+    est = res["experiments"]["a"]["datasets"]["synthcrowd_val"]["seed_std_without_val"]
+    assert set(est) == {"AP"} and est["AP"]["val_share"] == pytest.approx(0.5)
 
 
 def test_results_are_read_where_pods_test_writes_them(tmp_path):
@@ -348,7 +406,7 @@ def test_link_trainings_in_the_plan_on_disk_and_never_over_a_trained_run(tmp_pat
 
 
 def test_plot_labels_stay_distinct():
-    from crowdloss.tools.bench_report import short_labels
+    from crowdloss.tools.bench_plots import short_labels
 
     tail = ".res18.fpn.synthcrowd.256size.2600"
     # The shared dotted suffix goes; what tells the experiments apart stays.

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from crowdloss.evaluation.bootstrap import bootstrap_metrics, main, subset_metrics
+from crowdloss.evaluation.bootstrap import (bootstrap_metrics, main, split_halves,
+                                           subset_metrics)
 from crowdloss.evaluation.crowdhuman import evaluate_crowdhuman
 
 
@@ -53,6 +54,28 @@ def test_bootstrap_spread_shrinks_with_more_images_and_vanishes_for_identical_on
     assert bootstrap_metrics(same, num_samples=20)["AP"]["std"] == pytest.approx(0, abs=1e-12)
     with pytest.raises(ValueError, match="num_samples"):
         bootstrap_metrics(result, num_samples=1)
+
+
+def test_split_halves_are_the_same_for_every_model_of_a_val_set():
+    gts, dts = _scene(20, seed=2)
+    first = split_halves(evaluate_crowdhuman(gts, dts), num_splits=8)
+    assert first["images"] == 20 and len(first["AP"]) == 8
+    assert split_halves(evaluate_crowdhuman(gts, dts), num_splits=8) == first  # deterministic
+    # Another model that differs on image 0 only: in each halving the half without image 0
+    # scores the same for both models, which holds only if both got the same halves.
+    other = [dict(d) for d in dts]
+    other[0] = dict(dts[0], dtboxes=[dict(b, score=1.0 - b["score"]) for b in dts[0]["dtboxes"]]
+                    + [{"box": [0.0, 0.0, 30.0, 90.0], "score": 0.99, "tag": 1}])
+    second = split_halves(evaluate_crowdhuman(gts, other), num_splits=8)
+    for a, b in zip(first["AP"], second["AP"]):
+        assert (a[0] == b[0]) != (a[1] == b[1])  # exactly one half is untouched
+    # all images alike: each half scores what the whole set does
+    same = evaluate_crowdhuman([dict(gts[1], ID=f"c{i}") for i in range(6)],
+                               [dict(dts[1], ID=f"c{i}") for i in range(6)])
+    halves = split_halves(same, num_splits=3)
+    assert np.allclose(halves["Recall"], same.metrics["Recall"])
+    with pytest.raises(ValueError, match="num_splits"):
+        split_halves(same, num_splits=0)
 
 
 def test_command_line(tmp_path, capsys):

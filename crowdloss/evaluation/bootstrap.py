@@ -6,9 +6,10 @@ chosen images' scored detections and TP flags and running the same curve code; n
 is redone. The spread of the resampled metrics is the val-sampling noise of ONE model: part
 of it (the images that are hard for every model) is shared by all models evaluated on the
 same images, so it bounds from above, not estimates, what the val set adds to the spread
-between training seeds.
+between training seeds. ``split_halves`` gives what does estimate that: every seed scored on
+the same random halves of the val set (the report's split-half estimate, tools/bench_report).
 
-Shapes: N images, S scored detections, B bootstrap samples.
+Shapes: N images, S scored detections, B bootstrap samples, H halvings.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from .crowdhuman import CrowdHumanResult, _curve_metrics
 
-__all__ = ["bootstrap_metrics", "subset_metrics"]
+__all__ = ["bootstrap_metrics", "subset_metrics", "split_halves"]
 
 _METRICS = ("AP", "mMR", "Recall")
 
@@ -78,6 +79,36 @@ def bootstrap_metrics(result: CrowdHumanResult, *, num_samples: int = 500,
         return {k: {"mean": float(np.nanmean(v)), "std": float(np.nanstd(v, ddof=1)),
                     "p05": float(np.nanpercentile(v, 5)), "p95": float(np.nanpercentile(v, 95))}
                 for k, v in samples.items()}
+
+
+def split_halves(result: CrowdHumanResult, *, num_splits: int = 20,
+                 seed: int = 0) -> Dict[str, list]:
+    """AP / mMR / Recall on both halves of ``num_splits`` random halvings of the val images.
+
+    The halvings depend only on N and ``seed``, so models scored on the same val set are
+    scored on the same halves: the spread between models on a half against the spread on the
+    whole set tells how much of it the val set's size makes (var(N/2) - var(N) estimates the
+    val set's share at N, when that share goes as 1/size).
+
+    Returns:
+        ``{metric: [[half 0, half 1], ...]}`` (H x 2 fractions) plus ``"images": N``.
+    """
+    per_image = _per_image(result)
+    n = per_image["valid_gt"].shape[0]
+    if n < 2 or num_splits < 1:
+        raise ValueError(f"split_halves: need >= 2 images and num_splits >= 1, got {n} and "
+                         f"{num_splits}")
+    rng = np.random.default_rng([seed, n])
+    out: Dict[str, list] = {k: [] for k in _METRICS}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a half without GT or detections
+        for _ in range(num_splits):
+            order = rng.permutation(n)
+            halves = [_metrics_of(per_image, np.sort(order[:n // 2])),
+                      _metrics_of(per_image, np.sort(order[n // 2:2 * (n // 2)]))]
+            for k in _METRICS:
+                out[k].append([h[k] for h in halves])
+    return dict(out, images=n)
 
 
 def _per_image(result: CrowdHumanResult) -> dict:

@@ -1,13 +1,21 @@
 """The benchmark's results: one run's metrics (``collect_results``) and the report over all runs
-(``write_report``: ``report.md``, ``results.json``, ``ap_mr.png``, ``mr_fppi.png``).
+(``write_report``: ``report.md``, ``results.json``, and the plots of ``bench_plots``).
 
 A run's metrics are those its evaluator wrote for the final checkpoint
 (``OUTPUT_DIR/inference/<dataset>/metrics.json``, newer than ``model_final.pth``), and the
 per-class AP beside them (``per_class_ap.json``, TEST.PER_CLASS_AP) and COCO AP / oLRP of an
 odgt dataset (``coco_metrics.json``, TEST.COCO_METRICS), each as a table of its own. For a
 CrowdHuman-type dataset the run also keeps its MR-FPPI curve (thinned to <= ~200 points) and
-the val-sampling spread of AP / MR^-2 from a bootstrap over the val images, so the report
-never reads a dataset again. Seeds are summarised as mean and sample std (ddof 1).
+the val-sampling spread of AP / MR^-2 from a bootstrap over the val images and its scores on
+random halves of them, so the report never reads a dataset again. Seeds are summarised as mean
+and sample std (ddof 1).
+
+How much of a seed std is the val set's: every seed is scored on the same random halves of
+the val set. If the val set adds b / n to the variance between seeds at n images, the
+variance is a + 2b / N on a half and a + b / N on the whole, so var(half) - var(whole)
+estimates the val set's share and 2 var(whole) - var(half) the seeds' own (a). The report
+gives that std and the share; it is an estimate from few seeds, and the 1 / n law is checked
+on synthcrowd (docs/benchmark.md), not assumed everywhere.
 """
 from __future__ import annotations
 
@@ -21,8 +29,10 @@ import numpy as np
 
 from crowdloss.utils.io import atomic_write
 
+from .bench_plots import plot_summary
+
 __all__ = ["collect_results", "summarize", "format_markdown", "expected_results", "write_report",
-           "short_labels"]
+           "seed_std_without_val"]
 
 # CrowdHuman metrics in the README's order: (key in the evaluator's results, column title).
 CROWDHUMAN_COLUMNS = (("AP", "AP50"), ("mMR", "MR^-2"), ("Recall", "Recall"), ("JI", "JI"))
@@ -34,6 +44,7 @@ COCO_COLUMNS = (("AP", "AP"), ("AP50", "AP50"), ("AP75", "AP75"), ("moLRP", "oLR
 _LOWER_IS_BETTER = {"mMR": "MR^-2", "moLRP": "oLRP"}
 _TASKS = {"crowdhuman": "crowdhuman", "coco": "bbox"}
 _BOOTSTRAP_SAMPLES = 200
+_HALVINGS = 20
 
 
 def _thin_curve(fppi: np.ndarray, miss: np.ndarray, points: int = 200) -> dict:
@@ -48,7 +59,7 @@ def _thin_curve(fppi: np.ndarray, miss: np.ndarray, points: int = 200) -> dict:
 def collect_results(run, final_checkpoint: str) -> Optional[Dict[str, dict]]:
     """``{dataset: {"task", "metrics"[, "curve", "val_bootstrap"]}}`` of ``run`` (a
     ``benchmark.Run``), or None when some test set has no evaluation of ``final_checkpoint``."""
-    from crowdloss.evaluation.bootstrap import bootstrap_metrics
+    from crowdloss.evaluation.bootstrap import bootstrap_metrics, split_halves
     from crowdloss.evaluation.crowdhuman import evaluate_crowdhuman
 
     out: Dict[str, dict] = {}
@@ -81,6 +92,7 @@ def collect_results(run, final_checkpoint: str) -> Optional[Dict[str, dict]]:
                 "images": result.counts["images"], "samples": _BOOTSTRAP_SAMPLES,
                 "std": {k: v["std"] for k, v in
                         bootstrap_metrics(result, num_samples=_BOOTSTRAP_SAMPLES).items()}}
+            entry["val_halves"] = split_halves(result, num_splits=_HALVINGS)
         out[name] = entry
         per_class = _per_class_ap(_fresh_json(os.path.join(folder, "per_class_ap.json"), newest))
         if per_class is not None:  # TEST.PER_CLASS_AP beside the dataset's own evaluator
@@ -129,6 +141,31 @@ def _columns(task: str, metrics: Sequence[dict]) -> List[tuple]:
     return [(k, k) for k in keys]
 
 
+def seed_std_without_val(whole: Sequence[float], halves: Sequence) -> Optional[dict]:
+    """The split-half estimate (module docstring) for one metric of S >= 2 seeds.
+
+    Args:
+        whole: the S seeds' metric on the whole val set.
+        halves: per seed, H x 2 values on the same halvings (``split_halves``).
+
+    Returns:
+        ``{"std": seed std with the val set's share taken out, "val_share": that share of the
+        seed variance on the whole set, in [0, 1]}``, or None (fewer than 2 seeds, no spread).
+    """
+    whole = np.asarray(whole, float)
+    halves = np.asarray(halves, float)  # S x H x 2
+    if whole.size < 2 or halves.shape[:1] != whole.shape or np.isnan(whole).any():
+        return None
+    var_whole = float(whole.var(ddof=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a half where some seed has NaN
+        var_half = float(np.nanmean(halves.reshape(whole.size, -1).var(axis=0, ddof=1)))
+    if not var_whole > 1e-12 or math.isnan(var_half):  # (1e-12: rounding, not a spread)
+        return None
+    return {"std": math.sqrt(max(2 * var_whole - var_half, 0.0)),
+            "val_share": min(max((var_half - var_whole) / var_whole, 0.0), 1.0)}
+
+
 def summarize(records: Sequence[dict], labels: Sequence[str]) -> Dict[str, dict]:
     """Per label: its runs (by seed), and per dataset the stats of every metric column, the
     times and the mean val-sampling std."""
@@ -160,6 +197,12 @@ def summarize(records: Sequence[dict], labels: Sequence[str]) -> Dict[str, dict]
                         if "val_bootstrap" in p and key in p["val_bootstrap"]["std"]]
                 if boot:
                     ds["val_bootstrap_std"][key] = float(np.mean(boot))
+                halves = [p.get("val_halves") for p in per_run]
+                if all(h and key in h and h["images"] == halves[0]["images"] for h in halves):
+                    est = seed_std_without_val([p["metrics"][key] for p in per_run],
+                                               [h[key] for h in halves])
+                    if est is not None:
+                        ds.setdefault("seed_std_without_val", {})[key] = est
             if any("curve" in p for p in per_run) and "mMR" in ds["metrics"]:
                 # The curve of the seed whose MR^-2 is closest to the mean.
                 mean = ds["metrics"]["mMR"]["mean"]
@@ -220,6 +263,15 @@ def format_markdown(summary: Dict[str, dict], command: str) -> str:
                       "over seeds, %): " + "; ".join(
                           f"{lb}: " + ", ".join(f"{t} {100 * b[k]:.2f}" for k, t in cols if k in b)
                           for lb, b in boot)]
+        split = [(lb, summary[lb]["datasets"][name].get("seed_std_without_val")) for lb in labels]
+        split = [(lb, e) for lb, e in split if e]
+        if split:
+            lines += ["", "Seed std with the val set's share taken out (split-half estimate, %; "
+                      "in brackets that share of the seed variance): " + "; ".join(
+                          f"{lb}: " + ", ".join(f"{t} {100 * e[k]['std']:.2f} "
+                                                f"({100 * e[k]['val_share']:.0f} %)"
+                                                for k, t in cols if k in e)
+                          for lb, e in split)]
         lines.append("")
     shared = [f"{lb} scores the models trained by {', '.join(e['scores_models_of'])}"
               for lb, e in summary.items() if e.get("scores_models_of")]
@@ -248,76 +300,6 @@ def expected_results(summary: Dict[str, dict], *, k: float = 3.0,
     return out
 
 
-def short_labels(labels: Sequence[str], *, width: int = 14) -> List[str]:
-    """Axis labels: the dotted suffix all labels share dropped ("lla.res18.fpn..." ->
-    "lla"; "faster_rcnn.repgt_repbox.res18..." -> "faster_rcnn.repgt_repbox"), then a long
-    one cut to its first dotted part, each step only if the labels stay distinct."""
-    parts = [lb.split(".") for lb in labels]
-    common = 0
-    while (all(len(p) > common + 1 for p in parts)
-           and len({p[-1 - common] for p in parts}) == 1):
-        common += 1
-    out = [".".join(p[:len(p) - common]) for p in parts]
-    if len(set(out)) != len(set(labels)):
-        out = list(labels)
-    cut = [lb.split(".")[0] if len(lb) > width else lb for lb in out]
-    return cut if len(set(cut)) == len(set(out)) else out
-
-
-def _plots(summary: Dict[str, dict], output: str) -> List[str]:
-    from crowdloss.evaluation.plots import _pyplot, _save
-
-    plt = _pyplot()
-    written = []
-    # The CrowdHuman tables only: their AP is AP50 and they have MR^-2 and the curves (per-class
-    # AP and COCO entries are tables, not plots).
-    names = sorted({d for e in summary.values() for d, ds in e["datasets"].items()
-                    if ds["task"] == "crowdhuman"})
-    for name in names:
-        suffix = "" if len(names) == 1 else f"_{name}"
-        labels = [lb for lb in summary if name in summary[lb]["datasets"]]
-        keys = [k for k in ("AP", "mMR") if k in summary[labels[0]]["datasets"][name]["metrics"]]
-        if not keys:
-            continue
-        fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.8), dpi=100)
-        for ax, key in zip(np.atleast_1d(axes), keys):
-            for x, lb in enumerate(labels):
-                s = summary[lb]["datasets"][name]["metrics"][key]
-                vals = 100 * np.asarray(s["values"], float)
-                ax.scatter(np.full(vals.size, x) + 0.12, vals, s=10, color="0.5", zorder=2)
-                ax.errorbar([x], [100 * s["mean"]], yerr=[0 if math.isnan(s["std"])
-                                                         else 100 * s["std"]],
-                            fmt="o", capsize=5, color=f"C{x % 10}", zorder=3)
-            ax.set_xlim(-0.5, len(labels) - 0.5)
-            ax.set_xticks(range(len(labels)))
-            ax.set_xticklabels(short_labels(labels), rotation=20, fontsize=8)
-            ax.set_ylabel({"AP": "AP50 (%)", "mMR": "MR$^{-2}$ (%, lower is better)"}[key])
-            ax.grid(True, axis="y", alpha=0.3)
-        fig.suptitle(f"{name}: mean +- std over seeds (grey: each seed)", fontsize=9)
-        written.append(_save(fig, plt, os.path.join(output, f"ap_mr{suffix}.png")))
-        curves = [(lb, summary[lb]["datasets"][name].get("curve")) for lb in labels]
-        curves = [(lb, c) for lb, c in curves if c]
-        if curves:
-            fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=100)
-            for i, (lb, c) in enumerate(curves):
-                mr = summary[lb]["datasets"][name]["metrics"]["mMR"]
-                this = mr["values"][summary[lb]["seeds"].index(c["seed"])]
-                ax.plot(c["fppi"], c["miss_rate"], lw=1.4, color=f"C{i % 10}",
-                        label=f"{lb} seed {c['seed']} (MR$^{{-2}}$ {100 * this:.1f}, "
-                              f"mean {100 * mr['mean']:.1f})")
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlim(1e-3, 1e2)
-            ax.set_ylim(1e-2, 1.0)
-            ax.set_xlabel("false positives per image")
-            ax.set_ylabel("miss rate")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(loc="lower left", fontsize=7)
-            ax.set_title(f"{name}: the seed closest to the mean MR$^{{-2}}$", fontsize=9)
-            written.append(_save(fig, plt, os.path.join(output, f"mr_fppi{suffix}.png")))
-    return written
-
-
 def write_report(records: Sequence[dict], runs: Sequence, output: str, *, command: str,
                  band_k: float = 3.0) -> List[str]:
     """Write ``report.md``, ``results.json`` and the plots under ``output``; returns the paths."""
@@ -337,5 +319,5 @@ def write_report(records: Sequence[dict], runs: Sequence, output: str, *, comman
                atomic_write(os.path.join(output, "results.json"),
                             json.dumps(payload, indent=1, allow_nan=True))]
     if summary:
-        written += _plots(summary, output)
+        written += plot_summary(summary, output)
     return written

@@ -207,6 +207,24 @@ def _use_training(run: Run, record: dict) -> None:
     atomic_write(os.path.join(run.out, "last_checkpoint"), "model_final.pth")
 
 
+def _add_split_halves(run: Run, record: dict) -> bool:
+    """Give a record collected before the split halves existed (the report's split-half
+    estimate) its halves, read from the run's saved detections: nothing is scored again, and
+    a run whose detections are gone keeps what it has. True if the record was rewritten."""
+    from .bench_report import collect_results
+
+    if not any("curve" in r and "val_halves" not in r for r in record["results"].values()):
+        return False
+    final = _final_checkpoint(run.out)
+    fresh = (collect_results(run, final) if final else None) or {}
+    if not all("val_halves" in fresh.get(k, {}) for k, r in record["results"].items()
+               if "curve" in r):
+        return False
+    record["results"] = fresh
+    atomic_write(os.path.join(run.out, RECORD), json.dumps(record, indent=1))
+    return True
+
+
 def execute_run(run: Run, *, env: dict, python: str = sys.executable,
                 always_test: bool = False) -> dict:
     """Train (or resume) and evaluate one run; returns its record (also in ``OUT/RECORD``).
@@ -238,7 +256,8 @@ def execute_run(run: Run, *, env: dict, python: str = sys.executable,
     final = _final_checkpoint(run.out)
     if record.get("results") and final and record.get("final_mtime_ns") == \
             os.stat(final).st_mtime_ns and not always_test:
-        if not findable:  # recorded before training fingerprints: let later variants find it
+        if not _add_split_halves(run, record) and not findable:
+            # recorded before training fingerprints: let later variants find it
             atomic_write(path, json.dumps(record, indent=1))
         return record  # finished earlier: reused as it is
     atomic_write(path, json.dumps(record, indent=1))
@@ -307,6 +326,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for run in runs:
             record = _read_json(os.path.join(run.out, RECORD))
             if record and record.get("results") and run.made_by(record):
+                _add_split_halves(run, record)
                 records.append(record)
             elif record and record.get("results"):
                 _say(f"[skipped] {run.name}: {run.out} was made from another config")
