@@ -57,7 +57,7 @@ def _thin_curve(fppi: np.ndarray, miss: np.ndarray, points: int = 200) -> dict:
 
 
 def collect_results(run, final_checkpoint: str) -> Optional[Dict[str, dict]]:
-    """``{dataset: {"task", "metrics"[, "curve", "val_bootstrap"]}}`` of ``run`` (a
+    """``{dataset: {"task", "metrics"[, "curve", "val_bootstrap", "val_halves"]}}`` of ``run`` (a
     ``benchmark.Run``), or None when some test set has no evaluation of ``final_checkpoint``."""
     from crowdloss.evaluation.bootstrap import bootstrap_metrics, split_halves
     from crowdloss.evaluation.crowdhuman import evaluate_crowdhuman
@@ -198,7 +198,8 @@ def summarize(records: Sequence[dict], labels: Sequence[str]) -> Dict[str, dict]
                 if boot:
                     ds["val_bootstrap_std"][key] = float(np.mean(boot))
                 halves = [p.get("val_halves") for p in per_run]
-                if all(h and key in h and h["images"] == halves[0]["images"] for h in halves):
+                if all(h and key in h and h["images"] == halves[0]["images"]  # same halvings
+                       and len(h[key]) == len(halves[0][key]) for h in halves):
                     est = seed_std_without_val([p["metrics"][key] for p in per_run],
                                                [h[key] for h in halves])
                     if est is not None:
