@@ -234,6 +234,18 @@ def test_report_says_how_much_of_the_seed_std_is_the_val_set(tmp_path):
     assert set(est) == {"AP"} and est["AP"]["val_share"] == pytest.approx(0.5)
 
 
+def test_report_says_which_seed_a_mean_leaves_out():
+    from crowdloss.tools.bench_report import format_markdown, summarize
+
+    # seed 1 collapsed: no detections, so its MR^-2 is undefined (NaN), its AP50 0
+    records = [_record("a", 0, 0.60, 0.80), _record("a", 1, 0.0, float("nan")),
+               _record("a", 2, 0.64, 0.78)]
+    md = format_markdown(summarize(records, ["a"]), "CMD")
+    assert "| a | 3 | 41.33 +- 35.85 | 79.00 +- 1.41 (2 of 3 seeds) | 90.00 +- 0.00 |" in md
+    assert "| a | 1 | 0.00 | - | 90.00 |" in md
+    assert "Not computable, so left out of the mean +- std above ('-'): a seed 1 MR^-2." in md
+
+
 def test_results_are_read_where_pods_test_writes_them(tmp_path):
     # With TEST.EVAL_PERIOD -1 only pods_test scores a run: inference/<checkpoint>/<dataset>/.
     from crowdloss.tools.bench_report import collect_results

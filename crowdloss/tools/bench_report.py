@@ -224,6 +224,14 @@ def _minutes(seconds: float) -> str:
     return "-" if seconds is None or math.isnan(seconds) else f"{seconds / 60:.1f} min"
 
 
+def _mean_std_cell(stats: dict) -> str:
+    """"mean +- std", and how many seeds it is over when some seed has no value (a metric its
+    evaluation could not compute, e.g. MR^-2 of a run without detections): never silently."""
+    cell = f"{_pct(stats, 'mean')} +- {_pct(stats, 'std')}"
+    runs = len(stats["values"])
+    return cell if stats["n"] == runs else f"{cell} ({stats['n']} of {runs} seeds)"
+
+
 def format_markdown(summary: Dict[str, dict], command: str) -> str:
     """The report: per dataset, a mean +- std table and a per-seed table (metrics in %)."""
     lines = [f"Command: `{command}`", ""]
@@ -239,8 +247,7 @@ def format_markdown(summary: Dict[str, dict], command: str) -> str:
         lines.append("|---|---:|" + "---:|" * len(cols) + "---:|")
         for lb in labels:
             e, ds = summary[lb], summary[lb]["datasets"][name]
-            cells = [f"{_pct(ds['metrics'][k], 'mean')} +- {_pct(ds['metrics'][k], 'std')}"
-                     for k, _ in cols]
+            cells = [_mean_std_cell(ds["metrics"][k]) for k, _ in cols]
             t = e["time"]
             lines.append(f"| {lb} | {len(e['seeds'])} | " + " | ".join(cells) +
                          f" | {_minutes(t['train_wall_s']['mean'])} (CPU "
@@ -257,6 +264,12 @@ def format_markdown(summary: Dict[str, dict], command: str) -> str:
                 lines.append(f"| {lb} | {seed} | " + " | ".join(cells) + f" | "
                              f"{_minutes(e['time']['train_wall_s']['values'][i])} | "
                              f"{_minutes(e['time']['train_cpu_s']['values'][i])} |")
+        undefined = [f"{lb} seed {seed} {t}" for lb in labels
+                     for i, seed in enumerate(summary[lb]["seeds"]) for k, t in cols
+                     if math.isnan(summary[lb]["datasets"][name]["metrics"][k]["values"][i])]
+        if undefined:
+            lines += ["", "Not computable, so left out of the mean +- std above ('-'): "
+                      + ", ".join(undefined) + "."]
         boot = [(lb, summary[lb]["datasets"][name]["val_bootstrap_std"]) for lb in labels]
         boot = [(lb, b) for lb, b in boot if b]
         if boot:
