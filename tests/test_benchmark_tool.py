@@ -244,6 +244,10 @@ def test_report_says_which_seed_a_mean_leaves_out():
     assert "| a | 3 | 41.33 +- 35.85 | 79.00 +- 1.41 (2 of 3 seeds) | 90.00 +- 0.00 |" in md
     assert "| a | 1 | 0.00 | - | 90.00 |" in md
     assert "Not computable, so left out of the mean +- std above ('-'): a seed 1 MR^-2." in md
+    # nor does the val-sampling std: seed 1's is undefined too, the others' mean is given
+    records[1]["results"]["synthcrowd_val"]["val_bootstrap"]["std"]["mMR"] = float("nan")
+    md = format_markdown(summarize(records, ["a"]), "CMD")
+    assert "mean over seeds, %): a: AP50 0.50, MR^-2 1.00, Recall 0.40" in md
 
 
 def test_results_are_read_where_pods_test_writes_them(tmp_path):

@@ -195,6 +195,7 @@ def summarize(records: Sequence[dict], labels: Sequence[str]) -> Dict[str, dict]
                                              for p in per_run])
                 boot = [p["val_bootstrap"]["std"].get(key) for p in per_run
                         if "val_bootstrap" in p and key in p["val_bootstrap"]["std"]]
+                boot = [b for b in boot if b is not None and not math.isnan(b)]  # (undefined)
                 if boot:
                     ds["val_bootstrap_std"][key] = float(np.mean(boot))
                 halves = [p.get("val_halves") for p in per_run]
