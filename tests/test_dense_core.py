@@ -10,10 +10,10 @@ from crowdloss.modeling.anchors import AnchorGenerator
 from crowdloss.modeling.assigners import AssignResult, MaxIoUAssigner
 from crowdloss.modeling.backbone import Backbone
 from crowdloss.modeling.box_coder import Box2BoxTransform
-from crowdloss.modeling.heads import PerLevelHead
+from crowdloss.modeling.heads import FCOSHead, PerLevelHead
 from crowdloss.modeling.meta_arch import DenseDetector, Detector
 from crowdloss.modeling.priors import Priors
-from crowdloss.structures import Instances
+from crowdloss.structures import Instances, ShapeSpec
 
 K = 2  # classes; C = K + 1 logits with the background last
 
@@ -94,6 +94,38 @@ def test_per_level_head_matches_prior_layout():
     # Zero deltas decode to the priors themselves.
     zero = out._decode(torch.zeros(1, len(out.priors), 4), out.priors.tensor[None])
     assert torch.allclose(zero[0], out.priors.tensor, atol=1e-4)
+
+
+def test_fcos_head_stops_training_whose_box_output_died():
+    shapes = [ShapeSpec(channels=8, stride=s) for s in (8, 16)]
+    feats = [torch.randn(2, 8, 6, 6), torch.randn(2, 8, 3, 3)]
+    head = FCOSHead(input_shape=shapes, num_classes=1, fpn_strides=[8, 16], num_convs=1,
+                    norm="", dead_box_patience=3)
+    head(feats)
+    head(feats)  # alive: ReLU(x) > 0 somewhere
+    assert head._dead_box_forwards == 0
+    with torch.no_grad():
+        head.bbox_pred.bias.fill_(-1e3)  # scale * x < 0 everywhere: every box of zero size
+    head(feats)
+    head.eval()
+    head(feats)  # evaluation does not count
+    head.train()
+    head(feats)
+    assert head._dead_box_forwards == 2
+    with pytest.raises(RuntimeError, match="distances for 3 training forwards in a row"):
+        head(feats)
+    # A live forward resets the count; patience 0 and exp(scale * x) never check.
+    with torch.no_grad():
+        head.bbox_pred.bias.fill_(0.0)
+    head(feats)
+    assert head._dead_box_forwards == 0
+    for kwargs in ({"dead_box_patience": 0}, {"norm_reg_targets": False}):
+        other = FCOSHead(input_shape=shapes, num_classes=1, fpn_strides=[8, 16], num_convs=1,
+                         norm="", **{"dead_box_patience": 1, **kwargs})
+        with torch.no_grad():
+            other.bbox_pred.bias.fill_(-1e3)
+        other(feats)
+        other(feats)
 
 
 def test_softmax_per_class_candidates_match_reference():
