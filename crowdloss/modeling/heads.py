@@ -145,7 +145,7 @@ class FCOSHead(nn.Module):
         self.quality = nn.Conv2d(ch, 1, 3, padding=1)
         self.scales = nn.ModuleList([Scale(1.0) for _ in self.fpn_strides])
         self.dead_box_patience = int(dead_box_patience)
-        self._dead_box_forwards = 0  # training forwards in a row with every ltrb 0
+        self._dead_box_forwards = 0  # training forwards in a row with almost every ltrb 0
         _init_convs(
             [self.cls_subnet, self.bbox_subnet, self.cls_score, self.bbox_pred, self.quality],
             prior_prob,
