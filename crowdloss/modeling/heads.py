@@ -174,8 +174,8 @@ class FCOSHead(nn.Module):
 
     def _check_box_output_alive(self, ltrb: List[torch.Tensor]) -> None:
         # One number per forward: a device sync, as the train loop's finite-loss check makes.
-        live = torch.stack([(x > 0).sum() for x in ltrb]).sum() / sum(x.numel() for x in ltrb)
-        live = float(live)
+        positive = torch.stack([(x > 0).sum() for x in ltrb]).sum()
+        live = float(positive) / sum(x.numel() for x in ltrb)
         self._dead_box_forwards = 0 if live >= _DEAD_BOX_FRACTION else self._dead_box_forwards + 1
         if self._dead_box_forwards >= self.dead_box_patience:
             raise RuntimeError(

@@ -256,9 +256,9 @@ def execute_run(run: Run, *, env: dict, python: str = sys.executable,
     final = _final_checkpoint(run.out)
     if record.get("results") and final and record.get("final_mtime_ns") == \
             os.stat(final).st_mtime_ns and not always_test:
-        if not _add_split_halves(run, record) and not findable:
-            # recorded before training fingerprints: let later variants find it
-            atomic_write(path, json.dumps(record, indent=1))
+        rewritten = _add_split_halves(run, record)
+        if not findable and not rewritten:  # recorded before training fingerprints: let
+            atomic_write(path, json.dumps(record, indent=1))  # later variants find it
         return record  # finished earlier: reused as it is
     atomic_write(path, json.dumps(record, indent=1))
     log = os.path.join(run.out, "benchmark.log")
