@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from crowdloss.cli.common import load_experiment
-from crowdloss.config import rescale_for_world_size, synthcrowd_solver
+from crowdloss.config import (rescale_for_world_size, synthcrowd_reference_config,
+                              synthcrowd_solver)
 from crowdloss.data import Annotations
 from crowdloss.data.mapper import DatasetMapper
 from crowdloss.data.transforms import build_transforms
@@ -40,6 +41,9 @@ EXPECTED = {
     "synthcrowd/lla.res18.fpn.synthcrowd.256size.2600": LLAFCOS,
     "synthcrowd/fcos.res18.fpn.synthcrowd.256size.2600": FCOS,
     "synthcrowd/atss.res18.fpn.synthcrowd.256size.2600": ATSS,
+    "synthcrowd/lla.res18.fpn.synthcrowd.256size.5200": LLAFCOS,
+    "synthcrowd/fcos.res18.fpn.synthcrowd.256size.5200": FCOS,
+    "synthcrowd/atss.res18.fpn.synthcrowd.256size.5200": ATSS,
     "synthcrowd/lla.repgt.res18.fpn.synthcrowd.256size.2600": LLAFCOS,
     "synthcrowd/ssd300.vgg16q.synthcrowd.300size.2600": SSD,
     "synthcrowd/ssd300.repgt_repbox.vgg16q.synthcrowd.300size.2600": SSD,
@@ -259,7 +263,9 @@ def test_synthcrowd_experiments_share_one_schedule():
         "MODEL.RESNETS", "MODEL.FPN", "MODEL.BACKBONE", "SOLVER", "INPUT", "DATALOADER",
         "HEAD.NUM_CONVS", "HEAD.HEAD_CHANNELS", "SEED",
     ]
-    cfgs = {r: load_experiment(str(PLAYGROUND / r)).config for r in EXPECTED if "synthcrowd" in r}
+    # The 5200-iteration reference three are their 2600 siblings trained longer (next test).
+    cfgs = {r: load_experiment(str(PLAYGROUND / r)).config for r in EXPECTED
+            if "synthcrowd" in r and not r.endswith(".5200")}
 
     def pick(rel, key):
         node = cfgs[rel]
@@ -270,7 +276,7 @@ def test_synthcrowd_experiments_share_one_schedule():
             node = node[part]
         return repr(node)
 
-    fpn = [r for r in _family("synthcrowd/", False) if "person_head" not in r]
+    fpn = [r for r in _family("synthcrowd/", False) if r in cfgs and "person_head" not in r]
     for key in keys:
         assert len({pick(r, key) for r in fpn}) == 1, key
     # The RetinaNet ones (focal / AP Loss / aLRP Loss) also share anchors, assigner and head.
@@ -297,11 +303,45 @@ def test_synthcrowd_experiments_share_one_schedule():
         assert len({pick(r, key) for r in fpn + rcnn}) == 1, key
     # That solver is synthcrowd_solver()'s, the person + head experiment's included.
     assert {pick(r, "SOLVER") for r in cfgs} == {pick(fpn[0], "SOLVER")}
-    solver = cfgs[fpn[0]].SOLVER
-    for section, values in synthcrowd_solver().items():
+    _assert_solver(cfgs[fpn[0]].SOLVER, synthcrowd_solver())
+
+
+def _assert_solver(solver, expected):
+    for section, values in expected.items():
         for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
             got = solver[section] if key is None else solver[section][key]
             assert got == value, (section, key)
+
+
+@pytest.mark.parametrize("method", ["lla", "fcos", "atss"])
+def test_synthcrowd_comparison_schedule_is_the_2600_experiment_trained_twice_as_long(method):
+    # Key for key the runs of the README's 5200-iteration table: the 2600 experiment with the
+    # runner's overrides; only the band differs (the fingerprint leaves it out).
+    rel = f"synthcrowd/{method}.res18.fpn.synthcrowd.256size"
+    long = load_experiment(str(PLAYGROUND / f"{rel}.5200")).config
+    short = copy.deepcopy(load_experiment(str(PLAYGROUND / f"{rel}.2600")).config)
+    short.merge_from_list(["SOLVER.LR_SCHEDULER.MAX_ITER", "5200",
+                           "SOLVER.LR_SCHEDULER.STEPS", "(4000,4840)",
+                           "MODEL.CHANNELS_LAST", "True"])
+    assert long.TEST.EXPECTED_RESULTS != short.TEST.EXPECTED_RESULTS
+    long.TEST.EXPECTED_RESULTS = short.TEST.EXPECTED_RESULTS = []
+    assert long.dump() == short.dump()
+    _assert_solver(long.SOLVER, synthcrowd_solver(max_iter=5200))
+    band = {metric: (mean, tol) for _, _, metric, mean, tol in
+            load_experiment(str(PLAYGROUND / f"{rel}.5200")).config.TEST.EXPECTED_RESULTS}
+    assert set(band) == {"AP", "mMR", "Recall", "JI"}
+    assert all(0 < mean < 1 and 0.01 <= tol < 0.05 for mean, tol in band.values())
+
+
+def test_synthcrowd_solver_lengths():
+    assert synthcrowd_solver()["LR_SCHEDULER"]["STEPS"] == (2000, 2420)
+    solver = synthcrowd_solver(max_iter=5200)
+    assert (solver["LR_SCHEDULER"]["MAX_ITER"], solver["LR_SCHEDULER"]["STEPS"]) == (5200, (4000, 4840))
+    assert solver["LR_SCHEDULER"]["WARMUP_ITERS"] == 100 and solver["OPTIMIZER"]["BASE_LR"] == 0.02
+    with pytest.raises(ValueError, match="max_iter must be one of"):
+        synthcrowd_solver(max_iter=3000)
+    with pytest.raises(ValueError, match="method must be one of"):
+        synthcrowd_reference_config(method="retinanet")
 
 
 @pytest.mark.parametrize("variant", sorted(REPULSION_VARIANTS))
