@@ -336,7 +336,8 @@ def test_synthcrowd_comparison_schedule_is_the_2600_experiment_trained_twice_as_
 def test_synthcrowd_solver_lengths():
     assert synthcrowd_solver()["LR_SCHEDULER"]["STEPS"] == (2000, 2420)
     solver = synthcrowd_solver(max_iter=5200)
-    assert (solver["LR_SCHEDULER"]["MAX_ITER"], solver["LR_SCHEDULER"]["STEPS"]) == (5200, (4000, 4840))
+    schedule = solver["LR_SCHEDULER"]
+    assert (schedule["MAX_ITER"], schedule["STEPS"]) == (5200, (4000, 4840))
     assert solver["LR_SCHEDULER"]["WARMUP_ITERS"] == 100 and solver["OPTIMIZER"]["BASE_LR"] == 0.02
     with pytest.raises(ValueError, match="max_iter must be one of"):
         synthcrowd_solver(max_iter=3000)

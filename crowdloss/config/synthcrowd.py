@@ -89,7 +89,7 @@ def synthcrowd_reference_config(*, method: str, max_iter: int = 2600,
                                 channels_last: bool = False,
                                 expected_results: Sequence[Tuple[str, float, float]] = ()
                                 ) -> Dict[str, Any]:
-    """The config dict of a reference experiment, ``{method}.res18.fpn.synthcrowd.256size.{max_iter}``.
+    """The config dict of ``{method}.res18.fpn.synthcrowd.256size.{max_iter}``.
 
     Identical backbone (ResNet-18 at half width, BN, from scratch), FPN 64, head 2 convs x 64,
     input (train short side 256 / max 384 with flips, test 320 / 480), batch 4 and schedule,

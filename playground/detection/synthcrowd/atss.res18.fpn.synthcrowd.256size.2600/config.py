@@ -1,10 +1,11 @@
-"""ATSS (arXiv 1912.02424) on the FCOS head: half-width ResNet-18-FPN, synthcrowd, 256 px, 2600 iters, CPU.
+"""ATSS (arXiv 1912.02424): half-width ResNet-18-FPN, synthcrowd, 256 px, 2600 iters, CPU.
 
-One of the three synthcrowd reference experiments (lla / fcos / atss .res18.fpn.synthcrowd.256size.*)
-with IDENTICAL backbone, head width, input size, batch, LR and schedule, so that they differ
-only in label assignment and losses (``crowdloss.config.synthcrowd_reference_config`` holds
-their shared values). Written for ONE process (REFERENCE_WORLD_SIZE 1); no pretrained weights,
-so the backbone trains from scratch with BatchNorm (FREEZE_AT 0).
+One of the three synthcrowd reference experiments (lla / fcos / atss
+.res18.fpn.synthcrowd.256size.*) with IDENTICAL backbone, head width, input size, batch, LR
+and schedule, so that they differ only in label assignment and losses
+(``crowdloss.config.synthcrowd_reference_config`` holds their shared values). Written for ONE
+process (REFERENCE_WORLD_SIZE 1); no pretrained weights, so the backbone trains from scratch
+with BatchNorm (FREEZE_AT 0).
 """
 from crowdloss.config import FCOSConfig, synthcrowd_reference_config
 
