@@ -24,7 +24,6 @@ never binds (docs/benchmark.md).
 from __future__ import annotations
 
 import copy
-
 from typing import Any, Dict, Sequence, Tuple
 
 __all__ = ["synthcrowd_solver", "synthcrowd_reference_config", "SYNTHCROWD_LENGTHS"]
