@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from crowdloss.data.synthetic import generate_synthcrowd
+from crowdloss.tools.bench_stages import failure_reason
 from crowdloss.tools.benchmark import main, plan_runs, prepare_runs
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = next((REPO / "playground/detection/synthcrowd").glob("lla.res18.fpn.synthcrowd.*"))
+DEMO = REPO / "playground/detection/synthcrowd/lla.res18.fpn.synthcrowd.256size.2600"
 TOY = ["SOLVER.LR_SCHEDULER.MAX_ITER", "2", "SOLVER.LR_SCHEDULER.STEPS", "(1,)",
        "SOLVER.LR_SCHEDULER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "1",
        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.IMS_PER_DEVICE", "2", "DATALOADER.NUM_WORKERS", "0",
@@ -146,6 +147,37 @@ def test_runner_trains_reports_reuses_and_resumes(tmp_path, monkeypatch, capsys)
     capsys.readouterr()
     assert main(argv + ["SOLVER.OPTIMIZER.BASE_LR", "0.001"]) == 1
     assert "another config" in capsys.readouterr().out
+
+
+def test_a_failed_run_is_named_with_its_reason(tmp_path, monkeypatch):
+    # A diverging toy run (LR 1e30): pods_train stops on the non-finite loss; the record keeps
+    # the CLI's error line and the report names the seed with it, on the run and on
+    # --report-only, instead of only leaving it out.
+    generate_synthcrowd(str(tmp_path / "ds" / "synthcrowd"), num_train=8, num_val=4, seed=3)
+    monkeypatch.setenv("CROWDLOSS_DATASETS", str(tmp_path / "ds"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    out = tmp_path / "bench"
+    argv = ["--output", str(out), f"bad={DEMO}", "--seeds", "0", "--opts", *TOY,
+            "SOLVER.OPTIMIZER.BASE_LR", "1e30"]
+    assert main(argv) == 1
+    failed = json.loads((out / "bad" / "seed0" / "benchmark_run.json").read_text())["failed"]
+    assert failed.startswith("pods_train exit 1: pods_train: error: ") and "NaN" in failed
+    for args in (argv, ["--report-only", *argv]):
+        main(args)
+        assert f"Failed (left out above): bad seed 0: {failed}" in (out / "report.md").read_text()
+        results = json.loads((out / "results.json").read_text())
+        assert results["failed"] == {"bad seed 0": failed} and results["missing"] == ["bad seed 0"]
+        assert "Not finished" not in (out / "report.md").read_text()
+
+
+def test_failure_reason_is_the_last_error_line(tmp_path):
+    log = tmp_path / "benchmark.log"
+    log.write_text("iter 1\nTraceback\nRuntimeError: boom\npods_train: error: RuntimeError: boom\n\n")
+    assert failure_reason("pods_train exit 1", str(log)) == \
+        "pods_train exit 1: pods_train: error: RuntimeError: boom"
+    log.write_text("iter 1\nKilled\n")  # no error line: the last line
+    assert failure_reason("pods_train exit -9", str(log)) == "pods_train exit -9: Killed"
+    assert "could not be read" in failure_reason("pods_test exit 1", str(tmp_path / "none"))
 
 
 def _record(label, seed, ap, mr, wall=60.0):

@@ -316,17 +316,24 @@ def expected_results(summary: Dict[str, dict], *, k: float = 3.0,
 
 
 def write_report(records: Sequence[dict], runs: Sequence, output: str, *, command: str,
-                 band_k: float = 3.0) -> List[str]:
-    """Write ``report.md``, ``results.json`` and the plots under ``output``; returns the paths."""
+                 band_k: float = 3.0, failed: Optional[Dict[str, str]] = None) -> List[str]:
+    """Write ``report.md``, ``results.json`` and the plots under ``output``; returns the paths.
+    ``failed``: run name -> why it failed, for runs without results that failed (a failed
+    seed is named with its reason, not averaged around silently)."""
     labels = list(dict.fromkeys(r.label for r in runs))
     summary = summarize(records, labels)
+    failed = failed or {}
     missing = [f"{r.label} seed {r.seed}" for r in runs
                if not any(x["label"] == r.label and x["seed"] == r.seed for x in records)]
     md = format_markdown(summary, command) if summary else f"Command: `{command}`\n\nNo run finished.\n"
-    if missing:
-        md += "\nNot finished (left out above): " + ", ".join(missing) + "\n"
+    if [m for m in missing if m not in failed]:
+        md += ("\nNot finished (left out above): "
+               + ", ".join(m for m in missing if m not in failed) + "\n")
+    for name in (m for m in missing if m in failed):
+        md += f"\nFailed (left out above): {name}: {failed[name]}\n"
     bands = expected_results(summary, k=band_k)
     payload = {"command": command, "experiments": summary, "missing": missing,
+               "failed": {m: failed[m] for m in missing if m in failed},
                "expected_results": bands, "band_k": band_k,
                "runs": sorted(records, key=lambda r: (r["label"], r["seed"]))}
     os.makedirs(output, exist_ok=True)

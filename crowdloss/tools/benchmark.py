@@ -35,10 +35,8 @@ import concurrent.futures as futures
 import copy
 import json
 import os
-import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -48,6 +46,7 @@ from .bench_fingerprint import (config_fingerprint, config_fingerprints, link_tr
                                 training_fingerprint)
 from .bench_fingerprint import final_checkpoint as _final_checkpoint
 from .bench_fingerprint import read_json as _read_json
+from .bench_stages import add_time, failure_reason, timed
 
 __all__ = ["Run", "plan_runs", "prepare_runs", "config_fingerprint", "config_fingerprints",
            "execute_run", "main"]
@@ -162,32 +161,6 @@ def prepare_runs(runs: Sequence[Run]) -> None:
                                   cfg.DATASETS.BOX_TYPE))
 
 
-def _timed(cmd: List[str], log: str, env: dict) -> dict:
-    """Run ``cmd`` with stdout + stderr appended to ``log``; wall and CPU seconds (the child
-    and the children it waited for, e.g. data loader workers) from ``wait4``."""
-    start = time.perf_counter()
-    with open(log, "a") as f:
-        f.write(f"\n$ {' '.join(cmd)}\n")
-        f.flush()
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"rc": proc.returncode, "wall_s": time.perf_counter() - start,
-            "cpu_s": usage.ru_utime + usage.ru_stime}
-
-
-def _add_time(record: dict, stage: str, t: dict) -> None:
-    acc = record.setdefault(stage, {"wall_s": 0.0, "cpu_s": 0.0, "invocations": 0})
-    acc["wall_s"] += t["wall_s"]
-    acc["cpu_s"] += t["cpu_s"]
-    acc["invocations"] += 1
-
-
 def _use_training(run: Run, record: dict) -> None:
     """Point ``run.out`` at the final checkpoint of the run that trains its model (a symlink and
     ``last_checkpoint``, after the record that says so); the record takes that run's training
@@ -264,20 +237,25 @@ def execute_run(run: Run, *, env: dict, python: str = sys.executable,
     log = os.path.join(run.out, "benchmark.log")
     if final is None:
         _say(f"[train] {run.name} -> {run.out}")
-        t = _timed([python, "-m", "crowdloss.cli.train", "--resume", *run.cli_args()], log, env)
-        _add_time(record, "train", t)
+        t = timed([python, "-m", "crowdloss.cli.train", "--resume", *run.cli_args()], log, env)
+        add_time(record, "train", t)
         atomic_write(path, json.dumps(record, indent=1))
         final = _final_checkpoint(run.out)
         if t["rc"] != 0 or final is None:
+            record["failed"] = failure_reason(f"pods_train exit {t['rc']}", log)
+            atomic_write(path, json.dumps(record, indent=1))
             raise RuntimeError(f"pods_train failed for {run.name} (exit {t['rc']}): see {log}")
     results = collect_results(run, final)
     if results is None or always_test:
         _say(f"[test] {run.name}")
-        t = _timed([python, "-m", "crowdloss.cli.test", *run.cli_args()], log, env)
-        _add_time(record, "test", t)
+        t = timed([python, "-m", "crowdloss.cli.test", *run.cli_args()], log, env)
+        add_time(record, "test", t)
         results = collect_results(run, final) if t["rc"] == 0 else None
         if results is None:
+            record["failed"] = failure_reason(f"pods_test exit {t['rc']}", log)
+            atomic_write(path, json.dumps(record, indent=1))
             raise RuntimeError(f"pods_test failed for {run.name} (exit {t['rc']}): see {log}")
+    record.pop("failed", None)
     record.update(results=results, final_mtime_ns=os.stat(final).st_mtime_ns)
     atomic_write(path, json.dumps(record, indent=1))
     return record
@@ -359,7 +337,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         failures += [f"{r.name}: not scored, {run.name} failed" for r in followers]
     command = "python -m crowdloss.tools.benchmark " + " ".join(
         argv if argv is not None else sys.argv[1:])
-    written = write_report(records, runs, args.output, command=command, band_k=args.band_k)
+    failed = {}
+    for run in runs:  # why a run without results failed, if it did (this or an earlier call)
+        record = _read_json(os.path.join(run.out, RECORD)) or {}
+        if record.get("failed") and not record.get("results") and run.made_by(record):
+            failed[run.name] = record["failed"]
+    written = write_report(records, runs, args.output, command=command, band_k=args.band_k,
+                           failed=failed)
     for path in written:
         _say(f"wrote {path}")
     if failures:
