@@ -16,7 +16,8 @@ from .output import default_output_dir, dump_config, link_log
 from .rcnn_fpn_config import RCNNFPNConfig
 from .rescale import rescale_for_world_size
 from .coco_ranking import COCO_TRAIN_IMAGES, coco_ranking_config
-from .synthcrowd import SYNTHCROWD_LENGTHS, synthcrowd_reference_config, synthcrowd_solver
+from .synthcrowd import (SYNTHCROWD_LENGTHS, synthcrowd_input, synthcrowd_reference_config,
+                         synthcrowd_solver)
 from .pytorch_retinanet_config import PyTorchRetinaNetConfig, PyTorchRetinaNetCrowdHumanConfig
 from .retinanet_config import RetinaNetConfig
 from .ssd_config import SSDConfig, ssd_train_pipeline
@@ -39,6 +40,7 @@ __all__ = [
     "coco_ranking_config",
     "COCO_TRAIN_IMAGES",
     "synthcrowd_solver",
+    "synthcrowd_input",
     "synthcrowd_reference_config",
     "SYNTHCROWD_LENGTHS",
     "rescale_for_world_size",

@@ -8,7 +8,7 @@ schedule with the lla / fcos / atss synthcrowd experiments. Written for ONE proc
 (REFERENCE_WORLD_SIZE 1); no pretrained weights, so the backbone trains from scratch with
 BatchNorm (FREEZE_AT 0).
 """
-from crowdloss.config import RetinaNetConfig, synthcrowd_solver
+from crowdloss.config import RetinaNetConfig, synthcrowd_input, synthcrowd_solver
 
 _config_dict = dict(
     MODEL=dict(
@@ -51,19 +51,8 @@ _config_dict = dict(
     DATALOADER=dict(NUM_WORKERS=1),
     # The schedule every synthcrowd experiment shares (crowdloss.config.synthcrowd).
     SOLVER=synthcrowd_solver(),
-    INPUT=dict(
-        AUG=dict(
-            TRAIN_PIPELINES=[
-                ("ResizeShortestEdge",
-                 dict(short_edge_length=(256,), max_size=384, sample_style="choice")),
-                ("RandomFlip", dict()),
-            ],
-            TEST_PIPELINES=[
-                ("ResizeShortestEdge",
-                 dict(short_edge_length=320, max_size=480, sample_style="choice")),
-            ],
-        ),
-    ),
+    # Train at 256 with flips, test at 320 (crowdloss.config.synthcrowd).
+    INPUT=synthcrowd_input(),
     # Fixed before any run, as the other synthcrowd experiments.
     SEED=0,
     TEST=dict(

@@ -15,7 +15,7 @@ gradient norm spikes to ~50 once the warm-up passes lr 0.012 and the loss is NaN
 pytorch-retinanet's (16-256 px) and every GT keeps its best anchor (low-quality matches),
 otherwise most heads would have no positive anchor at all.
 """
-from crowdloss.config import PyTorchRetinaNetConfig, synthcrowd_solver
+from crowdloss.config import PyTorchRetinaNetConfig, synthcrowd_input, synthcrowd_solver
 
 _config_dict = dict(
     MODEL=dict(
@@ -41,19 +41,8 @@ _config_dict = dict(
     DATALOADER=dict(NUM_WORKERS=1),
     # The schedule every synthcrowd experiment shares (crowdloss.config.synthcrowd).
     SOLVER=synthcrowd_solver(),
-    INPUT=dict(
-        AUG=dict(
-            TRAIN_PIPELINES=[
-                ("ResizeShortestEdge",
-                 dict(short_edge_length=(256,), max_size=384, sample_style="choice")),
-                ("RandomFlip", dict()),
-            ],
-            TEST_PIPELINES=[
-                ("ResizeShortestEdge",
-                 dict(short_edge_length=320, max_size=480, sample_style="choice")),
-            ],
-        ),
-    ),
+    # Train at 256 with flips, test at 320 (crowdloss.config.synthcrowd).
+    INPUT=synthcrowd_input(),
     SEED=0,
     TEST=dict(
         # pods_test evaluates (make demo, the benchmark runner); -1: pods_train does not
