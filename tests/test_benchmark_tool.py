@@ -178,6 +178,9 @@ def test_failure_reason_is_the_last_error_line(tmp_path):
     log.write_text("iter 1\nKilled\n")  # no error line: the last line
     assert failure_reason("pods_train exit -9", str(log)) == "pods_train exit -9: Killed"
     assert "could not be read" in failure_reason("pods_test exit 1", str(tmp_path / "none"))
+    log.write_text("pods_train: error: " + "x" * 500 + "\n")  # cut, pointing at the log
+    assert failure_reason("s", str(log), max_chars=30) == \
+        f"s: pods_train: error: {'x' * 11} ... (the rest in {log})"
 
 
 def _record(label, seed, ap, mr, wall=60.0):

@@ -43,13 +43,17 @@ def add_time(record: dict, stage: str, t: dict) -> None:
     acc["invocations"] += 1
 
 
-def failure_reason(stage: str, log: str, *, max_chars: int = 300) -> str:
+def failure_reason(stage: str, log: str, *, max_chars: int = 400) -> str:
     """``"<stage>: <the last line of log that names an error>"`` (else its last line): the CLIs
-    end a failure with ``pods_train: error: <Type>: <message>``."""
+    end a failure with ``pods_train: error: <Type>: <message>``. A longer line is cut at
+    ``max_chars`` and points at the log for the rest."""
     try:
         with open(log, errors="replace") as f:
             lines = [line.strip() for line in f if line.strip()]
     except OSError as exc:
         return f"{stage}: (its log {log} could not be read: {exc})"
     errors = [line for line in lines if "error" in line.lower()]
-    return f"{stage}: {(errors or lines or ['no output'])[-1][:max_chars]}"
+    line = (errors or lines or ["no output"])[-1]
+    if len(line) > max_chars:
+        line = f"{line[:max_chars]} ... (the rest in {log})"
+    return f"{stage}: {line}"
