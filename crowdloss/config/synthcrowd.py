@@ -6,7 +6,8 @@ fair when the experiments differ in the method and nothing else, so they all tak
 solver from here: SGD at LR 0.02 with a 100-iteration linear warm-up from 1/1000, 2600
 iterations of 4 images on ONE process, LR / 10 at 2000 and 2420. The comparison schedule of
 the reference three is twice as long (5200, LR steps at 4000 and 4840): at 2600 LLA's seed std
-is about 2 points of MR^-2, at 5200 every method's is under 1.5 (docs/benchmark.md).
+is about 2 points of MR^-2, at 5200 about half that for FCOS and ATSS and 1.7 for LLA's
+MR^-2 over 6 seeds (docs/benchmark.md).
 
 Every key is spelled out, not inherited, because the config classes disagree on defaults
 (``PyTorchRetinaNetConfig`` clips gradients at norm 0.1, as pytorch-retinanet does). The one
