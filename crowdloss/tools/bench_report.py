@@ -322,18 +322,17 @@ def write_report(records: Sequence[dict], runs: Sequence, output: str, *, comman
     seed is named with its reason, not averaged around silently)."""
     labels = list(dict.fromkeys(r.label for r in runs))
     summary = summarize(records, labels)
-    failed = failed or {}
     missing = [f"{r.label} seed {r.seed}" for r in runs
                if not any(x["label"] == r.label and x["seed"] == r.seed for x in records)]
+    failed = {m: (failed or {})[m] for m in missing if m in (failed or {})}
     md = format_markdown(summary, command) if summary else f"Command: `{command}`\n\nNo run finished.\n"
-    if [m for m in missing if m not in failed]:
+    if len(failed) < len(missing):
         md += ("\nNot finished (left out above): "
                + ", ".join(m for m in missing if m not in failed) + "\n")
-    for name in (m for m in missing if m in failed):
-        md += f"\nFailed (left out above): {name}: {failed[name]}\n"
+    for name, why in failed.items():
+        md += f"\nFailed (left out above): {name}: {why}\n"
     bands = expected_results(summary, k=band_k)
-    payload = {"command": command, "experiments": summary, "missing": missing,
-               "failed": {m: failed[m] for m in missing if m in failed},
+    payload = {"command": command, "experiments": summary, "missing": missing, "failed": failed,
                "expected_results": bands, "band_k": band_k,
                "runs": sorted(records, key=lambda r: (r["label"], r["seed"]))}
     os.makedirs(output, exist_ok=True)

@@ -161,6 +161,13 @@ def prepare_runs(runs: Sequence[Run]) -> None:
                                   cfg.DATASETS.BOX_TYPE))
 
 
+def _fail(run: Run, record: dict, path: str, stage: str, rc: int, log: str) -> None:
+    """Keep why the run failed in its record (the report names it), then raise."""
+    record["failed"] = failure_reason(f"{stage} exit {rc}", log)
+    atomic_write(path, json.dumps(record, indent=1))
+    raise RuntimeError(f"{stage} failed for {run.name} (exit {rc}): see {log}")
+
+
 def _use_training(run: Run, record: dict) -> None:
     """Point ``run.out`` at the final checkpoint of the run that trains its model (a symlink and
     ``last_checkpoint``, after the record that says so); the record takes that run's training
@@ -242,9 +249,7 @@ def execute_run(run: Run, *, env: dict, python: str = sys.executable,
         atomic_write(path, json.dumps(record, indent=1))
         final = _final_checkpoint(run.out)
         if t["rc"] != 0 or final is None:
-            record["failed"] = failure_reason(f"pods_train exit {t['rc']}", log)
-            atomic_write(path, json.dumps(record, indent=1))
-            raise RuntimeError(f"pods_train failed for {run.name} (exit {t['rc']}): see {log}")
+            _fail(run, record, path, "pods_train", t["rc"], log)
     results = collect_results(run, final)
     if results is None or always_test:
         _say(f"[test] {run.name}")
@@ -252,9 +257,7 @@ def execute_run(run: Run, *, env: dict, python: str = sys.executable,
         add_time(record, "test", t)
         results = collect_results(run, final) if t["rc"] == 0 else None
         if results is None:
-            record["failed"] = failure_reason(f"pods_test exit {t['rc']}", log)
-            atomic_write(path, json.dumps(record, indent=1))
-            raise RuntimeError(f"pods_test failed for {run.name} (exit {t['rc']}): see {log}")
+            _fail(run, record, path, "pods_test", t["rc"], log)
     record.pop("failed", None)
     record.update(results=results, final_mtime_ns=os.stat(final).st_mtime_ns)
     atomic_write(path, json.dumps(record, indent=1))
