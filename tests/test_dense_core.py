@@ -128,6 +128,33 @@ def test_fcos_head_stops_training_whose_box_output_died():
         other(feats)
 
 
+def test_fcos_head_box_bias_init_starts_boxes_out_of_the_relu_zero():
+    shapes = [ShapeSpec(channels=8, stride=s) for s in (8, 16)]
+    feats = [torch.rand(2, 8, 6, 6), torch.rand(2, 8, 3, 3)]
+    kwargs = dict(input_shape=shapes, num_classes=1, fpn_strides=[8, 16], num_convs=1, norm="")
+    torch.manual_seed(0)
+    published = FCOSHead(**kwargs)
+    assert torch.equal(published.bbox_pred.bias, torch.zeros(4))
+    _, ltrb, _ = published(feats)
+    dead = sum(int((x == 0).sum()) for x in ltrb) / sum(x.numel() for x in ltrb)
+    assert 0.2 < dead < 0.8  # at bias 0 about half the distances start at exactly 0
+    torch.manual_seed(0)
+    biased = FCOSHead(**kwargs, bbox_bias_init=1.0)
+    assert torch.equal(biased.bbox_pred.bias, torch.ones(4))
+    # Only the bias differs: the same seed draws the same weights (no random draw is added).
+    assert torch.equal(biased.bbox_pred.weight, published.bbox_pred.weight)
+    _, ltrb, _ = biased(feats)
+    for x, stride in zip(ltrb, (8, 16)):  # every distance alive, about one stride
+        assert bool((x > 0.8 * stride).all()) and bool((x < 1.2 * stride).all())
+
+
+def test_fcos_config_reads_box_bias_init():
+    from crowdloss.config import FCOSConfig
+
+    cfg = FCOSConfig()
+    assert cfg.MODEL.FCOS.BBOX_BIAS_INIT == 0.0  # the published initialisation
+
+
 def test_softmax_per_class_candidates_match_reference():
     model = build().eval()
     g = torch.Generator().manual_seed(3)

@@ -58,7 +58,8 @@ BUILD_TIME_KEYS = ("MODEL", "SOLVER")
 # fingerprint, a checkpoint's config) equals a config that has the key at that value. Append
 # here when adding a key whose default keeps the old behaviour.
 ADDED_KEYS = {"MODEL.CHANNELS_LAST": False, "TEST.COCO_METRICS": False, "DATALOADER.SEED": -1,
-              "SOLVER.EMA.ENABLED": False, "SOLVER.EMA.DECAY": 0.9998, "TEST.EMA_WEIGHTS": True}
+              "SOLVER.EMA.ENABLED": False, "SOLVER.EMA.DECAY": 0.9998, "TEST.EMA_WEIGHTS": True,
+              "MODEL.FCOS.BBOX_BIAS_INIT": 0.0}
 
 
 def is_test_time_key(key: str) -> bool:

@@ -103,6 +103,11 @@ class FCOSHead(nn.Module):
         norm_reg_targets: ltrb = ReLU(scale * x) * stride (FCOS "improvements"); otherwise
             ltrb = exp(scale * x).
         centerness_on_reg: compute the quality logit from the box tower.
+        bbox_bias_init: initial bias of the 4 box outputs (0 as published). With
+            ``norm_reg_targets`` a positive value starts every box at about that many strides
+            per side, away from the ReLU's dead zone: at 0 half the distances start at exactly
+            0 and a from-scratch run can lose the rest within its warm-up (one LLA seed on
+            synthcrowd, docs/benchmark.md).
         dead_box_patience: with ``norm_reg_targets``, fail training once ReLU(scale * x) has
             been 0 at over 99 % of the distances for this many training forwards in a row (0:
             never). The boxes then have (nearly) zero size and the layer (nearly) no gradient,
@@ -122,6 +127,7 @@ class FCOSHead(nn.Module):
         norm: str = "GN",
         norm_reg_targets: bool = True,
         centerness_on_reg: bool = True,
+        bbox_bias_init: float = 0.0,
         dead_box_patience: int = 100,
     ):
         super().__init__()
@@ -151,6 +157,7 @@ class FCOSHead(nn.Module):
             prior_prob,
             self.cls_score,
         )
+        nn.init.constant_(self.bbox_pred.bias, float(bbox_bias_init))
 
     def forward(
         self, features: List[torch.Tensor]
@@ -184,8 +191,10 @@ class FCOSHead(nn.Module):
                 f"training forwards in a row (now {1 - live:.2%}): the boxes have (nearly) zero "
                 f"size and the box layer gets (nearly) no gradient, so training does not recover "
                 f"(a dead ReLU; MODEL.FCOS.NORM_REG_TARGETS True). Stopped rather than train on "
-                f"for a detector without boxes: train again with another SEED, or with "
-                f"NORM_REG_TARGETS False (ltrb = exp(scale * x), which cannot die)")
+                f"for a detector without boxes: train again with another SEED, with "
+                f"MODEL.FCOS.BBOX_BIAS_INIT 1.0 (boxes start one stride per side, away from the "
+                f"ReLU's zero), or with NORM_REG_TARGETS False (ltrb = exp(scale * x), which "
+                f"cannot die)")
 
 
 class RetinaNetHead(nn.Module):

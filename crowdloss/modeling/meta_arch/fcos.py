@@ -80,6 +80,7 @@ class FCOS(DenseDetector):
                 norm=f.NORM,
                 norm_reg_targets=f.NORM_REG_TARGETS,
                 centerness_on_reg=f.CENTERNESS_ON_REG,
+                bbox_bias_init=f.BBOX_BIAS_INIT,
             ),
             prior_generator=ShiftGenerator(
                 strides=f.FPN_STRIDES, offset=cfg.MODEL.SHIFT_GENERATOR.OFFSET
