@@ -128,6 +128,25 @@ def test_fcos_head_stops_training_whose_box_output_died():
         other(feats)
 
 
+def test_fcos_head_warns_once_when_one_side_of_the_boxes_is_dead(caplog):
+    shapes = [ShapeSpec(channels=8, stride=s) for s in (8, 16)]
+    feats = [torch.rand(2, 8, 6, 6), torch.rand(2, 8, 3, 3)]
+    head = FCOSHead(input_shape=shapes, num_classes=1, fpn_strides=[8, 16], num_convs=1,
+                    norm="", dead_box_patience=3, bbox_bias_init=1.0)
+    with torch.no_grad():
+        head.bbox_pred.bias[0] = -1e3  # the left distance 0 everywhere, the others alive
+    with caplog.at_level("WARNING", logger="crowdloss.modeling.heads"):
+        for _ in range(5):
+            head(feats)  # not fatal: training goes on
+    warnings = [r.getMessage() for r in caplog.records if "distance of the box" in r.getMessage()]
+    assert len(warnings) == 1 and "the left distance" in warnings[0]
+    assert head._dead_side_forwards == 5 and head._dead_box_forwards == 0
+    with torch.no_grad():
+        head.bbox_pred.bias[0] = 1.0
+    head(feats)
+    assert head._dead_side_forwards == 0
+
+
 def test_fcos_head_box_bias_init_starts_boxes_out_of_the_relu_zero():
     shapes = [ShapeSpec(channels=8, stride=s) for s in (8, 16)]
     feats = [torch.rand(2, 8, 6, 6), torch.rand(2, 8, 3, 3)]

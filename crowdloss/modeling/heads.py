@@ -21,6 +21,7 @@ outputs per anchor, A (A_l) anchors per location.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import List, Optional, Sequence, Tuple
 
@@ -32,10 +33,13 @@ from crowdloss.structures import ShapeSpec
 
 __all__ = ["Scale", "build_tower", "FCOSHead", "RetinaNetHead", "PerLevelHead"]
 
+logger = logging.getLogger(__name__)
+
 # FCOSHead's dead-output check: below this fraction of positive ltrb a forward counts as dead.
 # Measured on synthcrowd LLA: about 50 % at initialisation, 97.8 % in a trained model, 0.08 %
 # in the run whose box output died (its few live distances all under a pixel).
 _DEAD_BOX_FRACTION = 0.01
+_SIDES = ("left", "top", "right", "bottom")  # the ltrb channels
 
 
 class Scale(nn.Module):
@@ -112,7 +116,8 @@ class FCOSHead(nn.Module):
             been 0 at over 99 % of the distances for this many training forwards in a row (0:
             never). The boxes then have (nearly) zero size and the layer (nearly) no gradient,
             so it does not come back (seen on synthcrowd: an LLA run that trained an hour for
-            AP 0).
+            AP 0). One side dead alone (boxes that cannot grow that way) is logged as a warning
+            after as many forwards: on synthcrowd it came back after 1000-1500 iterations.
     """
 
     def __init__(
@@ -152,6 +157,7 @@ class FCOSHead(nn.Module):
         self.scales = nn.ModuleList([Scale(1.0) for _ in self.fpn_strides])
         self.dead_box_patience = int(dead_box_patience)
         self._dead_box_forwards = 0  # training forwards in a row with almost every ltrb 0
+        self._dead_side_forwards = 0  # ... with one side (l, t, r or b) almost always 0
         _init_convs(
             [self.cls_subnet, self.bbox_subnet, self.cls_score, self.bbox_pred, self.quality],
             prior_prob,
@@ -180,9 +186,10 @@ class FCOSHead(nn.Module):
         return logits, ltrb, quality
 
     def _check_box_output_alive(self, ltrb: List[torch.Tensor]) -> None:
-        # One number per forward: a device sync, as the train loop's finite-loss check makes.
-        positive = torch.stack([(x > 0).sum() for x in ltrb]).sum()
-        live = float(positive) / sum(x.numel() for x in ltrb)
+        # Four counts per forward, one device sync (as the train loop's finite-loss check).
+        positive = torch.stack([(x > 0).sum(dim=(0, 2, 3)) for x in ltrb]).sum(0).tolist()
+        per_side = sum(x.numel() for x in ltrb) // 4
+        live = sum(positive) / (4 * per_side)
         self._dead_box_forwards = 0 if live >= _DEAD_BOX_FRACTION else self._dead_box_forwards + 1
         if self._dead_box_forwards >= self.dead_box_patience:
             raise RuntimeError(
@@ -195,6 +202,17 @@ class FCOSHead(nn.Module):
                 f"MODEL.FCOS.BBOX_BIAS_INIT 1.0 (boxes start one stride per side, away from the "
                 f"ReLU's zero), or with NORM_REG_TARGETS False (ltrb = exp(scale * x), which "
                 f"cannot die)")
+        # One side dead everywhere is not fatal (it can come back as the tower changes) but the
+        # boxes cannot grow that way meanwhile: warn once per such episode.
+        dead = [side for side, p in zip(_SIDES, positive) if p < _DEAD_BOX_FRACTION * per_side]
+        self._dead_side_forwards = self._dead_side_forwards + 1 if dead else 0
+        if self._dead_side_forwards == self.dead_box_patience:
+            logger.warning(
+                "FCOSHead: the %s distance of the box output ReLU(scale * x) has been 0 at more "
+                "than %.0f%% of the locations for %d training forwards in a row: no box can grow "
+                "to that side until it comes back (a dead ReLU of one output; a positive "
+                "MODEL.FCOS.BBOX_BIAS_INIT starts the boxes away from it)", "/".join(dead),
+                100 * (1 - _DEAD_BOX_FRACTION), self._dead_side_forwards)
 
 
 class RetinaNetHead(nn.Module):
