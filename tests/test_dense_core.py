@@ -165,6 +165,8 @@ def test_fcos_head_box_bias_init_starts_boxes_out_of_the_relu_zero():
     _, ltrb, _ = biased(feats)
     for x, stride in zip(ltrb, (8, 16)):  # every distance alive, about one stride
         assert bool((x > 0.8 * stride).all()) and bool((x < 1.2 * stride).all())
+    with pytest.raises(ValueError, match=r"BBOX_BIAS_INIT\) must be a finite number, got nan"):
+        FCOSHead(**kwargs, bbox_bias_init=float("nan"))
 
 
 def test_fcos_config_reads_box_bias_init():

@@ -144,6 +144,9 @@ class FCOSHead(nn.Module):
                 f"FCOS.FPN_STRIDES has {len(fpn_strides)} entries but the head gets "
                 f"{len(input_shape)} levels (FCOS.IN_FEATURES)"
             )
+        if not math.isfinite(bbox_bias_init):
+            raise ValueError(f"FCOSHead: bbox_bias_init (MODEL.FCOS.BBOX_BIAS_INIT) must be a "
+                             f"finite number, got {bbox_bias_init}")
         in_ch = in_channels.pop()
         ch = head_channels or in_ch
         self.fpn_strides = [int(s) for s in fpn_strides]
