@@ -381,13 +381,16 @@ def test_runs_recorded_before_a_key_was_added_still_match():
     cfg.MODEL.CHANNELS_LAST = True
     assert config_fingerprint(older) not in config_fingerprints(cfg)
     cfg.MODEL.CHANNELS_LAST, cfg.TEST.COCO_METRICS = False, True
-    # matches runs recorded before DATALOADER.SEED, SOLVER.EMA's two keys, TEST.EMA_WEIGHTS
-    assert len(config_fingerprints(cfg)) == 5
+    # matches runs recorded before DATALOADER.SEED, SOLVER.EMA's two keys, TEST.EMA_WEIGHTS,
+    # MODEL.FCOS.BBOX_BIAS_INIT
+    assert len(config_fingerprints(cfg)) == 6
     cfg.DATALOADER.SEED = 0
-    assert len(config_fingerprints(cfg)) == 4
+    assert len(config_fingerprints(cfg)) == 5
     cfg.SOLVER.EMA.DECAY = 0.999
+    assert len(config_fingerprints(cfg)) == 3
+    cfg.TEST.EMA_WEIGHTS = False
     assert len(config_fingerprints(cfg)) == 2
-    cfg.TEST.EMA_WEIGHTS = False  # the newest key, set: no earlier record is this config
+    cfg.MODEL.FCOS.BBOX_BIAS_INIT = 1.0  # the newest key, set: no earlier record is this config
     assert config_fingerprints(cfg) == [config_fingerprint(cfg)]
 
 
