@@ -314,38 +314,44 @@ def _assert_solver(solver, expected):
             assert got == value, (section, key)
 
 
+def _assert_variant_of(variant_rel, base_rel, overrides, *, max_tol):
+    """``variant_rel``'s config is ``base_rel``'s with ``overrides`` merged, key for key, but for
+    its band (the runs' fingerprint leaves it out), which covers the four CrowdHuman metrics.
+    Returns the variant's config (band cleared) and the two bands (variant's, base's)."""
+    variant = copy.deepcopy(load_experiment(str(PLAYGROUND / variant_rel)).config)
+    base = copy.deepcopy(load_experiment(str(PLAYGROUND / base_rel)).config)
+    base.merge_from_list(overrides)
+    band = {metric: (mean, tol) for _, _, metric, mean, tol in variant.TEST.EXPECTED_RESULTS}
+    assert set(band) == {"AP", "mMR", "Recall", "JI"}
+    assert all(0 < mean < 1 and 0.01 <= tol < max_tol for mean, tol in band.values())
+    bands = (variant.TEST.EXPECTED_RESULTS, base.TEST.EXPECTED_RESULTS)
+    variant.TEST.EXPECTED_RESULTS = base.TEST.EXPECTED_RESULTS = []
+    assert variant.dump() == base.dump()
+    return variant, bands
+
+
 @pytest.mark.parametrize("method", ["lla", "fcos", "atss"])
 def test_synthcrowd_comparison_schedule_is_the_2600_experiment_trained_twice_as_long(method):
     # Key for key the runs of the README's 5200-iteration table: the 2600 experiment with the
-    # runner's overrides; only the band differs (the fingerprint leaves it out).
+    # runner's overrides; only the band differs.
     rel = f"synthcrowd/{method}.res18.fpn.synthcrowd.256size"
-    long = copy.deepcopy(load_experiment(str(PLAYGROUND / f"{rel}.5200")).config)
-    short = copy.deepcopy(load_experiment(str(PLAYGROUND / f"{rel}.2600")).config)
-    short.merge_from_list(["SOLVER.LR_SCHEDULER.MAX_ITER", "5200",
-                           "SOLVER.LR_SCHEDULER.STEPS", "(4000,4840)",
-                           "MODEL.CHANNELS_LAST", "True"])
-    band = {metric: (mean, tol) for _, _, metric, mean, tol in long.TEST.EXPECTED_RESULTS}
-    assert set(band) == {"AP", "mMR", "Recall", "JI"}
-    assert all(0 < mean < 1 and 0.01 <= tol < 0.05 for mean, tol in band.values())
-    assert long.TEST.EXPECTED_RESULTS != short.TEST.EXPECTED_RESULTS
-    long.TEST.EXPECTED_RESULTS = short.TEST.EXPECTED_RESULTS = []
-    assert long.dump() == short.dump()
+    long, (long_band, short_band) = _assert_variant_of(
+        f"{rel}.5200", f"{rel}.2600", ["SOLVER.LR_SCHEDULER.MAX_ITER", "5200",
+                                       "SOLVER.LR_SCHEDULER.STEPS", "(4000,4840)",
+                                       "MODEL.CHANNELS_LAST", "True"], max_tol=0.05)
+    assert long_band != short_band
     _assert_solver(long.SOLVER, synthcrowd_solver(max_iter=5200))
 
 
 def test_synthcrowd_box_bias_experiment_is_the_lla_one_with_its_boxes_started_alive():
     # Key for key the runs of its docs/benchmark.md table: the LLA reference experiment with
-    # the runner's overrides; only the band differs (the fingerprint leaves it out).
+    # the runner's overrides; only the band differs.
     rel = "synthcrowd/lla{}.res18.fpn.synthcrowd.256size.2600"
-    variant = copy.deepcopy(load_experiment(str(PLAYGROUND / rel.format(".boxbias"))).config)
-    base = copy.deepcopy(load_experiment(str(PLAYGROUND / rel.format(""))).config)
+    base = load_experiment(str(PLAYGROUND / rel.format(""))).config
     assert base.MODEL.FCOS.BBOX_BIAS_INIT == 0.0  # the reference stays the published method
-    base.merge_from_list(["MODEL.CHANNELS_LAST", "True", "MODEL.FCOS.BBOX_BIAS_INIT", "1.0"])
-    band = {metric: (mean, tol) for _, _, metric, mean, tol in variant.TEST.EXPECTED_RESULTS}
-    assert set(band) == {"AP", "mMR", "Recall", "JI"}
-    assert all(0 < mean < 1 and 0.01 <= tol < 0.1 for mean, tol in band.values())
-    variant.TEST.EXPECTED_RESULTS = base.TEST.EXPECTED_RESULTS = []
-    assert variant.dump() == base.dump()
+    _assert_variant_of(rel.format(".boxbias"), rel.format(""),
+                       ["MODEL.CHANNELS_LAST", "True", "MODEL.FCOS.BBOX_BIAS_INIT", "1.0"],
+                       max_tol=0.1)
 
 
 def test_synthcrowd_solver_lengths():

@@ -3,8 +3,9 @@
 The comparison schedule of the three synthcrowd reference experiments:
 fcos.res18.fpn.synthcrowd.256size.2600 trained twice as long (5200 iterations, LR / 10 at 4000
 and 4840; warm-up, LR and clipping unchanged), in the channels-last layout its table's runs
-were trained in. At 2600 iterations LLA's seed std is about 2 points of MR^-2; at 5200 it is 1.7 over 6 seeds,
-FCOS's and ATSS's under 1.2 (docs/benchmark.md). Written for ONE process; trains from scratch.
+were trained in. At 2600 iterations LLA's seed std is about 2 points of MR^-2; at 5200 it is
+1.7 over 6 seeds, FCOS's and ATSS's under 1.2 (docs/benchmark.md). Written for ONE process;
+trains from scratch.
 """
 from crowdloss.config import FCOSConfig, synthcrowd_reference_config
 
