@@ -38,6 +38,21 @@ def test_plan_is_seed_major_with_per_experiment_overrides(tmp_path):
         plan_runs([str(tmp_path)], [0], str(tmp_path))
 
 
+def test_plan_gives_one_experiment_its_own_seeds(tmp_path):
+    runs = plan_runs([f"a={DEMO}", f"b={DEMO}"], [0, 1], str(tmp_path),
+                     exp_seeds=[["b", "0", "1", "2", "3"]])
+    assert [(r.label, r.seed) for r in runs] == [("a", 0), ("b", 0), ("a", 1), ("b", 1),
+                                                 ("b", 2), ("b", 3)]
+    runs = plan_runs([f"a={DEMO}", f"b={DEMO}"], [0, 1], str(tmp_path),
+                     exp_seeds=[["a", "5"]])
+    assert [(r.label, r.seed) for r in runs] == [("b", 0), ("b", 1), ("a", 5)]
+    for bad in (["b"], ["b", "1", "1"], ["b", "x"]):
+        with pytest.raises(SystemExit, match="expected distinct integer seeds"):
+            plan_runs([f"b={DEMO}"], [0], str(tmp_path), exp_seeds=[bad])
+    with pytest.raises(SystemExit, match="no experiment has that label"):
+        plan_runs([f"b={DEMO}"], [0], str(tmp_path), exp_seeds=[["zz", "1"]])
+
+
 def test_plan_can_fix_seed_and_vary_the_data_stream(tmp_path):
     runs = plan_runs([f"init={DEMO}", f"data={DEMO}"], [3, 4], str(tmp_path), [],
                      [["init", "DATALOADER.SEED", "0"],

@@ -110,8 +110,11 @@ def parse_experiment(spec: str) -> tuple:
 
 
 def plan_runs(experiments: Sequence[str], seeds: Sequence[int], output: str,
-              opts: Sequence[str] = (), exp_opts: Sequence[Sequence[str]] = ()) -> List[Run]:
-    """The runs, seed-major (every experiment's seed 0 first: partial results cover them all)."""
+              opts: Sequence[str] = (), exp_opts: Sequence[Sequence[str]] = (),
+              exp_seeds: Sequence[Sequence[str]] = ()) -> List[Run]:
+    """The runs, seed-major (every experiment's seed 0 first: partial results cover them all).
+    ``exp_seeds`` items are ``[LABEL, seed, ...]``: that experiment's seeds instead of
+    ``seeds`` (a method whose std is near a target gets more seeds than the others)."""
     parsed = [parse_experiment(s) for s in experiments]
     labels = [label for label, _ in parsed]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
@@ -129,15 +132,28 @@ def plan_runs(experiments: Sequence[str], seeds: Sequence[int], output: str,
         per_label.setdefault(label, []).extend(pairs)
     if len(seeds) != len(set(seeds)) or not seeds:
         raise SystemExit(f"benchmark: error: --seeds must be distinct, got {list(seeds)}")
+    seeds_of = {label: list(seeds) for label in labels}
+    for label, *values in exp_seeds:
+        if label not in labels:
+            raise SystemExit(f"benchmark: error: --exp-seeds {label}: no experiment has that "
+                             f"label (labels: {labels})")
+        try:
+            seeds_of[label] = [int(v) for v in values]
+        except ValueError:
+            seeds_of[label] = []
+        if not values or len(set(seeds_of[label])) != len(values):
+            raise SystemExit(f"benchmark: error: --exp-seeds {label}: expected distinct "
+                             f"integer seeds, got {values}")
     pairs = {label: list(opts) + per_label.get(label, []) for label in labels}
     for label, kv in pairs.items():
         if "SEED" in kv[::2] and not any("{seed}" in str(v) for v in kv[1::2]):
             raise SystemExit(f"benchmark: error: {label}: the overrides fix SEED and no value "
                              "uses {seed}: every seed would train the same run")
     output = os.path.abspath(output)
+    every_seed = dict.fromkeys([*seeds, *(k for label in labels for k in seeds_of[label])])
     return [Run(label, path, int(seed), os.path.join(output, label, f"seed{seed}"),
                 [str(v).replace("{seed}", str(seed)) for v in pairs[label]])
-            for seed in seeds for label, path in parsed]
+            for seed in every_seed for label, path in parsed if seed in seeds_of[label]]
 
 
 def prepare_runs(runs: Sequence[Run]) -> None:
@@ -279,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exp-opts", nargs="+", action="append", default=[],
                    metavar="LABEL KEY VALUE",
                    help="overrides for one experiment (repeatable; {seed}: the run's seed)")
+    p.add_argument("--exp-seeds", nargs="+", action="append", default=[],
+                   metavar="LABEL SEED",
+                   help="seeds for one experiment instead of --seeds (repeatable)")
     p.add_argument("--always-test", action="store_true",
                    help="run pods_test even when the training evaluated its final checkpoint")
     p.add_argument("--report-only", action="store_true",
@@ -296,7 +315,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if len(args.opts) % 2:
         raise SystemExit(f"benchmark: error: --opts needs KEY VALUE pairs, got {args.opts}")
-    runs = plan_runs(args.experiments, args.seeds, args.output, args.opts, args.exp_opts)
+    runs = plan_runs(args.experiments, args.seeds, args.output, args.opts, args.exp_opts,
+                     args.exp_seeds)
     prepare_runs(runs)
     link_trainings(runs, os.path.abspath(args.output), RECORD)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
