@@ -107,6 +107,7 @@ _METHOD_KEYS = {
 
 def synthcrowd_reference_config(*, method: str, max_iter: int = 2600,
                                 channels_last: bool = False,
+                                bbox_bias_init: float = 0.0,
                                 expected_results: Sequence[Tuple[str, float, float]] = ()
                                 ) -> Dict[str, Any]:
     """The config dict of ``{method}.res18.fpn.synthcrowd.256size.{max_iter}``.
@@ -120,6 +121,9 @@ def synthcrowd_reference_config(*, method: str, max_iter: int = 2600,
         max_iter: the schedule's length (``synthcrowd_solver``).
         channels_last: ``MODEL.CHANNELS_LAST``, the weights' memory layout (the same model;
             other kernels, so not the same digits).
+        bbox_bias_init: ``MODEL.FCOS.BBOX_BIAS_INIT``, the box outputs' initial bias: 0 as
+            published; 1.0 starts every distance at about one stride, so that the warm-up
+            cannot kill a side of the box output (the ``.boxbias`` experiments).
         expected_results: (metric, mean, tolerance) of the band ``pods_test`` checks a run
             against on synthcrowd_val: the runner's report, mean +- 3 seed stds (at least 0.01).
     """
@@ -135,6 +139,7 @@ def synthcrowd_reference_config(*, method: str, max_iter: int = 2600,
         CENTERNESS_ON_REG=True,
         NORM_REG_TARGETS=True,
         NMS_THRESH_TEST=0.6,
+        BBOX_BIAS_INIT=float(bbox_bias_init),
         **keys.pop("FCOS"),
     )
     return dict(
