@@ -46,6 +46,8 @@ EXPECTED = {
     "synthcrowd/atss.res18.fpn.synthcrowd.256size.5200": ATSS,
     "synthcrowd/lla.repgt.res18.fpn.synthcrowd.256size.2600": LLAFCOS,
     "synthcrowd/lla.boxbias.res18.fpn.synthcrowd.256size.2600": LLAFCOS,
+    "synthcrowd/fcos.boxbias.res18.fpn.synthcrowd.256size.2600": FCOS,
+    "synthcrowd/atss.boxbias.res18.fpn.synthcrowd.256size.2600": ATSS,
     "synthcrowd/ssd300.vgg16q.synthcrowd.300size.2600": SSD,
     "synthcrowd/ssd300.repgt_repbox.vgg16q.synthcrowd.300size.2600": SSD,
     "voc/ssd300.vgg16.voc0712.300size.120k": SSD,
@@ -343,10 +345,11 @@ def test_synthcrowd_comparison_schedule_is_the_2600_experiment_trained_twice_as_
     _assert_solver(long.SOLVER, synthcrowd_solver(max_iter=5200))
 
 
-def test_synthcrowd_box_bias_experiment_is_the_lla_one_with_its_boxes_started_alive():
-    # Key for key the runs of its docs/benchmark.md table: the LLA reference experiment with
-    # the runner's overrides; only the band differs.
-    rel = "synthcrowd/lla{}.res18.fpn.synthcrowd.256size.2600"
+@pytest.mark.parametrize("method", ["lla", "fcos", "atss"])
+def test_synthcrowd_box_bias_experiment_is_the_reference_with_its_boxes_started_alive(method):
+    # Key for key the runs of the box-bias table: the reference experiment with the runner's
+    # overrides; only the band differs.
+    rel = f"synthcrowd/{method}{{}}.res18.fpn.synthcrowd.256size.2600"
     base = load_experiment(str(PLAYGROUND / rel.format(""))).config
     assert base.MODEL.FCOS.BBOX_BIAS_INIT == 0.0  # the reference stays the published method
     _assert_variant_of(rel.format(".boxbias"), rel.format(""),

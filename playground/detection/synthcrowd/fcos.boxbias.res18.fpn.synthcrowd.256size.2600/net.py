@@ -1,0 +1,8 @@
+"""Model of this experiment: FCOS on ResNet-FPN P3-P7."""
+from crowdloss.modeling.backbone import build_resnet_fpn_p7_backbone
+from crowdloss.modeling.meta_arch import FCOS
+
+
+def build_model(cfg):
+    cfg.build_backbone = build_resnet_fpn_p7_backbone
+    return FCOS.from_config(cfg)
