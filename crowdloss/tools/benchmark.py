@@ -138,12 +138,13 @@ def plan_runs(experiments: Sequence[str], seeds: Sequence[int], output: str,
             raise SystemExit(f"benchmark: error: --exp-seeds {label}: no experiment has that "
                              f"label (labels: {labels})")
         try:
-            seeds_of[label] = [int(v) for v in values]
+            these = [int(v) for v in values]
         except ValueError:
-            seeds_of[label] = []
-        if not values or len(set(seeds_of[label])) != len(values):
+            these = []
+        if not these or len(set(these)) != len(these):
             raise SystemExit(f"benchmark: error: --exp-seeds {label}: expected distinct "
                              f"integer seeds, got {values}")
+        seeds_of[label] = these
     pairs = {label: list(opts) + per_label.get(label, []) for label in labels}
     for label, kv in pairs.items():
         if "SEED" in kv[::2] and not any("{seed}" in str(v) for v in kv[1::2]):
